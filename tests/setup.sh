@@ -36,7 +36,7 @@ SRC
 # Newest installable ABI of a kernel series, from the given suite.
 kernel_abi() {
 	local series=$1
-	apt-cache search --names-only "^linux-image-${series//./\\.}\\.[0-9]+-[0-9]+-amd64-unsigned\$" |
+	apt-cache search --names-only "^linux-image-${series//./\\.}\\.[0-9]+(-[0-9]+|\\+deb[0-9]+)-amd64-unsigned\$" |
 		awk '{print $1}' | sed -e 's/^linux-image-//' -e 's/-unsigned$//' |
 		sort -V | tail -n 1
 }

@@ -1,0 +1,709 @@
+// SPDX-License-Identifier: GPL-2.0
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/slab.h>
+#include <linux/blkdev.h>
+#include <linux/sched.h>
+#include <linux/hash.h>
+#include "include/uapi/linux/blksnap.h"
+#include "params.h"
+#include "cbt_map.h"
+#include "chunk.h"
+#include "diff_area.h"
+#include "diff_storage.h"
+#include "event_queue.h"
+#include "tracker.h"
+
+/**
+ * struct diff_area_clone - An image read served by the original device.
+ * @area: the device's copy-on-write state.
+ * @parent: the image bio.
+ * @chunk: the chunk read, whose bucket in &diff_area.reads it counts in.
+ * @bio: the clone.
+ */
+struct diff_area_clone {
+	struct diff_area *area;
+	struct bio *parent;
+	unsigned long chunk;
+	struct bio bio;
+};
+
+static unsigned int diff_area_bucket(unsigned long chunk)
+{
+	return hash_long(chunk, ilog2(DIFF_AREA_READ_BUCKETS));
+}
+
+static sector_t diff_area_chunk_sectors(struct diff_area *area)
+{
+	return 1ULL << area->chunk_shift;
+}
+
+/* Sector of a write in the tracked device, also through a partition. */
+static sector_t diff_area_pos(struct diff_area *area, struct bio *bio)
+{
+	sector_t off = bio->bi_bdev == area->bdev ? 0 :
+		       bio->bi_bdev->bd_start_sect;
+
+	return bio->bi_iter.bi_sector + off;
+}
+
+static unsigned int diff_area_pick_shift(sector_t capacity)
+{
+	u64 bytes = (u64)capacity << SECTOR_SHIFT;
+	unsigned int shift = chunk_minimum_shift;
+
+	while (shift < chunk_maximum_shift &&
+	       (bytes >> shift) > (1ULL << chunk_maximum_count_shift))
+		shift++;
+	return shift - SECTOR_SHIFT;
+}
+
+static void diff_area_load_fn(struct work_struct *work);
+static void diff_area_store_fn(struct work_struct *work);
+static void diff_area_defer_fn(struct work_struct *work);
+
+struct diff_area *diff_area_new(struct tracker *tracker,
+				struct diff_storage *storage,
+				struct event_queue *events)
+{
+	struct diff_area *area;
+	int i, ret;
+
+	area = kzalloc(sizeof(*area), GFP_KERNEL);
+	if (!area)
+		return ERR_PTR(-ENOMEM);
+	kref_init(&area->kref);
+	area->bdev = tracker->bdev;
+	area->capacity = bdev_nr_sectors(area->bdev);
+	area->chunk_shift = diff_area_pick_shift(area->capacity);
+	area->chunk_count = DIV_ROUND_UP_ULL(area->capacity,
+					     diff_area_chunk_sectors(area));
+	spin_lock_init(&area->lock);
+	xa_init(&area->chunks);
+	bio_list_init(&area->deferred);
+	INIT_LIST_HEAD(&area->store_queue);
+	for (i = 0; i < DIFF_AREA_READ_BUCKETS; i++)
+		INIT_LIST_HEAD(&area->parked[i]);
+	init_llist_head(&area->loaded);
+	INIT_WORK(&area->load_work, diff_area_load_fn);
+	INIT_WORK(&area->store_work, diff_area_store_fn);
+	INIT_WORK(&area->defer_work, diff_area_defer_fn);
+	init_waitqueue_head(&area->wq);
+	diff_buffer_pool_init(&area->pool, diff_area_chunk_sectors(area) <<
+			      SECTOR_SHIFT);
+
+	ret = -ENOMEM;
+	area->cow_map = kvcalloc(BITS_TO_LONGS(area->chunk_count),
+				 sizeof(unsigned long), GFP_KERNEL);
+	if (!area->cow_map)
+		goto fail_map;
+	ret = bioset_init(&area->bs, BIO_POOL_SIZE,
+			  offsetof(struct diff_area_clone, bio), 0);
+	if (ret)
+		goto fail_bs;
+	ret = bioset_init(&area->load_bs, BIO_POOL_SIZE, 0, BIOSET_NEED_BVECS);
+	if (ret)
+		goto fail_load_bs;
+
+	area->tracker = tracker_get(tracker);
+	area->storage = storage;
+	diff_storage_get(storage);
+	area->events = events;
+	event_queue_get(events);
+	return area;
+
+fail_load_bs:
+	bioset_exit(&area->bs);
+fail_bs:
+	kvfree(area->cow_map);
+fail_map:
+	kfree(area);
+	return ERR_PTR(ret);
+}
+
+static void diff_area_release(struct kref *kref)
+{
+	struct diff_area *area = container_of(kref, struct diff_area, kref);
+	struct chunk *chunk;
+	unsigned long index;
+
+	xa_for_each(&area->chunks, index, chunk)
+		chunk_free(chunk);
+	xa_destroy(&area->chunks);
+	diff_buffer_pool_done(&area->pool);
+	bioset_exit(&area->load_bs);
+	bioset_exit(&area->bs);
+	kvfree(area->cow_map);
+	event_queue_put(area->events);
+	diff_storage_put(area->storage);
+	tracker_put(area->tracker);
+	kfree(area);
+}
+
+/* Only from process context: the release sleeps. */
+void diff_area_put(struct diff_area *area)
+{
+	kref_put(&area->kref, diff_area_release);
+}
+
+int diff_area_error(struct diff_area *area)
+{
+	return READ_ONCE(area->error);
+}
+
+/*
+ * The image can no longer be whole. Writes to the device pass from now on;
+ * image reads fail. Only the first error is kept and reported.
+ */
+void diff_area_corrupt(struct diff_area *area, int err)
+{
+	struct blksnap_event_corrupted data = {
+		.dev_id_mj = MAJOR(area->bdev->bd_dev),
+		.dev_id_mn = MINOR(area->bdev->bd_dev),
+		.err_code = err,
+	};
+
+	spin_lock_irq(&area->lock);
+	if (area->error) {
+		spin_unlock_irq(&area->lock);
+		return;
+	}
+	area->error = err;
+	spin_unlock_irq(&area->lock);
+
+	pr_err("snapshot image of %pg is corrupted: %d\n", area->bdev, err);
+	event_queue_push(area->events, blksnap_event_code_corrupted, &data,
+			 sizeof(data));
+	wake_up_all(&area->wq);
+	/* Frees the buffers still queued for storing. */
+	queue_work(blksnap_wq, &area->store_work);
+}
+
+static void __diff_area_defer(struct diff_area *area, struct bio *bio)
+{
+	lockdep_assert_held(&area->lock);
+	bio_list_add(&area->deferred, bio);
+	queue_work(blksnap_wq, &area->defer_work);
+}
+
+static bool diff_area_has_room(struct diff_area *area)
+{
+	return READ_ONCE(area->nr_buffers) < free_diff_buffer_pool_size ||
+	       READ_ONCE(area->error) || READ_ONCE(area->stopping);
+}
+
+/*
+ * Makes sure chunk @n's old data gets preserved before @bio (a write
+ * within that chunk, or NULL) reaches the device. On the submit path
+ * (@may_wait false) nothing sleeps: without a free buffer the write is
+ * deferred to a worker. Returns false when the chunk will not be
+ * preserved because the image is already lost.
+ */
+static bool diff_area_cow_chunk(struct diff_area *area, unsigned long n,
+				struct bio *bio, bool may_wait)
+{
+	struct chunk *chunk, *new = NULL;
+	unsigned long flags;
+	bool ok = true;
+
+	if (test_bit(n, area->cow_map))
+		goto pass;
+	spin_lock_irqsave(&area->lock, flags);
+	for (;;) {
+		if (area->error || area->stopping) {
+			ok = false;
+			break;
+		}
+		chunk = xa_load(&area->chunks, n);
+		if (chunk) {
+			if (chunk->state == CHUNK_LOADING && bio) {
+				bio_list_add(&chunk->waiting, bio);
+				bio = NULL;
+			}
+			break;
+		}
+		if (new) {
+			if (xa_insert(&area->chunks, n, new, GFP_ATOMIC)) {
+				if (!may_wait && bio) {
+					__diff_area_defer(area, bio);
+					bio = NULL;
+				} else {
+					ok = false;
+				}
+				break;
+			}
+			if (bio)
+				bio_list_add(&new->waiting, bio);
+			spin_unlock_irqrestore(&area->lock, flags);
+			chunk_load(new);
+			return true;
+		}
+		/* Writes waiting for a buffer keep their order. */
+		if (!may_wait && (area->nr_buffers >= free_diff_buffer_pool_size ||
+				  !bio_list_empty(&area->deferred))) {
+			__diff_area_defer(area, bio);
+			spin_unlock_irqrestore(&area->lock, flags);
+			return true;
+		}
+		if (area->nr_buffers >= free_diff_buffer_pool_size) {
+			spin_unlock_irqrestore(&area->lock, flags);
+			wait_event(area->wq, diff_area_has_room(area));
+			spin_lock_irqsave(&area->lock, flags);
+			continue;
+		}
+		area->nr_buffers++;
+		spin_unlock_irqrestore(&area->lock, flags);
+		new = chunk_new(area, n, may_wait ? GFP_NOIO : GFP_NOWAIT);
+		spin_lock_irqsave(&area->lock, flags);
+		if (!new) {
+			area->nr_buffers--;
+			if (!may_wait) {
+				__diff_area_defer(area, bio);
+				spin_unlock_irqrestore(&area->lock, flags);
+				return true;
+			}
+			spin_unlock_irqrestore(&area->lock, flags);
+			diff_area_corrupt(area, -ENOMEM);
+			ok = false;
+			goto pass;
+		}
+	}
+	if (new)
+		area->nr_buffers--;
+	spin_unlock_irqrestore(&area->lock, flags);
+	if (new) {
+		chunk_free(new);
+		wake_up_all(&area->wq);
+	}
+pass:
+	if (bio)
+		submit_bio_noacct(bio);
+	return ok;
+}
+
+/*
+ * A write to the original device while the snapshot is held. Returns
+ * false when the bio may go on as is: the image is lost, or every chunk it
+ * touches is preserved already, the common case, which costs one bitmap
+ * scan and no lock. Otherwise the bio is cut at chunk boundaries and each
+ * piece waits for its own chunk only.
+ */
+bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t off)
+{
+	sector_t pos = bio->bi_iter.bi_sector + off;
+	sector_t end, chunk_end;
+	unsigned long first, last;
+
+	if (READ_ONCE(area->error) || pos >= area->capacity)
+		return false;
+	switch (bio_op(bio)) {
+	case REQ_OP_WRITE:
+	case REQ_OP_DISCARD:
+	case REQ_OP_WRITE_ZEROES:
+	case REQ_OP_SECURE_ERASE:
+		break;
+	default:
+		return false;
+	}
+	end = min(pos + bio_sectors(bio), area->capacity);
+	first = pos >> area->chunk_shift;
+	last = (end - 1) >> area->chunk_shift;
+	if (find_next_zero_bit(area->cow_map, last + 1, first) > last)
+		return false;
+
+	for (;;) {
+		struct bio *piece = bio;
+
+		chunk_end = (pos | (diff_area_chunk_sectors(area) - 1)) + 1;
+		if (pos + bio_sectors(bio) > chunk_end &&
+		    chunk_end < area->capacity) {
+			piece = bio_split(bio, chunk_end - pos, GFP_NOIO,
+					  &area->bs);
+			if (IS_ERR_OR_NULL(piece)) {
+				/* Not splittable: hold it for its first chunk. */
+				piece = bio;
+			} else {
+				bio_chain(piece, bio);
+			}
+		}
+		diff_area_cow_chunk(area, pos >> area->chunk_shift, piece,
+				    false);
+		if (piece == bio)
+			return true;
+		pos = chunk_end;
+	}
+}
+
+static void diff_area_defer_fn(struct work_struct *work)
+{
+	struct diff_area *area = container_of(work, struct diff_area,
+					      defer_work);
+	struct bio *bio;
+
+	for (;;) {
+		spin_lock_irq(&area->lock);
+		bio = bio_list_pop(&area->deferred);
+		spin_unlock_irq(&area->lock);
+		if (!bio)
+			return;
+		diff_area_cow_chunk(area, diff_area_pos(area, bio) >>
+				    area->chunk_shift, bio, true);
+	}
+}
+
+/* From bio completion: hand the chunk to the load worker. */
+void diff_area_chunk_loaded(struct chunk *chunk)
+{
+	struct diff_area *area = chunk->area;
+
+	if (llist_add(&chunk->llnode, &area->loaded))
+		queue_work(blksnap_wq, &area->load_work);
+}
+
+/*
+ * The old data of @chunk is in memory: mark the chunk preserved, release
+ * the writes that waited for it and queue it for storing. Returns whether
+ * it was queued.
+ */
+static bool diff_area_release_chunk(struct diff_area *area,
+				    struct chunk *chunk)
+{
+	int err = blk_status_to_errno(READ_ONCE(chunk->load_status));
+	unsigned int bucket = diff_area_bucket(chunk->number);
+	struct diff_buffer *buf = NULL;
+	struct bio_list bios;
+	bool queued = false;
+	struct bio *bio;
+
+	spin_lock_irq(&area->lock);
+	if (!err && !area->error && !area->stopping && area->reads[bucket]) {
+		list_add_tail(&chunk->link, &area->parked[bucket]);
+		spin_unlock_irq(&area->lock);
+		return false;
+	}
+	set_bit(chunk->number, area->cow_map);
+	bios = chunk->waiting;
+	bio_list_init(&chunk->waiting);
+	if (err || area->error || area->stopping) {
+		chunk->state = CHUNK_FAILED;
+		buf = chunk->buf;
+		chunk->buf = NULL;
+		area->nr_buffers--;
+	} else {
+		chunk->state = CHUNK_STORING;
+		list_add_tail(&chunk->link, &area->store_queue);
+		queued = true;
+	}
+	spin_unlock_irq(&area->lock);
+
+	if (buf)
+		diff_buffer_put(&area->pool, buf);
+	if (err)
+		diff_area_corrupt(area, err);
+	while ((bio = bio_list_pop(&bios)))
+		submit_bio_noacct(bio);
+	wake_up_all(&area->wq);
+	return queued;
+}
+
+static void diff_area_load_fn(struct work_struct *work)
+{
+	struct diff_area *area = container_of(work, struct diff_area,
+					      load_work);
+	struct llist_node *nodes;
+	struct chunk *chunk, *next;
+	bool store = false;
+
+	nodes = llist_reverse_order(llist_del_all(&area->loaded));
+	llist_for_each_entry_safe(chunk, next, nodes, llnode)
+		store |= diff_area_release_chunk(area, chunk);
+	if (store)
+		queue_work(blksnap_wq, &area->store_work);
+}
+
+/* Writes a batch of chunks to consecutive slots with one call. */
+static int diff_area_store_batch(struct diff_area *area,
+				 struct list_head *batch, unsigned int nr,
+				 sector_t *sector)
+{
+	unsigned int pages = area->pool.nr_pages;
+	sector_t count = (sector_t)nr << area->chunk_shift;
+	struct bio_vec *bvec;
+	struct chunk *chunk;
+	unsigned int i, j = 0;
+	int ret;
+
+	bvec = kvmalloc_array(nr * pages, sizeof(*bvec), GFP_NOIO);
+	if (!bvec)
+		return -ENOMEM;
+	ret = diff_storage_alloc(area->storage, count, sector);
+	if (!ret) {
+		list_for_each_entry(chunk, batch, link) {
+			for (i = 0; i < pages; i++) {
+				bvec[j].bv_page = chunk->buf->pages[i];
+				bvec[j].bv_len = PAGE_SIZE;
+				bvec[j].bv_offset = 0;
+				j++;
+			}
+		}
+		ret = diff_storage_rw(area->storage, true, *sector, bvec, j,
+				      (size_t)count << SECTOR_SHIFT);
+	}
+	kvfree(bvec);
+	return ret;
+}
+
+static void diff_area_store_fn(struct work_struct *work)
+{
+	struct diff_area *area = container_of(work, struct diff_area,
+					      store_work);
+
+	for (;;) {
+		LIST_HEAD(batch);
+		LIST_HEAD(bufs);
+		struct diff_buffer *buf, *next_buf;
+		struct chunk *chunk, *next;
+		unsigned int nr = 0, i = 0;
+		sector_t sector = 0;
+		bool skip;
+		int err;
+
+		spin_lock_irq(&area->lock);
+		while (nr < chunk_maximum_in_queue &&
+		       !list_empty(&area->store_queue)) {
+			list_move_tail(area->store_queue.next, &batch);
+			nr++;
+		}
+		skip = area->error || area->stopping;
+		spin_unlock_irq(&area->lock);
+		if (!nr)
+			return;
+
+		err = skip ? -ESHUTDOWN :
+			     diff_area_store_batch(area, &batch, nr, &sector);
+		if (err && !skip)
+			diff_area_corrupt(area, err);
+
+		spin_lock_irq(&area->lock);
+		list_for_each_entry_safe(chunk, next, &batch, link) {
+			list_del_init(&chunk->link);
+			if (err) {
+				chunk->state = CHUNK_FAILED;
+			} else {
+				chunk->state = CHUNK_STORED;
+				chunk->storage_sector = sector +
+					((sector_t)i << area->chunk_shift);
+			}
+			list_add(&chunk->buf->link, &bufs);
+			chunk->buf = NULL;
+			i++;
+		}
+		area->nr_buffers -= nr;
+		spin_unlock_irq(&area->lock);
+
+		list_for_each_entry_safe(buf, next_buf, &bufs, link) {
+			list_del(&buf->link);
+			diff_buffer_put(&area->pool, buf);
+		}
+		wake_up_all(&area->wq);
+	}
+}
+
+static bool diff_area_idle(struct diff_area *area)
+{
+	bool idle;
+
+	spin_lock_irq(&area->lock);
+	idle = !area->nr_buffers && !area->nr_reads &&
+	       bio_list_empty(&area->deferred);
+	spin_unlock_irq(&area->lock);
+	return idle;
+}
+
+/*
+ * On destroy, once no write can reach the area any more: let every held
+ * write go, drop what is not stored, and wait for the I/O in flight.
+ */
+void diff_area_stop(struct diff_area *area)
+{
+	spin_lock_irq(&area->lock);
+	area->stopping = true;
+	spin_unlock_irq(&area->lock);
+	wake_up_all(&area->wq);
+	queue_work(blksnap_wq, &area->defer_work);
+	queue_work(blksnap_wq, &area->store_work);
+	wait_event(area->wq, diff_area_idle(area));
+	flush_work(&area->defer_work);
+	flush_work(&area->load_work);
+	flush_work(&area->store_work);
+}
+
+static void diff_area_untrack_read(struct diff_area *area, unsigned long n)
+{
+	unsigned int bucket = diff_area_bucket(n);
+	struct chunk *chunk, *next;
+	unsigned long flags;
+
+	spin_lock_irqsave(&area->lock, flags);
+	area->nr_reads--;
+	if (!--area->reads[bucket]) {
+		list_for_each_entry_safe(chunk, next, &area->parked[bucket],
+					 link) {
+			list_del_init(&chunk->link);
+			llist_add(&chunk->llnode, &area->loaded);
+		}
+		queue_work(blksnap_wq, &area->load_work);
+	}
+	/* Under the lock: diff_area_stop() may free the area right after. */
+	if (!area->nr_reads)
+		wake_up_all(&area->wq);
+	spin_unlock_irqrestore(&area->lock, flags);
+}
+
+static void diff_area_clone_endio(struct bio *clone)
+{
+	struct diff_area_clone *dc = container_of(clone,
+						  struct diff_area_clone, bio);
+	struct diff_area *area = dc->area;
+	struct bio *parent = dc->parent;
+	unsigned long n = dc->chunk;
+
+	if (clone->bi_status)
+		parent->bi_status = clone->bi_status;
+	bio_put(clone);
+	bio_endio(parent);
+	diff_area_untrack_read(area, n);
+}
+
+/* Reads part of an image bio from the original device, asynchronously. */
+static void diff_area_read_original(struct diff_area *area, struct bio *bio,
+				    sector_t done, sector_t len,
+				    unsigned long n)
+{
+	struct diff_area_clone *dc;
+	struct bio *clone;
+
+	clone = bio_alloc_clone(area->bdev, bio, GFP_NOIO, &area->bs);
+	dc = container_of(clone, struct diff_area_clone, bio);
+	dc->area = area;
+	dc->parent = bio;
+	dc->chunk = n;
+	bio_advance(clone, done << SECTOR_SHIFT);
+	clone->bi_iter.bi_size = len << SECTOR_SHIFT;
+	clone->bi_end_io = diff_area_clone_endio;
+	bio_inc_remaining(bio);
+	submit_bio_noacct(clone);
+}
+
+/* Reads or writes part of an image bio in the difference storage. */
+static int diff_area_storage_io(struct diff_area *area, struct bio *bio,
+				sector_t done, sector_t len, sector_t at,
+				struct bio_vec *bvec)
+{
+	struct bvec_iter iter = bio->bi_iter, it;
+	struct bio_vec bv;
+	unsigned int nr = 0;
+
+	bio_advance_iter(bio, &iter, done << SECTOR_SHIFT);
+	iter.bi_size = len << SECTOR_SHIFT;
+	__bio_for_each_segment(bv, bio, it, iter)
+		bvec[nr++] = bv;
+	return diff_storage_rw(area->storage, op_is_write(bio_op(bio)), at,
+			       bvec, nr, len << SECTOR_SHIFT);
+}
+
+static bool diff_area_chunk_settled(struct diff_area *area,
+				    struct chunk *chunk)
+{
+	return READ_ONCE(chunk->state) >= CHUNK_STORED ||
+	       READ_ONCE(area->error);
+}
+
+/* The part [done, done + len) of an image bio, all within chunk @n. */
+static int diff_area_image_segment(struct diff_area *area, struct bio *bio,
+				   sector_t done, sector_t len,
+				   struct bio_vec *bvec)
+{
+	sector_t pos = bio->bi_iter.bi_sector + done;
+	unsigned long n = pos >> area->chunk_shift;
+	bool write = op_is_write(bio_op(bio));
+	struct chunk *chunk;
+	sector_t at;
+
+	for (;;) {
+		spin_lock_irq(&area->lock);
+		if (area->error) {
+			spin_unlock_irq(&area->lock);
+			return -EIO;
+		}
+		chunk = xa_load(&area->chunks, n);
+		/* Until its writes are released the device has the old data. */
+		if (!write && (!chunk || chunk->state == CHUNK_LOADING)) {
+			area->reads[diff_area_bucket(n)]++;
+			area->nr_reads++;
+			spin_unlock_irq(&area->lock);
+			diff_area_read_original(area, bio, done, len, n);
+			return 0;
+		}
+		if (chunk && chunk->state == CHUNK_STORED) {
+			at = chunk->storage_sector + pos -
+			     ((sector_t)n << area->chunk_shift);
+			spin_unlock_irq(&area->lock);
+			return diff_area_storage_io(area, bio, done, len, at,
+						    bvec);
+		}
+		if (chunk && chunk->state == CHUNK_FAILED) {
+			spin_unlock_irq(&area->lock);
+			return -EIO;
+		}
+		spin_unlock_irq(&area->lock);
+		if (!chunk) {
+			/* An image write lands in the chunk's copy. */
+			if (!diff_area_cow_chunk(area, n, NULL, true))
+				return -EIO;
+			continue;
+		}
+		wait_event(area->wq, diff_area_chunk_settled(area, chunk));
+	}
+}
+
+/* Serves a bio of the snapshot image, from the image's worker. */
+void diff_area_image_io(struct diff_area *area, struct bio *bio)
+{
+	sector_t sector = bio->bi_iter.bi_sector;
+	sector_t total = bio_sectors(bio);
+	struct bio_vec *bvec = NULL;
+	sector_t done = 0;
+	int err = 0;
+
+	if (bio_op(bio) != REQ_OP_READ && bio_op(bio) != REQ_OP_WRITE) {
+		bio->bi_status = BLK_STS_NOTSUPP;
+		goto out;
+	}
+	if (sector + total > area->capacity) {
+		bio->bi_status = BLK_STS_IOERR;
+		goto out;
+	}
+	bvec = kmalloc_array(max(bio_segments(bio), 1U), sizeof(*bvec),
+			     GFP_NOIO);
+	if (!bvec) {
+		bio->bi_status = BLK_STS_RESOURCE;
+		goto out;
+	}
+	if (op_is_write(bio_op(bio)))
+		cbt_map_mark_both(area->tracker->cbt_map, sector, total);
+
+	while (done < total && !err) {
+		sector_t pos = sector + done;
+		sector_t next = ((pos >> area->chunk_shift) + 1) <<
+				area->chunk_shift;
+		sector_t len = min(total - done, next - pos);
+
+		err = diff_area_image_segment(area, bio, done, len, bvec);
+		done += len;
+	}
+	kfree(bvec);
+	if (err)
+		bio->bi_status = errno_to_blk_status(err);
+out:
+	bio_endio(bio);
+}

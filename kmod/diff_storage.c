@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: GPL-2.0
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/slab.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/falloc.h>
+#include <linux/uio.h>
+#include <linux/sched/mm.h>
+#include <linux/blkdev.h>
+#include "include/uapi/linux/blksnap.h"
+#include "compat.h"
+#include "params.h"
+#include "event_queue.h"
+#include "diff_storage.h"
+
+/* Grows a file storage by at least @count sectors, within its limit. */
+static int __diff_storage_grow(struct diff_storage *storage, sector_t count)
+{
+	sector_t grow;
+	int ret;
+
+	lockdep_assert_held(&storage->lock);
+	grow = max_t(sector_t, count, diff_storage_minimum);
+	grow = min(grow, storage->limit - storage->capacity);
+	if (!storage->growable || grow < count)
+		return -ENOSPC;
+	ret = vfs_fallocate(storage->file, 0,
+			    (loff_t)storage->capacity << SECTOR_SHIFT,
+			    (loff_t)grow << SECTOR_SHIFT);
+	if (ret) {
+		pr_err("cannot grow the difference storage by %llu sectors: %d\n",
+		       (u64)grow, ret);
+		return ret == -EOPNOTSUPP ? ret : -ENOSPC;
+	}
+	storage->capacity += grow;
+	return 0;
+}
+
+struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
+				      struct event_queue *events)
+{
+	struct diff_storage *storage;
+	struct inode *inode;
+	struct file *file;
+	int ret;
+
+	if (!limit)
+		return ERR_PTR(-EINVAL);
+	file = fget(fd);
+	if (!file)
+		return ERR_PTR(-EBADF);
+	ret = -EBADF;
+	if ((file->f_mode & (FMODE_READ | FMODE_WRITE)) !=
+	    (FMODE_READ | FMODE_WRITE))
+		goto fail_file;
+
+	storage = kzalloc(sizeof(*storage), GFP_KERNEL);
+	ret = -ENOMEM;
+	if (!storage)
+		goto fail_file;
+	kref_init(&storage->kref);
+	mutex_init(&storage->lock);
+	storage->file = file;
+	storage->limit = limit;
+
+	inode = file_inode(file);
+	if (S_ISBLK(inode->i_mode)) {
+		/* Exclusive, so nothing can read the old data through it. */
+		ret = -EINVAL;
+		if (!blksnap_bdev_file_exclusive(file))
+			goto fail_storage;
+		storage->bdev = I_BDEV(file->f_mapping->host);
+		storage->capacity = min(bdev_nr_sectors(storage->bdev), limit);
+	} else if (S_ISREG(inode->i_mode)) {
+		ret = -EOPNOTSUPP;
+		if (!file->f_op->fallocate || !file->f_op->write_iter ||
+		    !file->f_op->read_iter)
+			goto fail_storage;
+		storage->bdev = inode->i_sb->s_bdev;
+		storage->growable = true;
+		mutex_lock(&storage->lock);
+		ret = __diff_storage_grow(storage,
+					  min_t(sector_t, limit,
+						diff_storage_minimum));
+		mutex_unlock(&storage->lock);
+		if (ret)
+			goto fail_storage;
+	} else {
+		ret = -EINVAL;
+		goto fail_storage;
+	}
+	storage->events = events;
+	event_queue_get(events);
+	return storage;
+
+fail_storage:
+	kfree(storage);
+fail_file:
+	fput(file);
+	return ERR_PTR(ret);
+}
+
+static void diff_storage_release(struct kref *kref)
+{
+	struct diff_storage *storage = container_of(kref, struct diff_storage,
+						    kref);
+
+	event_queue_put(storage->events);
+	fput(storage->file);
+	kfree(storage);
+}
+
+void diff_storage_put(struct diff_storage *storage)
+{
+	kref_put(&storage->kref, diff_storage_release);
+}
+
+/* Whether the storage lives on @bdev, its whole disk or its partitions. */
+bool diff_storage_on_bdev(struct diff_storage *storage,
+			  struct block_device *bdev)
+{
+	struct block_device *on = storage->bdev;
+
+	if (!on)
+		return false;
+	if (on == bdev)
+		return true;
+	return on->bd_disk == bdev->bd_disk &&
+	       (!bdev_is_partition(on) || !bdev_is_partition(bdev));
+}
+
+static void __diff_storage_check_space(struct diff_storage *storage)
+{
+	sector_t free = storage->capacity - storage->filled;
+	struct blksnap_event_low_space data;
+
+	if (free >= diff_storage_minimum / 2)
+		return;
+	if (storage->capacity < storage->limit && storage->growable &&
+	    !__diff_storage_grow(storage, diff_storage_minimum / 2))
+		return;
+	if (storage->low_space_sent)
+		return;
+	storage->low_space_sent = true;
+	data.free_sectors = free;
+	data.limit_sectors = storage->limit;
+	event_queue_push(storage->events, blksnap_event_code_low_space,
+			 &data, sizeof(data));
+}
+
+/*
+ * Hands out @count contiguous sectors, growing a file storage first when
+ * it runs short, and early while free space is under half the growth step
+ * so that writers rarely wait for fallocate(). -ENOSPC past the limit.
+ */
+int diff_storage_alloc(struct diff_storage *storage, sector_t count,
+		       sector_t *sector)
+{
+	int ret = 0;
+
+	mutex_lock(&storage->lock);
+	if (storage->filled + count > storage->capacity)
+		ret = __diff_storage_grow(storage, storage->filled + count -
+					  storage->capacity);
+	if (!ret) {
+		*sector = storage->filled;
+		storage->filled += count;
+		__diff_storage_check_space(storage);
+	}
+	mutex_unlock(&storage->lock);
+	return ret;
+}
+
+/*
+ * Synchronous I/O through the file's own methods, so a regular file and
+ * a block device are served alike. Callers are workers that the write
+ * path waits on: no allocation here may recurse into the block layer.
+ */
+int diff_storage_rw(struct diff_storage *storage, bool write, sector_t sector,
+		    struct bio_vec *bvec, unsigned int nr, size_t bytes)
+{
+	struct file *file = storage->file;
+	unsigned int noio_flags;
+	struct iov_iter iter;
+	struct kiocb kiocb;
+	ssize_t ret;
+
+	init_sync_kiocb(&kiocb, file);
+	kiocb.ki_pos = (loff_t)sector << SECTOR_SHIFT;
+	/* The slots' offsets are ours, and the page cache takes any size. */
+	kiocb.ki_flags &= ~(IOCB_APPEND | IOCB_DIRECT);
+	iov_iter_bvec(&iter, write ? WRITE : READ, bvec, nr, bytes);
+
+	noio_flags = memalloc_noio_save();
+	if (write) {
+		file_start_write(file);
+		ret = file->f_op->write_iter(&kiocb, &iter);
+		file_end_write(file);
+	} else {
+		ret = file->f_op->read_iter(&kiocb, &iter);
+	}
+	memalloc_noio_restore(noio_flags);
+
+	if (ret == bytes)
+		return 0;
+	return ret < 0 ? ret : -EIO;
+}

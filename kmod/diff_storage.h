@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+#ifndef __BLKSNAP_DIFF_STORAGE_H
+#define __BLKSNAP_DIFF_STORAGE_H
+
+#include <linux/kref.h>
+#include <linux/mutex.h>
+#include <linux/blk_types.h>
+
+struct event_queue;
+struct bio_vec;
+
+/**
+ * struct diff_storage - Where a snapshot keeps the old data of its chunks.
+ * @kref: the snapshot and its devices' copy-on-write state each own one.
+ * @file: the caller's file: a regular file, or a block device held
+ *	exclusively.
+ * @bdev: the block device the storage lives on, if any: no device of the
+ *	snapshot may be it.
+ * @events: the snapshot's events, for low space.
+ * @lock: guards @capacity, @filled and @low_space_sent, and serializes
+ *	growth.
+ * @capacity: sectors usable now.
+ * @filled: sectors handed out; slots are never reused while held.
+ * @limit: the most sectors the storage may grow to.
+ * @growable: a regular file, grown by fallocate().
+ * @low_space_sent: the low space event was queued.
+ */
+struct diff_storage {
+	struct kref kref;
+	struct file *file;
+	struct block_device *bdev;
+	struct event_queue *events;
+	struct mutex lock;
+	sector_t capacity;
+	sector_t filled;
+	sector_t limit;
+	bool growable;
+	bool low_space_sent;
+};
+
+struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
+				      struct event_queue *events);
+void diff_storage_put(struct diff_storage *storage);
+bool diff_storage_on_bdev(struct diff_storage *storage,
+			  struct block_device *bdev);
+int diff_storage_alloc(struct diff_storage *storage, sector_t count,
+		       sector_t *sector);
+int diff_storage_rw(struct diff_storage *storage, bool write, sector_t sector,
+		    struct bio_vec *bvec, unsigned int nr, size_t bytes);
+
+static inline void diff_storage_get(struct diff_storage *storage)
+{
+	kref_get(&storage->kref);
+}
+
+#endif /* __BLKSNAP_DIFF_STORAGE_H */

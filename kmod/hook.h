@@ -1,0 +1,8 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+#ifndef __BLKSNAP_HOOK_H
+#define __BLKSNAP_HOOK_H
+
+int hook_init(void);
+void hook_done(void);
+
+#endif /* __BLKSNAP_HOOK_H */

@@ -1,0 +1,548 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * blksnap: snapshots and changed block tracking for block devices, on
+ * stock kernels.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/module.h>
+#include <linux/miscdevice.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/build_bug.h>
+#include <linux/capability.h>
+#include <linux/blkdev.h>
+#include "include/uapi/linux/blksnap.h"
+#include "params.h"
+#include "cbt_map.h"
+#include "event_queue.h"
+#include "hook.h"
+#include "snapimage.h"
+#include "snapshot.h"
+#include "tracker.h"
+
+/* The ABI as the UAPI header describes it, on every architecture. */
+static_assert(sizeof(struct blksnap_uuid) == 16);
+static_assert(sizeof(struct blksnap_cbtinfo) == 40);
+static_assert(sizeof(struct blksnap_cbtmap) == 16);
+static_assert(sizeof(struct blksnap_sectors) == 16);
+static_assert(sizeof(struct blksnap_cbtdirty) == 16);
+static_assert(sizeof(struct blksnap_snapshotadd) == 16);
+static_assert(sizeof(struct blksnap_snapshotinfo) == 36);
+static_assert(sizeof(struct blksnap_version) == 8);
+static_assert(sizeof(struct blksnap_snapshot_create) == 32);
+static_assert(sizeof(struct blksnap_snapshot_collect) == 16);
+static_assert(sizeof(struct blksnap_snapshot_event) == 4096);
+static_assert(sizeof(struct blksnap_event_corrupted) == 12);
+static_assert(sizeof(struct blksnap_event_low_space) == 16);
+static_assert(sizeof(struct blksnap_bdev) == 8);
+static_assert(sizeof(struct blksnap_ctl) == 24);
+
+unsigned int tracking_block_minimum_shift = 16;
+unsigned int tracking_block_maximum_shift = 26;
+unsigned int tracking_block_maximum_count = 2097152;
+unsigned int chunk_minimum_shift = 18;
+unsigned int chunk_maximum_shift = 26;
+unsigned int chunk_maximum_count_shift = 40;
+unsigned int chunk_maximum_in_queue = 16;
+unsigned int free_diff_buffer_pool_size = 128;
+unsigned long diff_storage_minimum = 2097152;
+
+module_param(tracking_block_minimum_shift, uint, 0444);
+MODULE_PARM_DESC(tracking_block_minimum_shift,
+		 "log2 of the smallest change tracking block, in bytes (12..30, default 16)");
+module_param(tracking_block_maximum_shift, uint, 0444);
+MODULE_PARM_DESC(tracking_block_maximum_shift,
+		 "log2 of the largest change tracking block, in bytes (default 26)");
+module_param(tracking_block_maximum_count, uint, 0444);
+MODULE_PARM_DESC(tracking_block_maximum_count,
+		 "number of change tracking blocks a device gets before blocks grow (default 2097152)");
+module_param(chunk_minimum_shift, uint, 0444);
+MODULE_PARM_DESC(chunk_minimum_shift,
+		 "log2 of the smallest copy-on-write chunk, in bytes (default 18)");
+module_param(chunk_maximum_shift, uint, 0444);
+MODULE_PARM_DESC(chunk_maximum_shift,
+		 "log2 of the largest copy-on-write chunk, in bytes (default 26)");
+module_param(chunk_maximum_count_shift, uint, 0444);
+MODULE_PARM_DESC(chunk_maximum_count_shift,
+		 "log2 of the number of chunks a device gets before chunks grow (default 40)");
+module_param(chunk_maximum_in_queue, uint, 0444);
+MODULE_PARM_DESC(chunk_maximum_in_queue,
+		 "most chunks written to the difference storage in one write (default 16)");
+module_param(free_diff_buffer_pool_size, uint, 0444);
+MODULE_PARM_DESC(free_diff_buffer_pool_size,
+		 "most chunk buffers a device holds, and keeps for reuse (default 128)");
+module_param(diff_storage_minimum, ulong, 0444);
+MODULE_PARM_DESC(diff_storage_minimum,
+		 "sectors a file difference storage grows by (default 2097152)");
+
+struct workqueue_struct *blksnap_wq;
+
+static void clamp_param(const char *name, unsigned long *value,
+			unsigned long lo, unsigned long hi)
+{
+	unsigned long fixed = clamp(*value, lo, hi);
+
+	if (fixed != *value)
+		pr_warn("%s=%lu is out of range [%lu, %lu]; using %lu\n", name,
+			*value, lo, hi, fixed);
+	*value = fixed;
+}
+
+#define CLAMP_PARAM(p, lo, hi)				\
+	do {						\
+		unsigned long v = p;			\
+							\
+		clamp_param(#p, &v, lo, hi);		\
+		p = v;					\
+	} while (0)
+
+static void params_check(void)
+{
+	CLAMP_PARAM(tracking_block_minimum_shift, 12, 30);
+	CLAMP_PARAM(tracking_block_maximum_shift,
+		    tracking_block_minimum_shift, 30);
+	CLAMP_PARAM(tracking_block_maximum_count, 1024, 1U << 30);
+	CLAMP_PARAM(chunk_minimum_shift, PAGE_SHIFT, 26);
+	CLAMP_PARAM(chunk_maximum_shift, chunk_minimum_shift, 26);
+	CLAMP_PARAM(chunk_maximum_count_shift, 8, 40);
+	CLAMP_PARAM(chunk_maximum_in_queue, 1, 256);
+	CLAMP_PARAM(free_diff_buffer_pool_size, 4, 65536);
+	CLAMP_PARAM(diff_storage_minimum, 2048, 1UL << 40);
+}
+
+/* The block device behind a descriptor, with its file held in @file. */
+static struct block_device *bdev_from_fd(unsigned int fd, struct file **file)
+{
+	struct file *f = fget(fd);
+
+	if (!f)
+		return ERR_PTR(-EBADF);
+	if (!S_ISBLK(file_inode(f)->i_mode)) {
+		fput(f);
+		return ERR_PTR(-ENOTBLK);
+	}
+	*file = f;
+	return I_BDEV(f->f_mapping->host);
+}
+
+static int ioctl_version(struct blksnap_version __user *arg)
+{
+	static const struct blksnap_version version = {
+		.major = BLKSNAP_VERSION_MAJOR,
+		.minor = BLKSNAP_VERSION_MINOR,
+	};
+
+	return copy_to_user(arg, &version, sizeof(version)) ? -EFAULT : 0;
+}
+
+static int ioctl_snapshot_create(struct blksnap_snapshot_create __user *uarg)
+{
+	struct blksnap_snapshot_create arg;
+	uuid_t id;
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	mutex_lock(&ctl_mutex);
+	ret = snapshot_create(arg.diff_storage_fd,
+			      arg.diff_storage_limit_sect, &id);
+	mutex_unlock(&ctl_mutex);
+	if (ret)
+		return ret;
+	memcpy(arg.id.b, &id, sizeof(arg.id.b));
+	if (copy_to_user(uarg, &arg, sizeof(arg))) {
+		mutex_lock(&ctl_mutex);
+		snapshot_destroy(&id);
+		mutex_unlock(&ctl_mutex);
+		return -EFAULT;
+	}
+	return 0;
+}
+
+static int get_uuid(uuid_t *id, struct blksnap_uuid __user *arg)
+{
+	struct blksnap_uuid uid;
+
+	if (copy_from_user(&uid, arg, sizeof(uid)))
+		return -EFAULT;
+	import_uuid(id, uid.b);
+	return 0;
+}
+
+static int ioctl_snapshot_destroy(struct blksnap_uuid __user *arg)
+{
+	uuid_t id;
+	int ret;
+
+	ret = get_uuid(&id, arg);
+	if (ret)
+		return ret;
+	mutex_lock(&ctl_mutex);
+	ret = snapshot_destroy(&id);
+	mutex_unlock(&ctl_mutex);
+	return ret;
+}
+
+static int ioctl_snapshot_take(struct blksnap_uuid __user *arg)
+{
+	uuid_t id;
+	int ret;
+
+	ret = get_uuid(&id, arg);
+	if (ret)
+		return ret;
+	mutex_lock(&ctl_mutex);
+	ret = snapshot_take(&id);
+	mutex_unlock(&ctl_mutex);
+	return ret;
+}
+
+/* More snapshots than this make collect ask for a smaller answer. */
+#define BLKSNAP_COLLECT_MAX 4096
+
+static int ioctl_snapshot_collect(struct blksnap_snapshot_collect __user *uarg)
+{
+	struct blksnap_snapshot_collect arg;
+	unsigned int count;
+	uuid_t *ids = NULL;
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	count = min_t(u32, arg.count, BLKSNAP_COLLECT_MAX);
+	if (count && arg.ids) {
+		ids = kcalloc(count, sizeof(*ids), GFP_KERNEL);
+		if (!ids)
+			return -ENOMEM;
+	}
+	mutex_lock(&ctl_mutex);
+	ret = snapshot_collect(ids, &count);
+	mutex_unlock(&ctl_mutex);
+	if ((!ret || ret == -ENODATA) &&
+	    put_user(count, &uarg->count))
+		ret = -EFAULT;
+	if (!ret && ids &&
+	    copy_to_user(u64_to_user_ptr(arg.ids), ids, count * sizeof(*ids)))
+		ret = -EFAULT;
+	kfree(ids);
+	return ret;
+}
+
+static int ioctl_snapshot_wait_event(struct blksnap_snapshot_event __user *uarg)
+{
+	struct blksnap_snapshot_event *arg;
+	struct event_queue *queue;
+	struct event *event;
+	uuid_t id;
+	int ret;
+
+	arg = kzalloc(sizeof(*arg), GFP_KERNEL);
+	if (!arg)
+		return -ENOMEM;
+	ret = -EFAULT;
+	if (copy_from_user(arg, uarg, offsetof(typeof(*arg), code)))
+		goto out;
+	import_uuid(&id, arg->id.b);
+
+	mutex_lock(&ctl_mutex);
+	queue = snapshot_get_events(&id);
+	mutex_unlock(&ctl_mutex);
+	ret = -ENOENT;
+	if (!queue)
+		goto out;
+	event = event_queue_wait(queue, arg->timeout_ms);
+	event_queue_put(queue);
+	if (IS_ERR(event)) {
+		ret = PTR_ERR(event);
+		goto out;
+	}
+	arg->code = event->code;
+	arg->time_label = event->time;
+	memcpy(arg->data, event->data, min_t(size_t, event->size,
+					     sizeof(arg->data)));
+	kfree(event);
+	ret = copy_to_user(uarg, arg, sizeof(*arg)) ? -EFAULT : 0;
+out:
+	kfree(arg);
+	return ret;
+}
+
+static int ioctl_attach(struct blksnap_bdev __user *uarg)
+{
+	struct blksnap_bdev arg;
+	struct block_device *bdev;
+	struct file *file;
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.flags)
+		return -EINVAL;
+	bdev = bdev_from_fd(arg.fd, &file);
+	if (IS_ERR(bdev))
+		return PTR_ERR(bdev);
+	if (bdev_is_zoned(bdev)) {
+		fput(file);
+		return -EOPNOTSUPP;
+	}
+	mutex_lock(&ctl_mutex);
+	ret = tracker_attach(file);
+	mutex_unlock(&ctl_mutex);
+	fput(file);
+	return ret;
+}
+
+static int ioctl_detach(struct blksnap_bdev __user *uarg)
+{
+	struct blksnap_bdev arg;
+	struct block_device *bdev;
+	struct file *file;
+	int ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.flags)
+		return -EINVAL;
+	bdev = bdev_from_fd(arg.fd, &file);
+	if (IS_ERR(bdev))
+		return PTR_ERR(bdev);
+	mutex_lock(&ctl_mutex);
+	ret = tracker_detach(bdev);
+	mutex_unlock(&ctl_mutex);
+	fput(file);
+	return ret;
+}
+
+static int ctl_cbtinfo(struct tracker *tracker, void __user *opt)
+{
+	struct blksnap_cbtinfo info = {};
+
+	cbt_map_info(tracker->cbt_map, &info);
+	return copy_to_user(opt, &info, sizeof(info)) ? -EFAULT : 0;
+}
+
+static long ctl_cbtmap(struct tracker *tracker, void __user *opt)
+{
+	struct blksnap_cbtmap arg;
+
+	if (copy_from_user(&arg, opt, sizeof(arg)))
+		return -EFAULT;
+	return cbt_map_read(tracker->cbt_map, arg.offset, arg.length,
+			    u64_to_user_ptr(arg.buffer));
+}
+
+static int ctl_cbtdirty(struct tracker *tracker, void __user *opt)
+{
+	struct cbt_map *map = tracker->cbt_map;
+	struct blksnap_sectors *ranges;
+	struct blksnap_cbtdirty arg;
+	unsigned int i;
+	int ret = 0;
+
+	if (copy_from_user(&arg, opt, sizeof(arg)))
+		return -EFAULT;
+	if (!arg.count || arg.count > BLKSNAP_CBTDIRTY_MAX_COUNT)
+		return -EINVAL;
+	ranges = memdup_user(u64_to_user_ptr(arg.dirty_sectors),
+			     array_size(arg.count, sizeof(*ranges)));
+	if (IS_ERR(ranges))
+		return PTR_ERR(ranges);
+	/* All or nothing: check every range before marking any. */
+	for (i = 0; i < arg.count; i++) {
+		if (!ranges[i].count || ranges[i].offset >= map->capacity ||
+		    ranges[i].count > map->capacity - ranges[i].offset) {
+			ret = -EINVAL;
+			goto out;
+		}
+	}
+	for (i = 0; i < arg.count; i++)
+		cbt_map_mark_both(map, ranges[i].offset, ranges[i].count);
+out:
+	kfree(ranges);
+	return ret;
+}
+
+static int ctl_snapshotadd(struct tracker *tracker, void __user *opt)
+{
+	struct blksnap_snapshotadd arg;
+	uuid_t id;
+
+	if (copy_from_user(&arg, opt, sizeof(arg)))
+		return -EFAULT;
+	import_uuid(&id, arg.id.b);
+	return snapshot_add(&id, tracker);
+}
+
+static int ctl_snapshotinfo(struct tracker *tracker, void __user *opt)
+{
+	struct blksnap_snapshotinfo info;
+
+	snapshot_info(tracker, &info);
+	return copy_to_user(opt, &info, sizeof(info)) ? -EFAULT : 0;
+}
+
+static size_t ctl_optlen(u32 cmd)
+{
+	switch (cmd) {
+	case blkfilter_ctl_blksnap_cbtinfo:
+		return sizeof(struct blksnap_cbtinfo);
+	case blkfilter_ctl_blksnap_cbtmap:
+		return sizeof(struct blksnap_cbtmap);
+	case blkfilter_ctl_blksnap_cbtdirty:
+		return sizeof(struct blksnap_cbtdirty);
+	case blkfilter_ctl_blksnap_snapshotadd:
+		return sizeof(struct blksnap_snapshotadd);
+	case blkfilter_ctl_blksnap_snapshotinfo:
+		return sizeof(struct blksnap_snapshotinfo);
+	default:
+		return 0;
+	}
+}
+
+static long ioctl_ctl(struct blksnap_ctl __user *uarg)
+{
+	struct block_device *bdev;
+	struct blksnap_ctl arg;
+	struct tracker *tracker;
+	void __user *opt;
+	struct file *file;
+	size_t optlen;
+	long ret;
+
+	if (copy_from_user(&arg, uarg, sizeof(arg)))
+		return -EFAULT;
+	if (arg.reserved)
+		return -EINVAL;
+	optlen = ctl_optlen(arg.cmd);
+	if (!optlen)
+		return -ENOTTY;
+	if (arg.optlen < optlen) {
+		if (put_user(optlen, &uarg->optlen))
+			return -EFAULT;
+		return -ENOSPC;
+	}
+	opt = u64_to_user_ptr(arg.opt);
+	bdev = bdev_from_fd(arg.fd, &file);
+	if (IS_ERR(bdev))
+		return PTR_ERR(bdev);
+
+	mutex_lock(&ctl_mutex);
+	tracker = tracker_find_locked(bdev);
+	if (!tracker) {
+		ret = -ENODEV;
+		goto out;
+	}
+	switch (arg.cmd) {
+	case blkfilter_ctl_blksnap_cbtinfo:
+		ret = ctl_cbtinfo(tracker, opt);
+		break;
+	case blkfilter_ctl_blksnap_cbtmap:
+		ret = ctl_cbtmap(tracker, opt);
+		break;
+	case blkfilter_ctl_blksnap_cbtdirty:
+		ret = ctl_cbtdirty(tracker, opt);
+		break;
+	case blkfilter_ctl_blksnap_snapshotadd:
+		ret = ctl_snapshotadd(tracker, opt);
+		break;
+	case blkfilter_ctl_blksnap_snapshotinfo:
+		ret = ctl_snapshotinfo(tracker, opt);
+		break;
+	default:
+		ret = -ENOTTY;
+		break;
+	}
+out:
+	mutex_unlock(&ctl_mutex);
+	fput(file);
+	return ret;
+}
+
+static long ctl_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	void __user *argp = (void __user *)arg;
+
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	switch (cmd) {
+	case IOCTL_BLKSNAP_VERSION:
+		return ioctl_version(argp);
+	case IOCTL_BLKSNAP_SNAPSHOT_CREATE:
+		return ioctl_snapshot_create(argp);
+	case IOCTL_BLKSNAP_SNAPSHOT_DESTROY:
+		return ioctl_snapshot_destroy(argp);
+	case IOCTL_BLKSNAP_SNAPSHOT_TAKE:
+		return ioctl_snapshot_take(argp);
+	case IOCTL_BLKSNAP_SNAPSHOT_COLLECT:
+		return ioctl_snapshot_collect(argp);
+	case IOCTL_BLKSNAP_SNAPSHOT_WAIT_EVENT:
+		return ioctl_snapshot_wait_event(argp);
+	case IOCTL_BLKSNAP_ATTACH:
+		return ioctl_attach(argp);
+	case IOCTL_BLKSNAP_DETACH:
+		return ioctl_detach(argp);
+	case IOCTL_BLKSNAP_CTL:
+		return ioctl_ctl(argp);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static const struct file_operations ctl_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = ctl_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+};
+
+static struct miscdevice ctl_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = BLKSNAP_CTL,
+	.fops = &ctl_fops,
+	.mode = 0600,
+};
+
+static int __init blksnap_init(void)
+{
+	int ret;
+
+	params_check();
+	blksnap_wq = alloc_workqueue("blksnap", WQ_UNBOUND | WQ_MEM_RECLAIM,
+				     0);
+	if (!blksnap_wq)
+		return -ENOMEM;
+	ret = hook_init();
+	if (ret)
+		goto fail_hook;
+	ret = misc_register(&ctl_misc);
+	if (ret)
+		goto fail_misc;
+	pr_info("version %d.%d loaded\n", BLKSNAP_VERSION_MAJOR,
+		BLKSNAP_VERSION_MINOR);
+	return 0;
+
+fail_misc:
+	hook_done();
+fail_hook:
+	destroy_workqueue(blksnap_wq);
+	return ret;
+}
+
+/* Only reached with nothing attached and no snapshot: each holds the module. */
+static void __exit blksnap_exit(void)
+{
+	misc_deregister(&ctl_misc);
+	hook_done();
+	destroy_workqueue(blksnap_wq);
+	snapimage_done();
+	pr_info("unloaded\n");
+}
+
+module_init(blksnap_init);
+module_exit(blksnap_exit);
+
+MODULE_DESCRIPTION("Block device snapshots and changed block tracking");
+MODULE_VERSION("1.0");
+MODULE_AUTHOR("blksnap-csi developers");
+MODULE_LICENSE("GPL");

@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: GPL-2.0
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/blkdev.h>
+#include <linux/idr.h>
+#include "include/uapi/linux/blksnap.h"
+#include "compat.h"
+#include "diff_area.h"
+#include "snapimage.h"
+#include "tracker.h"
+
+/* Largest image bio: enough for a backup's sequential reads. */
+#define SNAPIMAGE_MAX_SECTORS 4096
+
+static DEFINE_IDA(snapimage_ida);
+
+static void snapimage_submit_bio(struct bio *bio)
+{
+	struct snapimage *image = bio->bi_bdev->bd_disk->private_data;
+	unsigned long flags;
+
+	spin_lock_irqsave(&image->lock, flags);
+	bio_list_add(&image->queue, bio);
+	spin_unlock_irqrestore(&image->lock, flags);
+	queue_work(blksnap_wq, &image->work);
+}
+
+static const struct block_device_operations snapimage_fops = {
+	.owner = THIS_MODULE,
+	.submit_bio = snapimage_submit_bio,
+};
+
+static void snapimage_work_fn(struct work_struct *work)
+{
+	struct snapimage *image = container_of(work, struct snapimage, work);
+	struct bio *bio;
+
+	for (;;) {
+		spin_lock_irq(&image->lock);
+		bio = bio_list_pop(&image->queue);
+		spin_unlock_irq(&image->lock);
+		if (!bio)
+			return;
+		diff_area_image_io(image->area, bio);
+	}
+}
+
+struct snapimage *snapimage_new(struct diff_area *area)
+{
+	struct block_device *bdev = area->bdev;
+	struct snapimage *image;
+	struct gendisk *disk;
+	int ret;
+
+	image = kzalloc(sizeof(*image), GFP_KERNEL);
+	if (!image)
+		return ERR_PTR(-ENOMEM);
+	spin_lock_init(&image->lock);
+	bio_list_init(&image->queue);
+	INIT_WORK(&image->work, snapimage_work_fn);
+
+	ret = ida_alloc(&snapimage_ida, GFP_KERNEL);
+	if (ret < 0)
+		goto fail_ida;
+	image->index = ret;
+
+	disk = blksnap_alloc_disk(bdev_logical_block_size(bdev),
+				  bdev_physical_block_size(bdev),
+				  SNAPIMAGE_MAX_SECTORS);
+	if (IS_ERR(disk)) {
+		ret = PTR_ERR(disk);
+		goto fail_disk;
+	}
+	image->disk = disk;
+	disk->fops = &snapimage_fops;
+	disk->private_data = image;
+	disk->flags |= GENHD_FL_NO_PART;
+	snprintf(disk->disk_name, DISK_NAME_LEN, "%s%d", BLKSNAP_IMAGE_NAME,
+		 image->index);
+	set_capacity(disk, area->capacity);
+
+	diff_area_get(area);
+	image->area = area;
+	return image;
+
+fail_disk:
+	ida_free(&snapimage_ida, image->index);
+fail_ida:
+	kfree(image);
+	return ERR_PTR(ret);
+}
+
+int snapimage_add(struct snapimage *image)
+{
+	int ret = add_disk(image->disk);
+
+	if (ret) {
+		pr_err("cannot add %s: %d\n", image->disk->disk_name, ret);
+		return ret;
+	}
+	image->added = true;
+	return 0;
+}
+
+/*
+ * After del_gendisk() no new bio enters; the worker finishes the queued
+ * ones, which fail once the snapshot is gone.
+ */
+void snapimage_free(struct snapimage *image)
+{
+	if (image->added)
+		del_gendisk(image->disk);
+	flush_work(&image->work);
+	put_disk(image->disk);
+	ida_free(&snapimage_ida, image->index);
+	diff_area_put(image->area);
+	kfree(image);
+}
+
+bool snapimage_is_image(struct block_device *bdev)
+{
+	return bdev->bd_disk->fops == &snapimage_fops;
+}
+
+void snapimage_done(void)
+{
+	ida_destroy(&snapimage_ida);
+}

@@ -1,0 +1,328 @@
+// SPDX-License-Identifier: GPL-2.0
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/blkdev.h>
+#include <linux/blk-mq.h>
+#include "include/uapi/linux/blksnap.h"
+#include "compat.h"
+#include "cbt_map.h"
+#include "diff_area.h"
+#include "diff_storage.h"
+#include "event_queue.h"
+#include "snapimage.h"
+#include "snapshot.h"
+#include "tracker.h"
+
+/**
+ * struct snapshot_device - A device of a snapshot.
+ * @link: entry in &snapshot.devices.
+ * @tracker: the device.
+ * @area: its copy-on-write state, from take on.
+ * @image: its image, from take on.
+ */
+struct snapshot_device {
+	struct list_head link;
+	struct tracker *tracker;
+	struct diff_area *area;
+	struct snapimage *image;
+};
+
+/* Under ctl_mutex. */
+static LIST_HEAD(snapshots);
+
+static struct snapshot *snapshot_find(const uuid_t *id)
+{
+	struct snapshot *snapshot;
+
+	lockdep_assert_held(&ctl_mutex);
+	list_for_each_entry(snapshot, &snapshots, link)
+		if (uuid_equal(&snapshot->id, id))
+			return snapshot;
+	return NULL;
+}
+
+int snapshot_create(unsigned int fd, sector_t limit, uuid_t *id)
+{
+	struct snapshot *snapshot;
+	int ret;
+
+	lockdep_assert_held(&ctl_mutex);
+	snapshot = kzalloc(sizeof(*snapshot), GFP_KERNEL);
+	if (!snapshot)
+		return -ENOMEM;
+	INIT_LIST_HEAD(&snapshot->devices);
+	snapshot->events = event_queue_new();
+	if (!snapshot->events) {
+		ret = -ENOMEM;
+		goto fail_events;
+	}
+	snapshot->storage = diff_storage_new(fd, limit, snapshot->events);
+	if (IS_ERR(snapshot->storage)) {
+		ret = PTR_ERR(snapshot->storage);
+		goto fail_storage;
+	}
+	uuid_gen(&snapshot->id);
+	list_add_tail(&snapshot->link, &snapshots);
+	*id = snapshot->id;
+	__module_get(THIS_MODULE);
+	return 0;
+
+fail_storage:
+	event_queue_put(snapshot->events);
+fail_events:
+	kfree(snapshot);
+	return ret;
+}
+
+/*
+ * Undoes a take, or tears the taken state down on destroy: images first,
+ * so no image I/O is left, then the areas once no write can reach them.
+ */
+static void snapshot_release_devices(struct snapshot *snapshot)
+{
+	struct snapshot_device *sd;
+
+	list_for_each_entry(sd, &snapshot->devices, link) {
+		if (sd->image) {
+			snapimage_free(sd->image);
+			sd->image = NULL;
+		}
+		tracker_set_diff_area(sd->tracker, NULL);
+	}
+	tracker_sync();
+	list_for_each_entry(sd, &snapshot->devices, link) {
+		if (!sd->area)
+			continue;
+		diff_area_stop(sd->area);
+		diff_area_put(sd->area);
+		sd->area = NULL;
+	}
+	snapshot->taken = false;
+}
+
+int snapshot_destroy(const uuid_t *id)
+{
+	struct snapshot_device *sd, *next;
+	struct snapshot *snapshot;
+
+	lockdep_assert_held(&ctl_mutex);
+	snapshot = snapshot_find(id);
+	if (!snapshot)
+		return -ENOENT;
+	list_del(&snapshot->link);
+	snapshot_release_devices(snapshot);
+	list_for_each_entry_safe(sd, next, &snapshot->devices, link) {
+		sd->tracker->snapshot = NULL;
+		tracker_put(sd->tracker);
+		list_del(&sd->link);
+		kfree(sd);
+	}
+	event_queue_close(snapshot->events);
+	event_queue_put(snapshot->events);
+	diff_storage_put(snapshot->storage);
+	kfree(snapshot);
+	module_put(THIS_MODULE);
+	return 0;
+}
+
+int snapshot_add(const uuid_t *id, struct tracker *tracker)
+{
+	struct snapshot_device *sd;
+	struct snapshot *snapshot;
+
+	lockdep_assert_held(&ctl_mutex);
+	snapshot = snapshot_find(id);
+	if (!snapshot)
+		return -ENOENT;
+	if (snapshot->taken || tracker->snapshot)
+		return -EBUSY;
+	if (diff_storage_on_bdev(snapshot->storage, tracker->bdev))
+		return -EINVAL;
+	sd = kzalloc(sizeof(*sd), GFP_KERNEL);
+	if (!sd)
+		return -ENOMEM;
+	sd->tracker = tracker_get(tracker);
+	tracker->snapshot = snapshot;
+	list_add_tail(&sd->link, &snapshot->devices);
+	return 0;
+}
+
+static int snapshot_prepare(struct snapshot *snapshot)
+{
+	struct snapshot_device *sd;
+
+	list_for_each_entry(sd, &snapshot->devices, link) {
+		if (sd->tracker->dead)
+			return -ENODEV;
+		sd->area = diff_area_new(sd->tracker, snapshot->storage,
+					 snapshot->events);
+		if (IS_ERR(sd->area)) {
+			int ret = PTR_ERR(sd->area);
+
+			sd->area = NULL;
+			return ret;
+		}
+		sd->image = snapimage_new(sd->area);
+		if (IS_ERR(sd->image)) {
+			int ret = PTR_ERR(sd->image);
+
+			sd->image = NULL;
+			return ret;
+		}
+	}
+	return 0;
+}
+
+static void snapshot_thaw(struct snapshot *snapshot,
+			  struct snapshot_device *last)
+{
+	struct snapshot_device *sd;
+
+	list_for_each_entry(sd, &snapshot->devices, link) {
+		if (sd == last)
+			break;
+		blksnap_bdev_thaw(sd->tracker->bdev);
+	}
+}
+
+/*
+ * The instant of the snapshot: file systems on the devices are frozen,
+ * then every write to them is held at the filter, the writes already past
+ * it are drained from their queues, and the change maps and
+ * copy-on-write states are switched together before anything is let go.
+ */
+static int snapshot_switch(struct snapshot *snapshot)
+{
+	struct snapshot_device *sd;
+	int ret;
+
+	list_for_each_entry(sd, &snapshot->devices, link) {
+		ret = blksnap_bdev_freeze(sd->tracker->bdev);
+		if (ret) {
+			snapshot_thaw(snapshot, sd);
+			return ret;
+		}
+	}
+	list_for_each_entry(sd, &snapshot->devices, link)
+		tracker_freeze(sd->tracker);
+	tracker_sync();
+	list_for_each_entry(sd, &snapshot->devices, link) {
+		struct request_queue *q = bdev_get_queue(sd->tracker->bdev);
+
+		blk_mq_freeze_queue(q);
+		blk_mq_unfreeze_queue(q);
+	}
+	list_for_each_entry(sd, &snapshot->devices, link) {
+		cbt_map_switch(sd->tracker->cbt_map);
+		tracker_set_diff_area(sd->tracker, sd->area);
+	}
+	snapshot->taken = true;
+	list_for_each_entry(sd, &snapshot->devices, link)
+		tracker_unfreeze(sd->tracker);
+	snapshot_thaw(snapshot, NULL);
+	return 0;
+}
+
+int snapshot_take(const uuid_t *id)
+{
+	struct snapshot_device *sd;
+	struct snapshot *snapshot;
+	int ret;
+
+	lockdep_assert_held(&ctl_mutex);
+	snapshot = snapshot_find(id);
+	if (!snapshot)
+		return -ENOENT;
+	if (snapshot->taken)
+		return -EALREADY;
+	if (list_empty(&snapshot->devices))
+		return -ENODEV;
+
+	ret = snapshot_prepare(snapshot);
+	if (ret)
+		goto fail;
+	ret = snapshot_switch(snapshot);
+	if (ret)
+		goto fail;
+	list_for_each_entry(sd, &snapshot->devices, link) {
+		ret = snapimage_add(sd->image);
+		if (ret)
+			goto fail;
+	}
+	list_for_each_entry(sd, &snapshot->devices, link)
+		pr_info("snapshot of %pg taken as %s\n", sd->tracker->bdev,
+			sd->image->disk->disk_name);
+	return 0;
+fail:
+	snapshot_release_devices(snapshot);
+	return ret;
+}
+
+int snapshot_collect(uuid_t *ids, unsigned int *count)
+{
+	struct snapshot *snapshot;
+	unsigned int n = 0;
+
+	lockdep_assert_held(&ctl_mutex);
+	list_for_each_entry(snapshot, &snapshots, link)
+		n++;
+	if (!ids || *count < n) {
+		*count = n;
+		return n ? -ENODATA : 0;
+	}
+	n = 0;
+	list_for_each_entry(snapshot, &snapshots, link)
+		ids[n++] = snapshot->id;
+	*count = n;
+	return 0;
+}
+
+struct event_queue *snapshot_get_events(const uuid_t *id)
+{
+	struct snapshot *snapshot;
+
+	lockdep_assert_held(&ctl_mutex);
+	snapshot = snapshot_find(id);
+	if (!snapshot)
+		return NULL;
+	event_queue_get(snapshot->events);
+	return snapshot->events;
+}
+
+static struct snapshot_device *snapshot_device_of(struct snapshot *snapshot,
+						  struct tracker *tracker)
+{
+	struct snapshot_device *sd;
+
+	list_for_each_entry(sd, &snapshot->devices, link)
+		if (sd->tracker == tracker)
+			return sd;
+	return NULL;
+}
+
+void snapshot_info(struct tracker *tracker, struct blksnap_snapshotinfo *info)
+{
+	struct snapshot_device *sd;
+
+	lockdep_assert_held(&ctl_mutex);
+	memset(info, 0, sizeof(*info));
+	if (!tracker->snapshot)
+		return;
+	sd = snapshot_device_of(tracker->snapshot, tracker);
+	if (!sd || !sd->area || !sd->image)
+		return;
+	info->error_code = diff_area_error(sd->area);
+	strscpy((char *)info->image, sd->image->disk->disk_name, sizeof(info->image));
+}
+
+/* The device of a snapshot is going away: its image is lost. */
+void snapshot_device_lost(struct snapshot *snapshot, struct tracker *tracker)
+{
+	struct snapshot_device *sd;
+
+	lockdep_assert_held(&ctl_mutex);
+	sd = snapshot_device_of(snapshot, tracker);
+	if (sd && sd->area)
+		diff_area_corrupt(sd->area, -ENODEV);
+}

@@ -1,0 +1,296 @@
+// SPDX-License-Identifier: GPL-2.0
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/hash.h>
+#include <linux/file.h>
+#include <linux/rculist.h>
+#include <linux/blk-mq.h>
+#include "compat.h"
+#include "tracker.h"
+#include "cbt_map.h"
+#include "diff_area.h"
+#include "snapimage.h"
+#include "snapshot.h"
+
+/* Serializes every control operation: they are rare and may sleep. */
+DEFINE_MUTEX(ctl_mutex);
+
+/*
+ * Held by every write from its filtering until the original
+ * submit_bio_noacct() returns, by which time a bio submitted from the top
+ * level, and anything a stacked driver queued below it, has entered its
+ * queue. A take waits for it before it drains the queues.
+ */
+DEFINE_SRCU(tracker_srcu);
+
+#define TRACKER_HASH_BITS 6
+/* Trackers by disk; written under ctl_mutex, read under tracker_srcu. */
+static struct hlist_head tracker_table[1 << TRACKER_HASH_BITS];
+static unsigned int tracker_count;
+
+static struct hlist_head *tracker_bucket(struct gendisk *disk)
+{
+	return &tracker_table[hash_ptr(disk, TRACKER_HASH_BITS)];
+}
+
+/*
+ * The tracker a write to @bdev belongs to: the device's own, or its whole
+ * disk's when the write goes through a partition. @off is the partition's
+ * start in the tracked device.
+ */
+static struct tracker *tracker_lookup(struct block_device *bdev,
+				      sector_t *off)
+{
+	struct tracker *tracker;
+
+	hlist_for_each_entry_srcu(tracker, tracker_bucket(bdev->bd_disk), link,
+				  srcu_read_lock_held(&tracker_srcu)) {
+		if (tracker->bdev == bdev) {
+			*off = 0;
+			return tracker;
+		}
+		if (tracker->bdev == bdev_whole(bdev)) {
+			*off = bdev->bd_start_sect;
+			return tracker;
+		}
+	}
+	return NULL;
+}
+
+/* Returns true when the bio was taken over, false to submit it as is. */
+static bool tracker_write(struct bio *bio)
+{
+	struct tracker *tracker;
+	struct diff_area *area;
+	sector_t off;
+
+	/*
+	 * A split remainder of a partition's bio carries absolute sectors
+	 * and was seen whole before the split.
+	 */
+	if (bio_flagged(bio, BIO_REMAPPED) || !bio_sectors(bio))
+		return false;
+	tracker = tracker_lookup(bio->bi_bdev, &off);
+	if (!tracker)
+		return false;
+	if (unlikely(READ_ONCE(tracker->frozen))) {
+		unsigned long flags;
+		bool held = false;
+
+		spin_lock_irqsave(&tracker->lock, flags);
+		if (tracker->frozen) {
+			bio_list_add(&tracker->pending, bio);
+			held = true;
+		}
+		spin_unlock_irqrestore(&tracker->lock, flags);
+		if (held)
+			return true;
+	}
+	cbt_map_mark(tracker->cbt_map, bio->bi_iter.bi_sector + off,
+		     bio_sectors(bio));
+	area = srcu_dereference(tracker->diff_area, &tracker_srcu);
+	return area && diff_area_write(area, bio, off);
+}
+
+void tracker_submit_bio(struct bio *bio)
+{
+	int idx;
+
+	if (!op_is_write(bio_op(bio)) || !READ_ONCE(tracker_count)) {
+		submit_bio_noacct(bio);
+		return;
+	}
+	idx = srcu_read_lock(&tracker_srcu);
+	if (!tracker_write(bio))
+		submit_bio_noacct(bio);
+	srcu_read_unlock(&tracker_srcu, idx);
+}
+
+static void tracker_work_fn(struct work_struct *work)
+{
+	struct tracker *tracker = container_of(work, struct tracker, work);
+	struct bio_list bios;
+	struct bio *bio;
+
+	spin_lock_irq(&tracker->lock);
+	if (tracker->frozen) {
+		spin_unlock_irq(&tracker->lock);
+		return;
+	}
+	bios = tracker->pending;
+	bio_list_init(&tracker->pending);
+	spin_unlock_irq(&tracker->lock);
+
+	while ((bio = bio_list_pop(&bios)))
+		tracker_submit_bio(bio);
+}
+
+static void tracker_release(struct kref *kref)
+{
+	struct tracker *tracker = container_of(kref, struct tracker, kref);
+
+	flush_work(&tracker->work);
+	WARN_ON_ONCE(!bio_list_empty(&tracker->pending));
+	cbt_map_free(tracker->cbt_map);
+	fput(tracker->file);
+	kfree(tracker);
+}
+
+void tracker_put(struct tracker *tracker)
+{
+	kref_put(&tracker->kref, tracker_release);
+}
+
+struct tracker *tracker_find_locked(struct block_device *bdev)
+{
+	struct tracker *tracker;
+
+	lockdep_assert_held(&ctl_mutex);
+	hlist_for_each_entry(tracker, tracker_bucket(bdev->bd_disk), link)
+		if (tracker->bdev == bdev)
+			return tracker;
+	return NULL;
+}
+
+/* A whole disk and its partitions cannot be tracked at the same time. */
+static int __tracker_check_overlap(struct block_device *bdev)
+{
+	struct tracker *tracker;
+
+	lockdep_assert_held(&ctl_mutex);
+	hlist_for_each_entry(tracker, tracker_bucket(bdev->bd_disk), link) {
+		if (tracker->bdev == bdev)
+			return -EALREADY;
+		if (tracker->bdev->bd_disk == bdev->bd_disk &&
+		    (!bdev_is_partition(bdev) ||
+		     !bdev_is_partition(tracker->bdev)))
+			return -EBUSY;
+	}
+	return 0;
+}
+
+int tracker_attach(struct file *file)
+{
+	struct block_device *bdev = I_BDEV(file->f_mapping->host);
+	struct tracker *tracker;
+	int ret;
+
+	lockdep_assert_held(&ctl_mutex);
+	if (snapimage_is_image(bdev))
+		return -EINVAL;
+	ret = __tracker_check_overlap(bdev);
+	if (ret)
+		return ret;
+
+	tracker = kzalloc(sizeof(*tracker), GFP_KERNEL);
+	if (!tracker)
+		return -ENOMEM;
+	tracker->cbt_map = cbt_map_new(bdev_nr_sectors(bdev));
+	if (IS_ERR(tracker->cbt_map)) {
+		ret = PTR_ERR(tracker->cbt_map);
+		goto fail_map;
+	}
+	kref_init(&tracker->kref);
+	spin_lock_init(&tracker->lock);
+	bio_list_init(&tracker->pending);
+	INIT_WORK(&tracker->work, tracker_work_fn);
+	tracker->bdev = bdev;
+	tracker->file = get_file(file);
+
+	/* No write may be half seen: install the filter on a still device. */
+	ret = blksnap_bdev_freeze(bdev);
+	if (ret)
+		goto fail_freeze;
+	hlist_add_head_rcu(&tracker->link, tracker_bucket(bdev->bd_disk));
+	WRITE_ONCE(tracker_count, tracker_count + 1);
+	blksnap_bdev_thaw(bdev);
+
+	__module_get(THIS_MODULE);
+	pr_info("attached to %pg, %u-byte tracking blocks\n", bdev,
+		cbt_map_block_size(tracker->cbt_map));
+	return 0;
+
+fail_freeze:
+	fput(tracker->file);
+	cbt_map_free(tracker->cbt_map);
+fail_map:
+	kfree(tracker);
+	return ret;
+}
+
+static void __tracker_remove(struct tracker *tracker)
+{
+	lockdep_assert_held(&ctl_mutex);
+	hlist_del_init_rcu(&tracker->link);
+	WRITE_ONCE(tracker_count, tracker_count - 1);
+	synchronize_srcu(&tracker_srcu);
+	/* Whatever a take left held is submitted before the tracker goes. */
+	flush_work(&tracker->work);
+	tracker_put(tracker);
+	module_put(THIS_MODULE);
+}
+
+int tracker_detach(struct block_device *bdev)
+{
+	struct tracker *tracker;
+
+	lockdep_assert_held(&ctl_mutex);
+	tracker = tracker_find_locked(bdev);
+	if (!tracker)
+		return -ENODEV;
+	if (tracker->snapshot)
+		return -EBUSY;
+	pr_info("detached from %pg\n", bdev);
+	__tracker_remove(tracker);
+	return 0;
+}
+
+/* Called in place of del_gendisk(): forget the disk before it goes. */
+void tracker_disk_removed(struct gendisk *disk)
+{
+	struct tracker *tracker;
+	struct hlist_node *next;
+
+	if (!READ_ONCE(tracker_count))
+		return;
+	mutex_lock(&ctl_mutex);
+	hlist_for_each_entry_safe(tracker, next, tracker_bucket(disk), link) {
+		if (tracker->bdev->bd_disk != disk)
+			continue;
+		pr_warn("%pg is being removed while attached; detaching\n",
+			tracker->bdev);
+		tracker->dead = true;
+		if (tracker->snapshot)
+			snapshot_device_lost(tracker->snapshot, tracker);
+		__tracker_remove(tracker);
+	}
+	mutex_unlock(&ctl_mutex);
+}
+
+void tracker_freeze(struct tracker *tracker)
+{
+	spin_lock_irq(&tracker->lock);
+	tracker->frozen = true;
+	spin_unlock_irq(&tracker->lock);
+}
+
+void tracker_unfreeze(struct tracker *tracker)
+{
+	spin_lock_irq(&tracker->lock);
+	tracker->frozen = false;
+	spin_unlock_irq(&tracker->lock);
+	queue_work(blksnap_wq, &tracker->work);
+}
+
+void tracker_set_diff_area(struct tracker *tracker, struct diff_area *area)
+{
+	lockdep_assert_held(&ctl_mutex);
+	rcu_assign_pointer(tracker->diff_area, area);
+}
+
+/* Waits until no write is between its filtering and its queue. */
+void tracker_sync(void)
+{
+	synchronize_srcu_expedited(&tracker_srcu);
+}

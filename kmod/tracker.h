@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+#ifndef __BLKSNAP_TRACKER_H
+#define __BLKSNAP_TRACKER_H
+
+#include <linux/blkdev.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/spinlock.h>
+#include <linux/srcu.h>
+#include <linux/workqueue.h>
+
+struct cbt_map;
+struct diff_area;
+struct snapshot;
+
+/**
+ * struct tracker - A block device the module is attached to.
+ * @link: entry in the lookup table; added and removed under ctl_mutex,
+ *	read under tracker_srcu.
+ * @kref: the lookup table and a snapshot that holds the device each own
+ *	a reference.
+ * @file: the caller's open file of the device, which pins it.
+ * @bdev: the device.
+ * @cbt_map: the change map.
+ * @diff_area: copy-on-write state while a snapshot of the device is
+ *	taken; written under ctl_mutex, read under tracker_srcu.
+ * @snapshot: the snapshot the device was added to, under ctl_mutex.
+ * @dead: the device was removed, under ctl_mutex.
+ * @lock: guards @frozen and @pending.
+ * @frozen: a take is switching the device; writes are held in @pending.
+ * @pending: writes held while frozen, resubmitted in order by @work.
+ * @work: resubmits @pending once the take is over.
+ */
+struct tracker {
+	struct hlist_node link;
+	struct kref kref;
+	struct file *file;
+	struct block_device *bdev;
+	struct cbt_map *cbt_map;
+	struct diff_area __rcu *diff_area;
+	struct snapshot *snapshot;
+	bool dead;
+	spinlock_t lock;
+	bool frozen;
+	struct bio_list pending;
+	struct work_struct work;
+};
+
+extern struct mutex ctl_mutex;
+extern struct srcu_struct tracker_srcu;
+extern struct workqueue_struct *blksnap_wq;
+
+void tracker_submit_bio(struct bio *bio);
+void tracker_disk_removed(struct gendisk *disk);
+
+int tracker_attach(struct file *file);
+int tracker_detach(struct block_device *bdev);
+struct tracker *tracker_find_locked(struct block_device *bdev);
+void tracker_put(struct tracker *tracker);
+void tracker_freeze(struct tracker *tracker);
+void tracker_unfreeze(struct tracker *tracker);
+void tracker_set_diff_area(struct tracker *tracker, struct diff_area *area);
+void tracker_sync(void);
+
+static inline struct tracker *tracker_get(struct tracker *tracker)
+{
+	kref_get(&tracker->kref);
+	return tracker;
+}
+
+#endif /* __BLKSNAP_TRACKER_H */

@@ -1,0 +1,164 @@
+//! Writes to the image, destroy and re-take cycles, attach/detach rules,
+//! and hot removal of an attached device.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+
+use blksnap::Error;
+use common::*;
+
+#[test]
+fn image_writes_land_in_the_image_and_not_on_the_device() {
+    let (ctl, disks) = setup();
+    let storage = open_excl(&disks.storage);
+    let dev = open_direct(&disks.data_a);
+    let region = 64 * MIB / BLOCK;
+    write_range(&dev, 0, region, |_| 0);
+    let _att = Attached::new(&ctl, &dev);
+    let (snap, images) = Snap::take(&ctl, &storage, size_of(&storage) / SECTOR, &[&dev]);
+    let image = open_direct(&images[0]);
+
+    // Image blocks 100..200 get write 5; then the device gets write 6 on
+    // 150..250, which the image must not see.
+    write_range(&image, 100, 200, |_| 5);
+    write_range(&dev, 150, 250, |_| 6);
+    let in_image = |b: u64| if (100..200).contains(&b) { 5 } else { 0 };
+    let on_dev = |b: u64| if (150..250).contains(&b) { 6 } else { 0 };
+    verify_range(&image, 0, region, in_image).unwrap_or_else(|e| panic!("image: {e}"));
+    verify_range(&dev, 0, region, on_dev).unwrap_or_else(|e| panic!("device: {e}"));
+    drop(image);
+    snap.destroy().expect("destroy");
+    verify_range(&dev, 0, region, on_dev).unwrap_or_else(|e| panic!("device after destroy: {e}"));
+}
+
+#[test]
+fn destroy_and_retake_cycles() {
+    const CYCLES: u32 = 20;
+    let (ctl, disks) = setup();
+    let storage = open_excl(&disks.storage);
+    let limit = size_of(&storage) / SECTOR;
+    let dev = open_direct(&disks.data_a);
+    let region = 64 * MIB / BLOCK;
+    write_range(&dev, 0, region, |_| 0);
+    let record = Record::new(region);
+    let _att = Attached::new(&ctl, &dev);
+    let mut rng = Rng::new(20);
+    for cycle in 1..=CYCLES {
+        let at_take: Vec<u32> = (0..region).map(|b| record.get(b)).collect();
+        let (snap, images) = Snap::take(&ctl, &storage, limit, &[&dev]);
+        let image = open_direct_ro(&images[0]);
+        // 4 MiB in 64 random writes of 64 KiB.
+        for _ in 0..64 {
+            let first = rng.below(region - 16);
+            write_blocks(&dev, first, 16, |_| cycle);
+            for b in first..first + 16 {
+                record.set(b, cycle);
+            }
+        }
+        verify_range(&image, 0, region, |b| at_take[b as usize])
+            .unwrap_or_else(|e| panic!("cycle {cycle}: image: {e}"));
+        verify_range(&dev, 0, region, |b| record.get(b))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: device: {e}"));
+        drop(image);
+        snap.destroy()
+            .unwrap_or_else(|e| panic!("cycle {cycle}: destroy: {e}"));
+        assert!(
+            ctl.snapshot_collect().expect("collect").is_empty(),
+            "cycle {cycle}: a snapshot survived destroy"
+        );
+    }
+    println!("{CYCLES} take/verify/destroy cycles");
+}
+
+#[test]
+fn attach_detach_rules() {
+    let (ctl, disks) = setup();
+    let storage = open_excl(&disks.storage);
+    let dev = open_rw(&disks.data_a);
+
+    assert!(matches!(ctl.cbt_info(&dev), Err(Error::NotAttached { .. })));
+    assert!(matches!(ctl.detach(&dev), Err(Error::NotAttached { .. })));
+    let snap = Snap::create(&ctl, &storage, size_of(&storage) / SECTOR);
+    assert!(
+        matches!(
+            ctl.snapshot_add(snap.id, &dev),
+            Err(Error::NotAttached { .. })
+        ),
+        "a device that is not attached was added to a snapshot"
+    );
+    drop(snap);
+
+    ctl.attach(&dev).expect("attach");
+    assert!(matches!(
+        ctl.attach(&dev),
+        Err(Error::AlreadyAttached { .. })
+    ));
+    // Another descriptor of the same device is the same device.
+    let again = open_rw(&disks.data_a);
+    assert!(matches!(
+        ctl.attach(&again),
+        Err(Error::AlreadyAttached { .. })
+    ));
+    ctl.cbt_info(&again)
+        .expect("cbt_info through another descriptor");
+
+    let (snap, _) = Snap::take(&ctl, &storage, size_of(&storage) / SECTOR, &[&dev]);
+    assert!(
+        matches!(ctl.detach(&dev), Err(Error::Busy { .. })),
+        "detach of a device in a snapshot"
+    );
+    snap.destroy().expect("destroy");
+
+    ctl.detach(&dev).expect("detach");
+    assert!(matches!(ctl.cbt_info(&dev), Err(Error::NotAttached { .. })));
+    assert!(matches!(ctl.detach(&dev), Err(Error::NotAttached { .. })));
+    // And attach works again, with a fresh map.
+    ctl.attach(&dev).expect("re-attach");
+    assert_eq!(ctl.cbt_info(&dev).expect("cbt_info").changes_number, 0);
+    ctl.detach(&dev).expect("detach");
+}
+
+#[test]
+fn hot_removal_of_an_attached_device_in_a_snapshot() {
+    let (ctl, _disks) = setup();
+    let mut nullb = NullBlk::new("blksnap_test", 128 * MIB);
+    let dev = open_direct(&nullb.dev);
+    let region = 16 * MIB / BLOCK;
+    write_range(&dev, 0, region, |_| 0);
+    let fs = TmpMount::tmpfs(64 * MIB);
+    let storage = tmpfile_in(&fs.path);
+    ctl.attach(&dev).expect("attach null_blk");
+    let (snap, images) = Snap::take(&ctl, &storage, 48 * MIB / SECTOR, &[&dev]);
+    let image = open_direct_ro(&images[0]);
+    write_range(&dev, 0, region / 2, |_| 1);
+    verify_range(&image, 0, region, |_| 0).unwrap_or_else(|e| panic!("image before removal: {e}"));
+
+    nullb.power_off();
+    println!("null_blk removed while attached and in a snapshot");
+
+    let mut buf = AlignedBuf::new(MIB as usize);
+    let read = image.read_exact_at(buf.as_mut_slice(), 0);
+    println!("image read after removal: {read:?}");
+    // The disk is gone: its map and its snapshot state must not be served
+    // as if nothing happened, and nothing may hang or crash.
+    let info = ctl.cbt_info(&dev);
+    println!("cbt_info after removal: {info:?}");
+    assert!(info.is_err(), "cbt_info served for a removed device");
+    println!("snapshot_info after removal: {:?}", ctl.snapshot_info(&dev));
+    drop(image);
+    match snap.destroy() {
+        Ok(()) | Err(Error::NoSuchSnapshot { .. }) => {}
+        Err(e) => panic!("destroy after removal: {e}"),
+    }
+    assert!(ctl.snapshot_collect().expect("collect").is_empty());
+    drop(dev);
+    drop(nullb);
+
+    // The module still works on a new device.
+    let nullb = NullBlk::new("blksnap_test2", 64 * MIB);
+    let dev = open_rw(&nullb.dev);
+    ctl.attach(&dev).expect("attach after a removal");
+    ctl.cbt_info(&dev).expect("cbt_info");
+    ctl.detach(&dev).expect("detach");
+}

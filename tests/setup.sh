@@ -51,7 +51,7 @@ if [ ! -f /var/lib/apt/periodic/blksnap-updated ] || [ -n "${SETUP_UPDATE:-}" ];
 fi
 
 for p in fio sparse kmod dkms python3-venv e2fsprogs xfsprogs \
-	util-linux busybox-static protobuf-compiler; do
+	util-linux busybox-static protobuf-compiler libprotobuf-dev; do
 	have "$p" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -24,7 +24,7 @@ struct blksnap_cbtinfo;
  * @generation_id: renewed whenever the numbering restarts.
  */
 struct cbt_map {
-	spinlock_t lock;
+	spinlock_t lock; /* numbers, generation, map contents vs. switch */
 	sector_t capacity;
 	unsigned int blk_shift;
 	unsigned long blk_count;

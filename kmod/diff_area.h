@@ -66,7 +66,7 @@ struct diff_area {
 	unsigned long chunk_count;
 	unsigned long *cow_map;
 
-	spinlock_t lock;
+	spinlock_t lock; /* chunk states and lists, counters, error */
 	struct xarray chunks;
 	unsigned int nr_buffers;
 	struct bio_list deferred;

@@ -26,7 +26,7 @@ struct diff_buffer {
  * @nr_pages: pages per buffer.
  */
 struct diff_buffer_pool {
-	spinlock_t lock;
+	spinlock_t lock; /* free and nr_free */
 	struct list_head free;
 	unsigned int nr_free;
 	unsigned int nr_pages;

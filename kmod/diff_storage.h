@@ -30,7 +30,7 @@ struct diff_storage {
 	struct file *file;
 	struct block_device *bdev;
 	struct event_queue *events;
-	struct mutex lock;
+	struct mutex lock; /* capacity, filled, growth */
 	sector_t capacity;
 	sector_t filled;
 	sector_t limit;

@@ -56,10 +56,8 @@ void event_queue_push(struct event_queue *queue, unsigned int code,
 	unsigned long flags;
 
 	event = kzalloc(struct_size(event, data, size), GFP_NOIO);
-	if (!event) {
-		pr_err("lost event %u: out of memory\n", code);
+	if (!event)
 		return;
-	}
 	event->time = ktime_get_ns();
 	event->code = code;
 	event->size = size;

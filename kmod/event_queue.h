@@ -34,7 +34,7 @@ struct event {
  */
 struct event_queue {
 	struct kref kref;
-	spinlock_t lock;
+	spinlock_t lock; /* list and closed */
 	struct list_head list;
 	wait_queue_head_t wq;
 	bool closed;

@@ -79,37 +79,45 @@ MODULE_PARM_DESC(diff_storage_minimum,
 
 struct workqueue_struct *blksnap_wq;
 
-static void clamp_param(const char *name, unsigned long *value,
-			unsigned long lo, unsigned long hi)
+static unsigned long clamp_param(const char *name, unsigned long value,
+				 unsigned long lo, unsigned long hi)
 {
-	unsigned long fixed = clamp(*value, lo, hi);
+	unsigned long fixed = clamp(value, lo, hi);
 
-	if (fixed != *value)
+	if (fixed != value)
 		pr_warn("%s=%lu is out of range [%lu, %lu]; using %lu\n", name,
-			*value, lo, hi, fixed);
-	*value = fixed;
+			value, lo, hi, fixed);
+	return fixed;
 }
-
-#define CLAMP_PARAM(p, lo, hi)				\
-	do {						\
-		unsigned long v = p;			\
-							\
-		clamp_param(#p, &v, lo, hi);		\
-		p = v;					\
-	} while (0)
 
 static void params_check(void)
 {
-	CLAMP_PARAM(tracking_block_minimum_shift, 12, 30);
-	CLAMP_PARAM(tracking_block_maximum_shift,
-		    tracking_block_minimum_shift, 30);
-	CLAMP_PARAM(tracking_block_maximum_count, 1024, 1U << 30);
-	CLAMP_PARAM(chunk_minimum_shift, PAGE_SHIFT, 26);
-	CLAMP_PARAM(chunk_maximum_shift, chunk_minimum_shift, 26);
-	CLAMP_PARAM(chunk_maximum_count_shift, 8, 40);
-	CLAMP_PARAM(chunk_maximum_in_queue, 1, 256);
-	CLAMP_PARAM(free_diff_buffer_pool_size, 4, 65536);
-	CLAMP_PARAM(diff_storage_minimum, 2048, 1UL << 40);
+	tracking_block_minimum_shift =
+		clamp_param("tracking_block_minimum_shift",
+			    tracking_block_minimum_shift, 12, 30);
+	tracking_block_maximum_shift =
+		clamp_param("tracking_block_maximum_shift",
+			    tracking_block_maximum_shift,
+			    tracking_block_minimum_shift, 30);
+	tracking_block_maximum_count =
+		clamp_param("tracking_block_maximum_count",
+			    tracking_block_maximum_count, 1024, 1U << 30);
+	chunk_minimum_shift = clamp_param("chunk_minimum_shift",
+					  chunk_minimum_shift, PAGE_SHIFT, 26);
+	chunk_maximum_shift = clamp_param("chunk_maximum_shift",
+					  chunk_maximum_shift,
+					  chunk_minimum_shift, 26);
+	chunk_maximum_count_shift = clamp_param("chunk_maximum_count_shift",
+						chunk_maximum_count_shift,
+						8, 40);
+	chunk_maximum_in_queue = clamp_param("chunk_maximum_in_queue",
+					     chunk_maximum_in_queue, 1, 256);
+	free_diff_buffer_pool_size =
+		clamp_param("free_diff_buffer_pool_size",
+			    free_diff_buffer_pool_size, 4, 65536);
+	diff_storage_minimum = clamp_param("diff_storage_minimum",
+					   diff_storage_minimum, 2048,
+					   1UL << 40);
 }
 
 /* The block device behind a descriptor, with its file held in @file. */

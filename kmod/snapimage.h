@@ -26,7 +26,7 @@ struct snapimage {
 	struct diff_area *area;
 	int index;
 	bool added;
-	spinlock_t lock;
+	spinlock_t lock; /* queue */
 	struct bio_list queue;
 	struct work_struct work;
 };

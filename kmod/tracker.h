@@ -40,7 +40,7 @@ struct tracker {
 	struct diff_area __rcu *diff_area;
 	struct snapshot *snapshot;
 	bool dead;
-	spinlock_t lock;
+	spinlock_t lock; /* frozen and pending */
 	bool frozen;
 	struct bio_list pending;
 	struct work_struct work;

@@ -1,0 +1,599 @@
+#!/usr/bin/env python3
+"""The guest half of tests/bench/run: measures, writes raw results, judges nothing.
+
+Runs inside the VM with blksnap.ko loaded (tests/vm/run --exec), as root:
+
+    guest.py --out DIR --reps N DATA SMALL1 SMALL2 SMALL3 COW
+
+DATA is the device under test; SMALL1..3 only join it for the four-device
+take; COW is the difference storage of both blksnap (a block device opened
+O_EXCL by blksnapctl) and dm-snapshot (its COW device), used by one of them
+at a time so both get the same backing. Everything on these disks is
+destroyed.
+
+Writes DIR/results.json with every fio run (throughput, latency
+percentiles, per-disk I/O counts), the take latencies and the memory
+deltas. A section that cannot run is recorded under "errors" with the
+reason, the others go on, and the exit status is then 1.
+
+Python 3 standard library only; fio, dmsetup and blksnapctl do the work.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CTL = os.environ.get("BLKSNAPCTL", os.path.join(ROOT, "target", "debug", "blksnapctl"))
+MIB = 1 << 20
+SECTOR = 512
+
+# The workloads. Sequential ones cover [0, 256 MiB); random ones write
+# 8192 distinct 4 KiB blocks, in an order fixed by the seed, into
+# [256 MiB, 768 MiB), so the rewrite hits exactly the blocks (and chunks)
+# that the first write preserved; the image read covers [0, 512 MiB).
+SEQ_SIZE = 256 * MIB
+RAND_OFFSET = 256 * MIB
+RAND_SPAN = 512 * MIB
+RAND_IO = 32 * MIB
+READ_SIZE = 512 * MIB
+DATA_USED = RAND_OFFSET + RAND_SPAN
+
+WORKLOADS = {
+    "seq_first": dict(rw="write", bs="1M", iodepth=4, offset=0, size=SEQ_SIZE),
+    "seq_rewrite": dict(rw="write", bs="1M", iodepth=4, offset=0, size=SEQ_SIZE),
+    "rand_first": dict(rw="randwrite", bs="4k", iodepth=16, offset=RAND_OFFSET, size=RAND_SPAN,
+                       io_size=RAND_IO, randseed=4242),
+    "rand_rewrite": dict(rw="randwrite", bs="4k", iodepth=16, offset=RAND_OFFSET, size=RAND_SPAN,
+                         io_size=RAND_IO, randseed=4242),
+    "image_read": dict(rw="read", bs="1M", iodepth=4, offset=0, size=READ_SIZE),
+}
+CONFIGS = ["plain", "tracking", "blksnap", "dm256", "dm64"]
+DM_CHUNK_SECTORS = {"dm256": 512, "dm64": 128}
+
+
+def log(msg):
+    print(f"bench: {msg}", flush=True)
+
+
+class StepError(Exception):
+    """A step that cannot run; the message says why."""
+
+
+def run(cmd, check=True, capture=True, timeout=900):
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None,
+                          stderr=subprocess.PIPE if capture else None, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        err = (proc.stderr or "").strip().splitlines()
+        raise StepError(f"{' '.join(cmd)} exited {proc.returncode}: {err[-1] if err else ''}")
+    return proc
+
+
+def ctl(*args):
+    return run([CTL, *args]).stdout.strip()
+
+
+def ctl_json(*args):
+    return json.loads(run([CTL, "--json", *args]).stdout)
+
+
+def dmsetup(*args):
+    return run(["dmsetup", *args])
+
+
+def dev_size(dev):
+    return int(run(["blockdev", "--getsize64", dev]).stdout)
+
+
+def zero(dev, offset, length):
+    """Writes zeros with O_DIRECT: wipes a COW header before a new snapshot."""
+    run(["dd", "if=/dev/zero", f"of={dev}", "bs=1M", f"seek={offset // MIB}",
+         f"count={length // MIB}", "oflag=direct", "conv=notrunc", "status=none"])
+
+
+def diskstats(devs):
+    """(reads, read sectors, read ms, writes, write sectors, write ms) per device."""
+    names = {os.path.basename(os.path.realpath(d)): d for d in devs}
+    out = {}
+    with open("/proc/diskstats") as f:
+        for line in f:
+            p = line.split()
+            if p[2] in names:
+                out[names[p[2]]] = [int(p[3]), int(p[5]), int(p[6]), int(p[7]), int(p[9]), int(p[10])]
+    return out
+
+
+def diskstats_delta(before, after):
+    keys = ["reads", "read_sectors", "read_ms", "writes", "write_sectors", "write_ms"]
+    return {d: dict(zip(keys, [a - b for a, b in zip(after[d], before[d])]))
+            for d in after if d in before}
+
+
+class StackSampler:
+    """Samples the kernel stacks of busy tasks (state D or R) every 20 ms.
+
+    perf is not available in the guest; a histogram of the top frames of
+    blocked fio threads and kworkers shows where a write waits.
+    """
+
+    def __init__(self):
+        self.counts = {}
+        self.samples = 0
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        me = os.getpid()
+        while not self.stop_ev.is_set():
+            self.samples += 1
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit() or int(pid) == me:
+                    continue
+                try:
+                    tids = os.listdir(f"/proc/{pid}/task")
+                except OSError:
+                    continue
+                for tid in tids:
+                    base = f"/proc/{pid}/task/{tid}"
+                    try:
+                        with open(f"{base}/stat") as f:
+                            stat = f.read()
+                        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+                        state = stat[stat.rindex(")") + 2]
+                        if state not in "DR" or not re.match(r"fio|kworker|blksnap|kcopyd|dm", comm):
+                            continue
+                        with open(f"{base}/stack") as f:
+                            frames = [ln.split()[1].split("+")[0] for ln in f if ln.strip()]
+                    except (OSError, ValueError, IndexError):
+                        continue
+                    frames = [fr for fr in frames if not fr.startswith(("__schedule", "schedule"))]
+                    who = "fio" if comm.startswith("fio") else re.sub(r"[0-9:/]+.*", "", comm)
+                    key = f"{who}[{state}]: " + " < ".join(frames[:6])
+                    self.counts[key] = self.counts.get(key, 0) + 1
+            self.stop_ev.wait(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_ev.set()
+        self.thread.join(timeout=5)
+
+    def top(self, n=15):
+        items = sorted(self.counts.items(), key=lambda kv: -kv[1])[:n]
+        return {"samples": self.samples, "top": [{"count": c, "stack": k} for k, c in items]}
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.data = args.data
+        self.smalls = args.smalls
+        self.cow = args.cow
+        self.res = {
+            "kernel": os.uname().release,
+            "cpus": os.cpu_count(),
+            "module_params": self.module_params(),
+            "storage": "blksnap: the COW virtio disk as a block device opened O_EXCL; "
+                       "dm-snapshot: the same disk as its persistent COW device",
+            "runs": [],
+            "take": {},
+            "memory": {},
+            "diagnosis": {},
+            "errors": [],
+            "loadavg_start": open("/proc/loadavg").read().split()[:3],
+        }
+        self.snapshot_id = None
+        self.attached = set()
+
+    @staticmethod
+    def module_params():
+        d = "/sys/module/blksnap/parameters"
+        try:
+            return {p: open(os.path.join(d, p)).read().strip() for p in sorted(os.listdir(d))}
+        except OSError:
+            return {}
+
+    def error(self, where, e):
+        msg = f"{where}: {e}"
+        log(f"ERROR {msg}")
+        self.res["errors"].append(msg)
+
+    # ---- fio -------------------------------------------------------------
+
+    def fio(self, dev, workload):
+        opts = WORKLOADS[workload]
+        cmd = ["fio", "--name=bench", f"--filename={dev}", "--direct=1", "--ioengine=libaio",
+               "--output-format=json", "--thread", "--group_reporting"]
+        cmd += [f"--{k}={v}" for k, v in opts.items()]
+        watched = [self.data, self.cow]
+        before = diskstats(watched)
+        t0 = time.monotonic()
+        proc = run(cmd, timeout=1800)
+        wall = time.monotonic() - t0
+        after = diskstats(watched)
+        text = proc.stdout
+        try:
+            job = json.loads(text[text.index("{"):])["jobs"][0]
+        except (ValueError, KeyError, IndexError) as e:
+            raise StepError(f"fio output not understood: {e}")
+        side = job["read"] if opts["rw"].endswith("read") else job["write"]
+        if side.get("total_ios", 0) == 0 and side.get("io_bytes", 0) == 0:
+            raise StepError(f"fio did no I/O on {dev}")
+        pct = side.get("clat_ns", {}).get("percentile", {})
+        return {
+            "bw_mib_s": side["bw_bytes"] / MIB,
+            "iops": side["iops"],
+            "io_mib": side["io_bytes"] / MIB,
+            "runtime_s": side["runtime"] / 1000.0,
+            "wall_s": wall,
+            "clat_us": {p: pct[k] / 1000.0 for p, k in
+                        (("p50", "50.000000"), ("p90", "90.000000"), ("p99", "99.000000"),
+                         ("p99.9", "99.900000")) if k in pct},
+            "clat_mean_us": side.get("clat_ns", {}).get("mean", 0) / 1000.0,
+            "disks": diskstats_delta(before, after),
+        }
+
+    # ---- the configurations ------------------------------------------------
+
+    def attach(self, dev):
+        ctl("attach", dev)
+        self.attached.add(dev)
+
+    def detach(self, dev):
+        ctl("detach", dev)
+        self.attached.discard(dev)
+
+    def blksnap_snapshot(self, devs):
+        limit = dev_size(self.cow) // SECTOR * SECTOR
+        sid = ctl("snapshot", "create", "--storage", self.cow, "--limit", str(limit))
+        self.snapshot_id = sid
+        for d in devs:
+            ctl("snapshot", "add", sid, d)
+        took = ctl_json("snapshot", "take", sid)
+        return sid, took
+
+    def blksnap_destroy(self):
+        if self.snapshot_id:
+            sid, self.snapshot_id = self.snapshot_id, None
+            ctl("snapshot", "destroy", sid)
+
+    def dm_create(self, chunk):
+        zero(self.cow, 0, MIB)
+        sectors = dev_size(self.data) // SECTOR
+        dmsetup("create", "bsb-origin", "--table", f"0 {sectors} snapshot-origin {self.data}")
+        dmsetup("create", "bsb-snap", "--table",
+                f"0 {sectors} snapshot {self.data} {self.cow} P {chunk}")
+        run(["udevadm", "settle"], check=False)
+        for n in ("bsb-origin", "bsb-snap"):
+            if not os.path.exists(f"/dev/mapper/{n}"):
+                raise StepError(f"/dev/mapper/{n} did not appear")
+
+    def dm_remove(self):
+        for n in ("bsb-snap", "bsb-origin"):
+            if os.path.exists(f"/dev/mapper/{n}"):
+                dmsetup("remove", "--retry", n)
+
+    def cleanup(self):
+        for f in (self.blksnap_destroy, self.dm_remove):
+            try:
+                f()
+            except StepError as e:
+                self.error("cleanup", e)
+        for d in list(self.attached):
+            try:
+                self.detach(d)
+            except StepError as e:
+                self.error("cleanup", e)
+
+    def cycle(self, config, rep, sampler_for=()):
+        """One pass of every workload on one configuration."""
+        target = read_target = self.data
+        extra = {}
+        if config == "tracking":
+            self.attach(self.data)
+        elif config == "blksnap":
+            self.attach(self.data)
+            _, took = self.blksnap_snapshot([self.data])
+            extra["take_us"] = took["took_us"]
+            info = ctl_json("snapshot", "info", self.data)
+            if not info.get("image"):
+                raise StepError("the snapshot has no image after take")
+            read_target = info["image"]
+        elif config in DM_CHUNK_SECTORS:
+            self.dm_create(DM_CHUNK_SECTORS[config])
+            target, read_target = "/dev/mapper/bsb-origin", "/dev/mapper/bsb-snap"
+        try:
+            for w in WORKLOADS:
+                dev = read_target if w == "image_read" else target
+                if w in sampler_for:
+                    with StackSampler() as s:
+                        r = self.fio(dev, w)
+                    self.res["diagnosis"].setdefault(config, {})[w] = {"fio": r, "stacks": s.top()}
+                    log(f"  diag {config:9s} {w:13s} {r['bw_mib_s']:8.1f} MiB/s")
+                    continue
+                r = self.fio(dev, w)
+                r.update(config=config, workload=w, rep=rep, target=dev, **extra)
+                self.res["runs"].append(r)
+                log(f"  rep {rep} {config:9s} {w:13s} {r['bw_mib_s']:8.1f} MiB/s "
+                    f"{r['iops']:9.0f} IOPS  p99 {r['clat_us'].get('p99', 0):9.0f} us")
+            if config == "blksnap":
+                info = ctl_json("snapshot", "info", self.data)
+                if info.get("error"):
+                    raise StepError(f"the snapshot was corrupted during the run: {info['error']}")
+        finally:
+            if config == "blksnap":
+                self.blksnap_destroy()
+            if config in DM_CHUNK_SECTORS:
+                self.dm_remove()
+            if config in ("tracking", "blksnap"):
+                self.detach(self.data)
+
+    # ---- sections ----------------------------------------------------------
+
+    def prepare(self):
+        """Fills the used part of the data disk and the whole COW disk once,
+        so no run pays for the first allocation of the sparse image files on
+        the host."""
+        for dev, length in ((self.data, DATA_USED), (self.cow, dev_size(self.cow))):
+            log(f"filling {dev} ({length // MIB} MiB)")
+            run(["fio", "--name=fill", f"--filename={dev}", "--direct=1", "--ioengine=libaio",
+                 "--rw=write", "--bs=1M", "--iodepth=8", f"--size={length}",
+                 "--buffer_compress_percentage=0", "--refill_buffers", "--output-format=terse"],
+                timeout=3600)
+        run(["modprobe", "dm-snapshot"])
+
+    def throughput(self):
+        for rep in range(self.args.reps):
+            # Rotate the order so that a slow spell of the shared host does
+            # not always fall on the same configuration.
+            order = CONFIGS[rep % len(CONFIGS):] + CONFIGS[:rep % len(CONFIGS)]
+            for config in order:
+                try:
+                    self.cycle(config, rep)
+                except (StepError, subprocess.TimeoutExpired) as e:
+                    self.error(f"rep {rep} {config}", e)
+                    self.cleanup()
+
+    def diagnose(self):
+        """One extra, unscored pass with the stack sampler on the first writes."""
+        for config in ("blksnap", "dm256"):
+            try:
+                self.cycle(config, -1, sampler_for=("seq_first", "rand_first"))
+            except (StepError, subprocess.TimeoutExpired) as e:
+                self.error(f"diagnosis {config}", e)
+                self.cleanup()
+
+    def take_latency(self):
+        n = self.args.take_reps
+        for ndev in (1, 4):
+            devs = [self.data] + self.smalls[:ndev - 1]
+            key = f"{ndev}dev"
+            # blksnap: create and add happen before the freeze; only take
+            # freezes the devices.
+            try:
+                for d in devs:
+                    self.attach(d)
+                wall, ioctl = [], []
+                for _ in range(n):
+                    limit = dev_size(self.cow) // SECTOR * SECTOR
+                    sid = ctl("snapshot", "create", "--storage", self.cow, "--limit", str(limit))
+                    self.snapshot_id = sid
+                    for d in devs:
+                        ctl("snapshot", "add", sid, d)
+                    t0 = time.monotonic()
+                    took = ctl_json("snapshot", "take", sid)
+                    wall.append((time.monotonic() - t0) * 1e3)
+                    ioctl.append(took["took_us"] / 1e3)
+                    self.blksnap_destroy()
+                self.res["take"][f"blksnap_{key}"] = {"wall_ms": wall, "ioctl_ms": ioctl}
+                log(f"take blksnap {key}: wall {statistics.median(wall):.1f} ms, "
+                    f"ioctl {statistics.median(ioctl):.1f} ms")
+            except (StepError, subprocess.TimeoutExpired) as e:
+                self.error(f"take blksnap {key}", e)
+            finally:
+                self.cleanup()
+            # dm-snapshot the LVM way: the devices are already dm-linear
+            # devices; a snapshot suspends each origin, creates the snapshot
+            # device, loads the snapshot-origin table and resumes.
+            try:
+                self.dm_take(devs, key, n)
+            except (StepError, subprocess.TimeoutExpired) as e:
+                self.error(f"take dm {key}", e)
+            finally:
+                self.dm_take_teardown(len(devs))
+
+    def dm_take(self, devs, key, n):
+        slice_sectors = dev_size(self.cow) // SECTOR // 4
+        for i, d in enumerate(devs):
+            s = dev_size(d) // SECTOR
+            dmsetup("create", f"bsb-t{i}", "--table", f"0 {s} linear {d} 0")
+            dmsetup("create", f"bsb-c{i}", "--table",
+                    f"0 {slice_sectors} linear {self.cow} {i * slice_sectors}")
+        run(["udevadm", "settle"], check=False)
+        wall, frozen = [], []
+        for _ in range(n):
+            for i in range(len(devs)):
+                zero(f"/dev/mapper/bsb-c{i}", 0, MIB)
+            t0 = time.monotonic()
+            for i in range(len(devs)):
+                dmsetup("suspend", f"bsb-t{i}")
+            t_frozen = time.monotonic()
+            for i, d in enumerate(devs):
+                s = dev_size(d) // SECTOR
+                dmsetup("create", f"bsb-s{i}", "--table",
+                        f"0 {s} snapshot {d} /dev/mapper/bsb-c{i} P 512")
+                dmsetup("load", f"bsb-t{i}", "--table", f"0 {s} snapshot-origin {d}")
+            for i in range(len(devs)):
+                dmsetup("resume", f"bsb-t{i}")
+            t1 = time.monotonic()
+            wall.append((t1 - t0) * 1e3)
+            frozen.append((t1 - t_frozen) * 1e3)
+            # Back to plain linear devices for the next round.
+            for i, d in enumerate(devs):
+                s = dev_size(d) // SECTOR
+                dmsetup("suspend", f"bsb-t{i}")
+                dmsetup("load", f"bsb-t{i}", "--table", f"0 {s} linear {d} 0")
+                dmsetup("resume", f"bsb-t{i}")
+                dmsetup("remove", "--retry", f"bsb-s{i}")
+        self.res["take"][f"dm_{key}"] = {"wall_ms": wall, "after_first_suspend_ms": frozen}
+        log(f"take dm {key}: suspend..resume {statistics.median(wall):.1f} ms")
+
+    def dm_take_teardown(self, ndev):
+        for i in range(ndev):
+            for n in (f"bsb-s{i}", f"bsb-t{i}", f"bsb-c{i}"):
+                if os.path.exists(f"/dev/mapper/{n}"):
+                    run(["dmsetup", "remove", "--retry", n], check=False)
+
+    # ---- memory ------------------------------------------------------------
+
+    @staticmethod
+    def meminfo():
+        out = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                out[k] = int(v.split()[0])  # KiB
+        return out
+
+    def settle_meminfo(self):
+        run(["sync"])
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        time.sleep(1)
+        return self.meminfo()
+
+    def big_device(self):
+        """A 1 TiB device that stores nothing: null_blk (memory_backed=0)
+        through configfs, else a sparse file on tmpfs behind a loop device."""
+        cfg = "/sys/kernel/config"
+        try:
+            if not os.path.isdir(os.path.join(cfg, "nullb")):
+                run(["modprobe", "null_blk", "nr_devices=0"])
+                if not os.path.ismount(cfg):
+                    run(["mount", "-t", "configfs", "none", cfg])
+            d = os.path.join(cfg, "nullb", "bsbtib")
+            os.makedirs(d, exist_ok=True)
+            for k, v in (("size", str(1 << 20)), ("memory_backed", "0"), ("blocksize", "4096"),
+                         ("power", "1")):
+                with open(os.path.join(d, k), "w") as f:
+                    f.write(v)
+            with open(os.path.join(d, "index")) as f:
+                dev = f"/dev/nullb{f.read().strip()}"
+            run(["udevadm", "settle"], check=False)
+            if not os.path.exists(dev):
+                raise StepError(f"{dev} did not appear")
+            return dev, "null_blk memory_backed=0", lambda: self.remove_nullb(d)
+        except (OSError, StepError) as e:
+            log(f"null_blk unavailable ({e}); using a sparse file on tmpfs")
+        os.makedirs("/run/bsb", exist_ok=True)
+        run(["mount", "-t", "tmpfs", "-o", "size=64M", "none", "/run/bsb"])
+        run(["truncate", "-s", "1T", "/run/bsb/tib"])
+        dev = run(["losetup", "--find", "--show", "/run/bsb/tib"]).stdout.strip()
+
+        def undo():
+            run(["losetup", "-d", dev], check=False)
+            run(["umount", "/run/bsb"], check=False)
+        return dev, "loop over a sparse tmpfs file", undo
+
+    @staticmethod
+    def remove_nullb(d):
+        try:
+            with open(os.path.join(d, "power"), "w") as f:
+                f.write("0")
+            os.rmdir(d)
+        except OSError:
+            pass
+
+    def memory(self):
+        try:
+            dev, kind, undo = self.big_device()
+        except StepError as e:
+            self.error("memory", e)
+            return
+        try:
+            deltas = []
+            cap = None
+            for _ in range(3):
+                before = self.settle_meminfo()
+                self.attach(dev)
+                info = ctl_json("cbt", "info", dev)
+                cap = info["capacity"]
+                after = self.settle_meminfo()
+                self.detach(dev)
+                deltas.append({k: before[k] - after[k] if k == "MemFree" else after[k] - before[k]
+                               for k in ("MemFree", "Slab", "VmallocUsed", "Percpu")
+                               if k in before})
+            self.res["memory"] = {
+                "device": dev, "kind": kind, "capacity": cap,
+                "block_size": info["block_size"], "block_count": info["block_count"],
+                "deltas_kib": deltas,
+            }
+            log(f"memory on {kind} ({cap / (1 << 40):.2f} TiB): {deltas}")
+        except StepError as e:
+            self.error("memory", e)
+        finally:
+            self.cleanup()
+            undo()
+
+    def main(self):
+        if not os.path.exists("/dev/blksnap-control"):
+            self.error("setup", "/dev/blksnap-control missing: blksnap.ko is not loaded")
+            return self.finish()
+        if not os.access(CTL, os.X_OK):
+            self.error("setup", f"{CTL} missing: build blksnapctl on the host")
+            return self.finish()
+        try:
+            self.prepare()
+        except (StepError, subprocess.TimeoutExpired) as e:
+            self.error("prepare", e)
+            return self.finish()
+        sections = [s for s in self.args.sections.split(",") if s]
+        for name in sections:
+            t0 = time.monotonic()
+            log(f"== {name}")
+            getattr(self, name)()
+            log(f"== {name} took {time.monotonic() - t0:.0f} s")
+            self.save()
+        return self.finish()
+
+    def save(self):
+        """Writes what is measured so far, so a later failure keeps it."""
+        self.res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+        path = os.path.join(self.args.out, "results.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.res, f, indent=1)
+        os.rename(path + ".tmp", path)
+        return path
+
+    def finish(self):
+        path = self.save()
+        log(f"results in {path}; {len(self.res['errors'])} error(s)")
+        return 1 if self.res["errors"] else 0
+
+
+def main():
+    p = argparse.ArgumentParser(prog="guest.py")
+    p.add_argument("--out", required=True)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--take-reps", type=int, default=5)
+    p.add_argument("--sections", default="throughput,take_latency,memory,diagnose")
+    p.add_argument("data")
+    p.add_argument("smalls", nargs=3)
+    p.add_argument("cow")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("bench: must run as root inside the VM", file=sys.stderr)
+        return 1
+    return Bench(args).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+//! The file-backed pool: one sparse file per volume in a directory,
+//! attached as a loop device.
+//!
+//! A file is `<dir>/<local>.img`. Its loop device is found again through
+//! sysfs after a plugin restart, and bound anew after a reboot. Sparse
+//! files make allocation visible: [`extents`] reads it with
+//! `SEEK_DATA`/`SEEK_HOLE`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use nix::unistd::{lseek, Whence};
+
+use super::{loop_device, round_up, Backend, Provisioned};
+use crate::state::{BackendKind, VolumeRecord};
+use crate::{Error, Result};
+
+/// Volume sizes are whole MiB, so a loop device never ends in a partial
+/// tracking or chunk block smaller than the file system's.
+const GRANULE: u64 = 1 << 20;
+
+/// The pool.
+#[derive(Debug)]
+pub struct FilePool {
+    dir: PathBuf,
+    /// Loop device of each volume seen bound in this process.
+    devices: Mutex<HashMap<String, PathBuf>>,
+}
+
+impl FilePool {
+    /// A pool in `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        Ok(FilePool {
+            dir,
+            devices: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn file(&self, location: &str) -> PathBuf {
+        self.dir.join(location)
+    }
+
+    fn devices(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The loop device bound to the volume's file, if any.
+    fn bound(&self, vol: &VolumeRecord) -> Result<Option<PathBuf>> {
+        let file = self.file(&vol.location);
+        if let Some(dev) = self.devices().get(&vol.local) {
+            if loop_device::find(&file)?.contains(dev) {
+                return Ok(Some(dev.clone()));
+            }
+        }
+        Ok(loop_device::find(&file)?.into_iter().next())
+    }
+}
+
+impl Backend for FilePool {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Pool
+    }
+
+    fn create(&self, local: &str, size: u64, _taken: &BTreeSet<String>) -> Result<Provisioned> {
+        let capacity = round_up(size.max(GRANULE), GRANULE)
+            .ok_or_else(|| Error::OutOfRange(format!("{size} bytes is too large")))?;
+        let available = self.available(_taken)?;
+        if capacity > available {
+            return Err(Error::Exhausted(format!(
+                "the pool has {available} bytes free, {capacity} wanted"
+            )));
+        }
+        let location = format!("{local}.img");
+        let path = self.file(&location);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        f.set_len(capacity)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("truncate", &path, e))?;
+        Ok(Provisioned { location, capacity })
+    }
+
+    fn delete(&self, vol: &VolumeRecord) -> Result<()> {
+        let file = self.file(&vol.location);
+        for dev in loop_device::find(&file)? {
+            loop_device::detach(&dev)?;
+        }
+        self.devices().remove(&vol.local);
+        match std::fs::remove_file(&file) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &file, e)),
+        }
+    }
+
+    fn device(&self, vol: &VolumeRecord) -> Result<PathBuf> {
+        let dev = match self.bound(vol)? {
+            Some(dev) => dev,
+            None => {
+                let file = self.file(&vol.location);
+                if !file.exists() {
+                    return Err(Error::not_found("backing file", file.display().to_string()));
+                }
+                loop_device::attach(&file)?
+            }
+        };
+        self.devices().insert(vol.local.clone(), dev.clone());
+        Ok(dev)
+    }
+
+    fn expand(&self, vol: &VolumeRecord, size: u64) -> Result<u64> {
+        let capacity = round_up(size, GRANULE)
+            .ok_or_else(|| Error::OutOfRange(format!("{size} bytes is too large")))?;
+        if capacity <= vol.capacity {
+            return Ok(vol.capacity);
+        }
+        let taken = BTreeSet::new();
+        let available = self.available(&taken)?;
+        if capacity - vol.capacity > available {
+            return Err(Error::Exhausted(format!(
+                "the pool has {available} bytes free, {} more wanted",
+                capacity - vol.capacity
+            )));
+        }
+        let path = self.file(&vol.location);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        f.set_len(capacity)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("truncate", &path, e))?;
+        let dev = self.device(vol)?;
+        loop_device::refresh_capacity(&dev)?;
+        Ok(capacity)
+    }
+
+    fn allocated(&self, vol: &VolumeRecord) -> Result<Option<Vec<Range<u64>>>> {
+        let path = self.file(&vol.location);
+        let f = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        extents(&f, &path).map(Some)
+    }
+
+    fn zeroed_on_create(&self) -> bool {
+        true
+    }
+
+    fn available(&self, _taken: &BTreeSet<String>) -> Result<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.dir)
+            .map_err(|e| Error::io("statvfs", &self.dir, e.into()))?;
+        Ok(st.blocks_available() * st.fragment_size())
+    }
+}
+
+/// The data extents of a (sparse) file, by `SEEK_DATA`/`SEEK_HOLE`.
+pub fn extents(f: &File, path: &Path) -> Result<Vec<Range<u64>>> {
+    let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    let fd = f.as_fd();
+    let mut out = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < len {
+        let data = match lseek(fd, pos as i64, Whence::SeekData) {
+            Ok(o) => o as u64,
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(Error::io("SEEK_DATA", path, e.into())),
+        };
+        let hole = match lseek(fd, data as i64, Whence::SeekHole) {
+            Ok(o) => o as u64,
+            Err(e) => return Err(Error::io("SEEK_HOLE", path, e.into())),
+        };
+        let end = hole.min(len);
+        if end > data {
+            out.push(data..end);
+        }
+        if hole <= pos {
+            break;
+        }
+        pos = hole;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn extents_of_a_sparse_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create");
+        f.set_len(64 << 20).expect("truncate");
+        assert!(extents(&f, &path).expect("extents").is_empty());
+        f.write_all_at(&[1u8; 4096], 8 << 20).expect("write");
+        f.write_all_at(&[1u8; 4096], 40 << 20).expect("write");
+        f.sync_all().expect("sync");
+        let e = extents(&f, &path).expect("extents");
+        // File systems may allocate more than was written, never less.
+        let covers = |off: u64| e.iter().any(|r| r.contains(&off));
+        assert!(covers(8 << 20) && covers((8 << 20) + 4095), "{e:?}");
+        assert!(covers(40 << 20), "{e:?}");
+        assert!(!covers(20 << 20), "{e:?}");
+        for w in e.windows(2) {
+            assert!(w[0].end <= w[1].start);
+        }
+    }
+
+    #[test]
+    fn create_rounds_up_and_refuses_duplicates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = FilePool::new(dir.path()).expect("pool");
+        let taken = BTreeSet::new();
+        let p = pool.create("vol-a", 1000, &taken).expect("create");
+        assert_eq!(p.capacity, GRANULE);
+        assert_eq!(p.location, "vol-a.img");
+        let meta = std::fs::metadata(dir.path().join("vol-a.img")).expect("file");
+        assert_eq!(meta.len(), GRANULE);
+        assert!(pool.create("vol-a", 1000, &taken).is_err());
+        let huge = pool.create("vol-b", u64::MAX / 2, &taken);
+        assert!(matches!(huge, Err(Error::Exhausted(_))), "{huge:?}");
+    }
+}

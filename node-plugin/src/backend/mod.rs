@@ -1,0 +1,96 @@
+//! Volume backends: where a volume's blocks live.
+//!
+//! * [`file_pool::FilePool`]: sparse files in a pool directory, each bound
+//!   to a loop device (bound again after a reboot);
+//! * [`raw_device::RawDevices`]: whole block devices the operator lists by
+//!   stable path (`/dev/disk/by-id/...`), one volume each.
+//!
+//! The plugin sees both through [`Backend`]; change tracking and snapshots
+//! work on the block device either one hands out.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::state::{BackendKind, VolumeRecord};
+use crate::{Error, Result};
+
+pub mod file_pool;
+pub mod loop_device;
+pub mod raw_device;
+
+/// What a backend made for a new volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    /// Where the volume lives, as [`VolumeRecord::location`].
+    pub location: String,
+    /// Its usable size in bytes (at least the requested size).
+    pub capacity: u64,
+}
+
+/// A place volumes are carved from.
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+
+    /// Makes volume `local` of at least `size` bytes. `taken` lists the
+    /// locations of existing volumes of this backend.
+    fn create(&self, local: &str, size: u64, taken: &BTreeSet<String>) -> Result<Provisioned>;
+
+    /// Releases the volume's storage; storage already gone is fine.
+    fn delete(&self, vol: &VolumeRecord) -> Result<()>;
+
+    /// The volume's block device, bound first if it is not (a loop device
+    /// after a reboot).
+    fn device(&self, vol: &VolumeRecord) -> Result<PathBuf>;
+
+    /// Grows the volume to at least `size` bytes; returns its capacity.
+    fn expand(&self, vol: &VolumeRecord, size: u64) -> Result<u64>;
+
+    /// Byte ranges the backing store has allocated, if it can tell.
+    fn allocated(&self, vol: &VolumeRecord) -> Result<Option<Vec<Range<u64>>>>;
+
+    /// Whether a new volume reads as zeros, so that filling it may skip
+    /// zero blocks.
+    fn zeroed_on_create(&self) -> bool;
+
+    /// Bytes a new volume may still get.
+    fn available(&self, taken: &BTreeSet<String>) -> Result<u64>;
+}
+
+nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+
+/// Size in bytes of the block device open at `f`.
+pub fn device_size(f: &File, path: &Path) -> Result<u64> {
+    let mut size = 0u64;
+    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer, which is valid.
+    unsafe { blkgetsize64(f.as_raw_fd(), &mut size) }
+        .map_err(|e| Error::io("BLKGETSIZE64", path, e.into()))?;
+    Ok(size)
+}
+
+/// Rounds `n` up to a multiple of `to` (a power of two).
+pub fn round_up(n: u64, to: u64) -> Option<u64> {
+    debug_assert!(to.is_power_of_two());
+    n.checked_add(to - 1).map(|v| v & !(to - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_up_to_powers_of_two() {
+        assert_eq!(round_up(0, 4096), Some(0));
+        assert_eq!(round_up(1, 4096), Some(4096));
+        assert_eq!(round_up(4096, 4096), Some(4096));
+        assert_eq!(round_up(u64::MAX, 4096), None);
+    }
+
+    #[test]
+    fn size_of_a_non_device_is_an_error() {
+        let f = tempfile::tempfile().expect("tempfile");
+        assert!(device_size(&f, Path::new("tmp")).is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! Loading blksnap.ko at start and checking that it speaks our interface.
+//!
+//! When the control device is missing, the module is loaded from a
+//! configured `.ko` file with `finit_module(2)`, or else by `modprobe
+//! blksnap` (for a DKMS install), with the configured parameters. Then its
+//! version is read; a module whose interface is not the one the `blksnap`
+//! crate was written for is refused, and the plugin does not start.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use blksnap::Control;
+use nix::kmod::{finit_module, ModuleInitFlags};
+
+use crate::{Error, Result};
+
+/// How the module is found and loaded.
+#[derive(Debug, Clone)]
+pub struct ModuleSource {
+    /// The control device; its presence means the module is loaded.
+    pub control: PathBuf,
+    /// A `.ko` to load with `finit_module`; `None` means `modprobe`.
+    pub ko: Option<PathBuf>,
+    /// Module parameters, `name=value`.
+    pub params: Vec<String>,
+}
+
+/// How long the control device may take to appear after the load.
+const APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Loads the module if its control device is missing, opens the control
+/// device and checks the module's version.
+pub fn ensure_loaded(src: &ModuleSource) -> Result<Control> {
+    for p in &src.params {
+        if !p.contains('=') || p.chars().any(char::is_whitespace) {
+            return Err(Error::Config(format!(
+                "module parameter {p:?} must be name=value without spaces"
+            )));
+        }
+    }
+    if !src.control.exists() {
+        match &src.ko {
+            Some(ko) => load_ko(ko, &src.params)?,
+            None => modprobe(&src.params)?,
+        }
+        wait_for(&src.control)?;
+    }
+    let control = Control::open_path(&src.control)?;
+    let version = control.version()?;
+    if !version.is_compatible() {
+        return Err(Error::Config(format!(
+            "blksnap.ko version {version} does not serve interface {}.{} that this plugin speaks",
+            blksnap::sys::BLKSNAP_VERSION_MAJOR,
+            blksnap::sys::BLKSNAP_VERSION_MINOR
+        )));
+    }
+    tracing::info!(%version, control = %src.control.display(), "blksnap module ready");
+    Ok(control)
+}
+
+fn load_ko(ko: &Path, params: &[String]) -> Result<()> {
+    let file = File::open(ko).map_err(|e| Error::io("open", ko, e))?;
+    let params = CString::new(params.join(" "))
+        .map_err(|_| Error::Config("module parameters contain a NUL byte".into()))?;
+    finit_module(&file, &params, ModuleInitFlags::empty())
+        .map_err(|errno| Error::Config(format!("finit_module {}: {errno}", ko.display())))?;
+    tracing::info!(ko = %ko.display(), "loaded blksnap module");
+    Ok(())
+}
+
+fn modprobe(params: &[String]) -> Result<()> {
+    let out = Command::new("modprobe")
+        .arg("blksnap")
+        .args(params)
+        .output()
+        .map_err(|e| Error::io("run", "modprobe", e))?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            program: "modprobe blksnap".into(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    tracing::info!("loaded blksnap module with modprobe");
+    Ok(())
+}
+
+/// devtmpfs creates the misc device at registration; give it a moment.
+fn wait_for(control: &Path) -> Result<()> {
+    let start = Instant::now();
+    while !control.exists() {
+        if start.elapsed() > APPEAR_TIMEOUT {
+            return Err(Error::Config(format!(
+                "the module loaded but {} did not appear",
+                control.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_parameters_are_refused_before_loading() {
+        let src = ModuleSource {
+            control: "/nonexistent/blksnap-control".into(),
+            ko: Some("/nonexistent/blksnap.ko".into()),
+            params: vec!["no_equals".into()],
+        };
+        assert!(matches!(ensure_loaded(&src), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn a_missing_ko_is_reported_with_its_path() {
+        let src = ModuleSource {
+            control: "/nonexistent/blksnap-control".into(),
+            ko: Some("/nonexistent/blksnap.ko".into()),
+            params: vec![],
+        };
+        let err = ensure_loaded(&src).expect_err("no such file");
+        assert!(err.to_string().contains("/nonexistent/blksnap.ko"), "{err}");
+    }
+
+    #[test]
+    fn a_device_that_is_not_blksnap_is_refused() {
+        // /dev/null exists, so nothing is loaded; its version ioctl fails.
+        let src = ModuleSource {
+            control: "/dev/null".into(),
+            ko: None,
+            params: vec![],
+        };
+        assert!(matches!(ensure_loaded(&src), Err(Error::Kernel(_))));
+    }
+}

@@ -1,0 +1,148 @@
+//! blksnap-node-plugin: parses flags, starts logging, loads the kernel
+//! module, recovers the state and serves the kubelet socket, the node API
+//! and the metrics endpoint until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use blksnap_node_plugin::backend::file_pool::FilePool;
+use blksnap_node_plugin::backend::raw_device::RawDevices;
+use blksnap_node_plugin::backend::Backend;
+use blksnap_node_plugin::config::{Config, LogFormat};
+use blksnap_node_plugin::controller::ControllerService;
+use blksnap_node_plugin::group_controller::GroupControllerService;
+use blksnap_node_plugin::identity::IdentityService;
+use blksnap_node_plugin::kmod::{self, ModuleSource};
+use blksnap_node_plugin::metrics::{self, Metrics};
+use blksnap_node_plugin::node::NodeService;
+use blksnap_node_plugin::plugin::{Plugin, Settings};
+use blksnap_node_plugin::server::{self, NodeApi};
+use blksnap_node_plugin::snapshot_metadata::SnapshotMetadataService;
+use blksnap_node_plugin::state::{FsStore, State};
+use blksnap_node_plugin::{Error, Result};
+use clap::Parser;
+use tokio::sync::watch;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line saying why, for `kubectl logs` and the pod status.
+            eprintln!("blksnap-node-plugin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: Config) -> Result<()> {
+    let control = kmod::ensure_loaded(&ModuleSource {
+        control: config.control_device.clone(),
+        ko: config.module_path.clone(),
+        params: config.module_params.clone(),
+    })?;
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    if let Some(dir) = &config.pool_dir {
+        backends.push(Arc::new(FilePool::new(dir)?));
+    }
+    if !config.static_devices.is_empty() {
+        backends.push(Arc::new(RawDevices::new(&config.static_devices)?));
+    }
+    std::fs::create_dir_all(&config.storage_dir)
+        .map_err(|e| Error::io("create", &config.storage_dir, e))?;
+    let tls = server::tls_config(&config.tls_cert, &config.tls_key, &config.tls_client_ca)?;
+    let state = State::load(Box::new(FsStore::open(&config.state_dir)?))?;
+    let metrics = Arc::new(Metrics::new());
+    let plugin = Arc::new(Plugin::new(
+        Settings {
+            node_id: config.node_id.clone(),
+            storage_dir: config.storage_dir.clone(),
+            default_storage_percent: config.default_storage_percent,
+            default_backend: config.default_backend.into(),
+            collect_orphans: !config.keep_orphan_snapshots,
+        },
+        Arc::new(control),
+        backends,
+        state,
+        Arc::clone(&metrics),
+    )?);
+    plugin.recover()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start", "tokio runtime", e))?;
+    runtime.block_on(serve(config, plugin, metrics, tls))
+}
+
+async fn serve(
+    config: Config,
+    plugin: Arc<Plugin>,
+    metrics: Arc<Metrics>,
+    tls: tonic::transport::ServerTlsConfig,
+) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let identity = IdentityService::new(&config.driver_name, Arc::clone(&plugin));
+    let node = NodeService::new(Arc::clone(&plugin), config.max_volumes);
+    let api = NodeApi {
+        identity: identity.clone(),
+        controller: ControllerService::new(Arc::clone(&plugin)),
+        group_controller: GroupControllerService::new(Arc::clone(&plugin)),
+        snapshot_metadata: SnapshotMetadataService::new(Arc::clone(&plugin)),
+    };
+    let listener = tokio::net::TcpListener::bind(config.node_api)
+        .await
+        .map_err(|e| Error::io("bind", config.node_api.to_string(), e))?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (m, rx, socket) = (
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+            config.csi_socket.clone(),
+        );
+        tasks.spawn(
+            async move { server::serve_kubelet(&socket, identity, node, m, stopped(rx)).await },
+        );
+    }
+    {
+        let (m, rx) = (Arc::clone(&metrics), stop_rx.clone());
+        tasks
+            .spawn(async move { server::serve_node_api(listener, tls, api, m, stopped(rx)).await });
+    }
+    if let Some(addr) = config.metrics {
+        let m = Arc::clone(&metrics);
+        tasks.spawn(async move { metrics::serve(addr, m).await });
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::io("install", "SIGTERM handler", e))?;
+    let result = tokio::select! {
+        _ = term.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        done = tasks.join_next() => match done {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(Error::io("run", "server task", std::io::Error::other(e))),
+            None => Ok(()),
+        },
+    };
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    tasks.abort_all();
+    result
+}

@@ -1,0 +1,256 @@
+//! Prometheus metrics of the node plugin, served as text on `/metrics`.
+//!
+//! Built on `prometheus-client`, the Prometheus project's own Rust client:
+//! typed metric families registered once in an explicit registry (no
+//! global state to reset between tests), OpenMetrics text output, and no
+//! dependencies beyond what the plugin already has.
+//!
+//! Labels come from fixed sets: the RPC method (one of the CSI methods, or
+//! `other`) and the status code name. The per-snapshot storage gauges are
+//! labelled by the kernel snapshot id; a series exists only while its
+//! snapshot is held and is removed with it, so their number is bounded by
+//! the number of volumes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::{Error, Result};
+
+/// Labels of an RPC latency sample.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: &'static str,
+    pub code: &'static str,
+}
+
+/// Labels of a held snapshot's storage gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SnapshotLabels {
+    /// The kernel snapshot id.
+    pub snapshot: String,
+}
+
+fn rpc_histogram() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The plugin's metrics, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub snapshots_held: Gauge,
+    pub snapshots_lost: Gauge,
+    pub storage_used: Family<SnapshotLabels, Gauge>,
+    pub storage_limit: Family<SnapshotLabels, Gauge>,
+    pub overflow_events: Counter,
+    pub low_space_events: Counter,
+    pub rpc_duration: Family<RpcLabels, Histogram, fn() -> Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("blksnap_csi");
+        let m = Metrics {
+            snapshots_held: Gauge::default(),
+            snapshots_lost: Gauge::default(),
+            storage_used: Family::default(),
+            storage_limit: Family::default(),
+            overflow_events: Counter::default(),
+            low_space_events: Counter::default(),
+            rpc_duration: Family::new_with_constructor(rpc_histogram as fn() -> Histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "snapshots_held",
+            "Snapshots the kernel holds for this node's volumes",
+            m.snapshots_held.clone(),
+        );
+        registry.register(
+            "snapshots_lost",
+            "Snapshots that can no longer be served (reboot, overflow), until deleted",
+            m.snapshots_lost.clone(),
+        );
+        registry.register(
+            "snapshot_storage_used_bytes",
+            "Difference storage allocated by a held snapshot",
+            m.storage_used.clone(),
+        );
+        registry.register(
+            "snapshot_storage_limit_bytes",
+            "Difference storage limit of a held snapshot",
+            m.storage_limit.clone(),
+        );
+        registry.register(
+            "snapshot_overflow_events",
+            "Snapshots the kernel reported corrupted (storage overflow or I/O error)",
+            m.overflow_events.clone(),
+        );
+        registry.register(
+            "snapshot_low_space_events",
+            "Low difference storage space events",
+            m.low_space_events.clone(),
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "CSI call latency by method and status code",
+            m.rpc_duration.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Starts timing a call of `method`; the sample is recorded when the
+    /// timer is dropped, with the code set by [`RpcTimer::code`] (or
+    /// `Unknown` if the call never finished, e.g. the client went away).
+    pub fn time(self: &Arc<Self>, method: &'static str) -> RpcTimer {
+        RpcTimer {
+            metrics: Arc::clone(self),
+            method,
+            code: "Unknown",
+            start: Instant::now(),
+        }
+    }
+}
+
+/// Records one RPC's latency on drop.
+#[derive(Debug)]
+pub struct RpcTimer {
+    metrics: Arc<Metrics>,
+    method: &'static str,
+    code: &'static str,
+    start: Instant,
+}
+
+impl RpcTimer {
+    /// Sets the status code the call ended with.
+    pub fn code(&mut self, code: tonic::Code) {
+        self.code = code_name(code);
+    }
+}
+
+impl Drop for RpcTimer {
+    fn drop(&mut self) {
+        self.metrics
+            .rpc_duration
+            .get_or_create(&RpcLabels {
+                method: self.method,
+                code: self.code,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// The fixed label value of a gRPC code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io("bind", addr.to_string(), e))?;
+    tracing::info!(%addr, "serving metrics");
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| Error::io("serve", addr.to_string(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_appear_in_the_text() {
+        let m = Arc::new(Metrics::new());
+        m.snapshots_held.set(2);
+        m.overflow_events.inc();
+        m.storage_used
+            .get_or_create(&SnapshotLabels {
+                snapshot: "abc".into(),
+            })
+            .set(4096);
+        {
+            let mut t = m.time("CreateSnapshot");
+            t.code(tonic::Code::Aborted);
+        }
+        let text = m.encode();
+        assert!(text.contains("blksnap_csi_snapshots_held 2"), "{text}");
+        assert!(
+            text.contains("blksnap_csi_snapshot_overflow_events_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"blksnap_csi_snapshot_storage_used_bytes{snapshot="abc"} 4096"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"blksnap_csi_rpc_duration_seconds_count{method="CreateSnapshot",code="Aborted"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Mounts: bind mounts of device nodes and directories, file system
+//! mounts with CSI mount flags, unmounts, and reading the mount table.
+
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::{Error, Result};
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the mounted file system's device.
+    pub device: (u64, u64),
+    /// Path inside that file system that is mounted (a bind's source).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    pub source: String,
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space) in mountinfo.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let oct = &bytes[i + 1..i + 4];
+            if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
+                let v = oct.iter().fold(0u32, |a, b| a * 8 + u32::from(b - b'0'));
+                if let Ok(v) = u8::try_from(v) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses mountinfo text.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let (left, right) = match line.split_once(" - ") {
+            Some(p) => p,
+            None => continue,
+        };
+        let f: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if f.len() < 5 || r.len() < 2 {
+            continue;
+        }
+        let Some((ma, mi)) = f[2].split_once(':') else {
+            continue;
+        };
+        let (Ok(ma), Ok(mi)) = (ma.parse(), mi.parse()) else {
+            continue;
+        };
+        out.push(MountEntry {
+            device: (ma, mi),
+            root: PathBuf::from(unescape(f[3])),
+            mount_point: PathBuf::from(unescape(f[4])),
+            fs_type: r[0].to_owned(),
+            source: unescape(r[1]),
+        });
+    }
+    out
+}
+
+/// The current mount table.
+pub fn mounts() -> Result<Vec<MountEntry>> {
+    let p = "/proc/self/mountinfo";
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io("read", p, e))?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// The topmost mount at exactly `path`, if any.
+pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
+    let path = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("resolve", path, e)),
+    };
+    Ok(mounts()?.into_iter().rev().find(|m| m.mount_point == path))
+}
+
+/// Bind-mounts `src` (a device node or a directory) on `target`,
+/// read-only if asked (which takes a second, remounting call).
+pub fn bind(src: &Path, target: &Path, readonly: bool) -> Result<()> {
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| Error::io("bind mount onto", target, e.into()))?;
+    if readonly {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+            let _ = unmount(target);
+            return Err(Error::io("remount read-only", target, e.into()));
+        }
+    }
+    Ok(())
+}
+
+/// Splits CSI mount flags into mount(2) flags and file system options.
+pub fn split_flags(flags: &[String], readonly: bool) -> (MsFlags, String) {
+    let mut ms = MsFlags::empty();
+    let mut data = Vec::new();
+    for f in flags
+        .iter()
+        .flat_map(|f| f.split(','))
+        .filter(|f| !f.is_empty())
+    {
+        match f {
+            "ro" => ms |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "noatime" => ms |= MsFlags::MS_NOATIME,
+            "nodiratime" => ms |= MsFlags::MS_NODIRATIME,
+            "relatime" => ms |= MsFlags::MS_RELATIME,
+            "nodev" => ms |= MsFlags::MS_NODEV,
+            "nosuid" => ms |= MsFlags::MS_NOSUID,
+            "noexec" => ms |= MsFlags::MS_NOEXEC,
+            "sync" => ms |= MsFlags::MS_SYNCHRONOUS,
+            "dirsync" => ms |= MsFlags::MS_DIRSYNC,
+            other => data.push(other.to_owned()),
+        }
+    }
+    if readonly {
+        ms |= MsFlags::MS_RDONLY;
+    }
+    (ms, data.join(","))
+}
+
+/// Mounts file system `fs_type` of `dev` on `target`.
+pub fn mount_fs(
+    dev: &Path,
+    target: &Path,
+    fs_type: &str,
+    flags: &[String],
+    readonly: bool,
+) -> Result<()> {
+    let (ms, data) = split_flags(flags, readonly);
+    let data = (!data.is_empty()).then_some(data.as_str());
+    mount(Some(dev), target, Some(fs_type), ms, data)
+        .map_err(|e| Error::io("mount onto", target, e.into()))
+}
+
+/// Unmounts `target`; a path that is not mounted (or not there) is fine.
+pub fn unmount(target: &Path) -> Result<()> {
+    match umount2(target, MntFlags::empty()) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::io("unmount", target, e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse() {
+        let text = "36 35 98:0 /mnt1 /mnt/parent\\040dir rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+                    40 22 0:5 /loop3 /var/lib/kubelet/pods/x/volumeDevices/v rw shared:2 - devtmpfs udev rw\n\
+                    garbage\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].device, (98, 0));
+        assert_eq!(m[0].mount_point, PathBuf::from("/mnt/parent dir"));
+        assert_eq!(m[0].fs_type, "ext3");
+        assert_eq!(m[1].root, PathBuf::from("/loop3"));
+        assert_eq!(m[1].source, "udev");
+    }
+
+    #[test]
+    fn flags_split_into_mount_flags_and_options() {
+        let (ms, data) = split_flags(
+            &[
+                "noatime,discard".to_owned(),
+                "nodev".to_owned(),
+                "commit=60".to_owned(),
+            ],
+            true,
+        );
+        assert!(ms.contains(MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_RDONLY));
+        assert_eq!(data, "discard,commit=60");
+    }
+
+    #[test]
+    fn the_root_is_a_mount_point_and_a_fresh_dir_is_not() {
+        assert!(mount_at(Path::new("/")).expect("mountinfo").is_some());
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(mount_at(dir.path()).expect("mountinfo").is_none());
+        assert!(mount_at(&dir.path().join("missing"))
+            .expect("missing")
+            .is_none());
+    }
+}

@@ -1,0 +1,297 @@
+//! CSI Node, for the kubelet: stage, publish, statistics and expansion of
+//! this node's volumes, as raw block devices or file systems.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use csi::node_server::Node;
+use csi::node_service_capability::rpc::Type as Cap;
+use csi_proto::csi::v1 as csi;
+use tonic::{Request, Response, Status};
+
+use crate::backend::device_size;
+use crate::controller::{access_of, topology, Access};
+use crate::guard::volume_key;
+use crate::ids::VolumeId;
+use crate::plugin::Plugin;
+use crate::server::blocking;
+use crate::{block_volume, filesystem_volume, format, mount, Error, Result};
+
+/// The Node service.
+#[derive(Debug, Clone)]
+pub struct NodeService {
+    plugin: Arc<Plugin>,
+    max_volumes: i64,
+}
+
+fn required(field: &'static str, v: &str) -> Result<()> {
+    if v.is_empty() {
+        Err(Error::Missing(field))
+    } else {
+        Ok(())
+    }
+}
+
+fn path(field: &'static str, v: &str) -> Result<PathBuf> {
+    required(field, v)?;
+    let p = PathBuf::from(v);
+    if !p.is_absolute() {
+        return Err(Error::invalid(field, "must be an absolute path"));
+    }
+    Ok(p)
+}
+
+fn is_readonly_mode(cap: &csi::VolumeCapability) -> bool {
+    use csi::volume_capability::access_mode::Mode;
+    cap.access_mode
+        .as_ref()
+        .is_some_and(|m| m.mode() == Mode::SingleNodeReaderOnly)
+}
+
+impl NodeService {
+    pub fn new(plugin: Arc<Plugin>, max_volumes: i64) -> Self {
+        NodeService {
+            plugin,
+            max_volumes,
+        }
+    }
+
+    /// The volume an id names and its block device.
+    fn device(plugin: &Plugin, id: &str) -> Result<(VolumeId, PathBuf)> {
+        required("volume_id", id)?;
+        let vid: VolumeId = id.parse().map_err(|_| Error::not_found("volume", id))?;
+        let vol = plugin.volume(&vid)?;
+        let dev = plugin.device_of(&vol)?;
+        Ok((vid, dev))
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        request: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required("volume_id", &r.volume_id)?;
+        let staging = path("staging_target_path", &r.staging_target_path)?;
+        let cap = r
+            .volume_capability
+            .ok_or(Error::Missing("volume_capability"))?;
+        let access = access_of(&cap)?;
+        let readonly = is_readonly_mode(&cap);
+        let plugin = Arc::clone(&self.plugin);
+        blocking(move || {
+            let (vid, dev) = Self::device(&plugin, &r.volume_id)?;
+            let _guard = plugin.locks.try_lock([volume_key(&vid.local)])?;
+            match access {
+                // A raw block volume is published straight from its device.
+                Access::Block => Ok(()),
+                Access::Mount { fs_type, flags } => {
+                    filesystem_volume::stage(&dev, &staging, &fs_type, &flags, readonly)
+                }
+            }
+        })
+        .await?;
+        Ok(Response::new(csi::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required("volume_id", &r.volume_id)?;
+        let staging = path("staging_target_path", &r.staging_target_path)?;
+        let plugin = Arc::clone(&self.plugin);
+        blocking(move || {
+            let _guard = plugin
+                .locks
+                .try_lock([format!("unstage {}", r.volume_id)])?;
+            filesystem_volume::unstage(&staging)
+        })
+        .await?;
+        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required("volume_id", &r.volume_id)?;
+        let target = path("target_path", &r.target_path)?;
+        let staging = path("staging_target_path", &r.staging_target_path)?;
+        let cap = r
+            .volume_capability
+            .ok_or(Error::Missing("volume_capability"))?;
+        let access = access_of(&cap)?;
+        let readonly = r.readonly || is_readonly_mode(&cap);
+        let plugin = Arc::clone(&self.plugin);
+        blocking(move || {
+            let (vid, dev) = Self::device(&plugin, &r.volume_id)?;
+            let _guard = plugin.locks.try_lock([volume_key(&vid.local)])?;
+            match access {
+                Access::Block => block_volume::publish(&dev, &target, readonly),
+                Access::Mount { .. } => filesystem_volume::publish(&staging, &target, readonly),
+            }
+        })
+        .await?;
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        required("volume_id", &r.volume_id)?;
+        let target = path("target_path", &r.target_path)?;
+        let plugin = Arc::clone(&self.plugin);
+        blocking(move || {
+            let _guard = plugin
+                .locks
+                .try_lock([format!("unpublish {}", r.target_path)])?;
+            match std::fs::metadata(&target) {
+                Ok(m) if m.is_dir() => filesystem_volume::unpublish(&target),
+                Ok(_) => block_volume::unpublish(&target),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("stat", &target, e)),
+            }
+        })
+        .await?;
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        use csi::volume_usage::Unit;
+        let r = request.into_inner();
+        let volume_path = path("volume_path", &r.volume_path)?;
+        let plugin = Arc::clone(&self.plugin);
+        let response = blocking(move || {
+            let (_, dev) = Self::device(&plugin, &r.volume_id)?;
+            let meta = match std::fs::metadata(&volume_path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::not_found(
+                        "volume path",
+                        volume_path.display().to_string(),
+                    ))
+                }
+                Err(e) => return Err(Error::io("stat", &volume_path, e)),
+            };
+            let condition = if dev.exists() {
+                csi::VolumeCondition {
+                    abnormal: false,
+                    message: "volume is healthy".into(),
+                }
+            } else {
+                csi::VolumeCondition {
+                    abnormal: true,
+                    message: format!("device {} is missing", dev.display()),
+                }
+            };
+            let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let usage = if meta.is_dir() {
+                let [b, n] = filesystem_volume::usage(&volume_path)?;
+                vec![
+                    csi::VolumeUsage {
+                        available: i(b.0),
+                        total: i(b.1),
+                        used: i(b.2),
+                        unit: Unit::Bytes as i32,
+                    },
+                    csi::VolumeUsage {
+                        available: i(n.0),
+                        total: i(n.1),
+                        used: i(n.2),
+                        unit: Unit::Inodes as i32,
+                    },
+                ]
+            } else {
+                let f = File::open(&volume_path).map_err(|e| Error::io("open", &volume_path, e))?;
+                vec![csi::VolumeUsage {
+                    available: 0,
+                    total: i(device_size(&f, &volume_path)?),
+                    used: 0,
+                    unit: Unit::Bytes as i32,
+                }]
+            };
+            Ok(csi::NodeGetVolumeStatsResponse {
+                usage,
+                volume_condition: Some(condition),
+            })
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        let r = request.into_inner();
+        let volume_path = path("volume_path", &r.volume_path)?;
+        let access = r.volume_capability.as_ref().map(access_of).transpose()?;
+        let plugin = Arc::clone(&self.plugin);
+        let capacity = blocking(move || {
+            let (vid, dev) = Self::device(&plugin, &r.volume_id)?;
+            let _guard = plugin.locks.try_lock([volume_key(&vid.local)])?;
+            let f = File::open(&dev).map_err(|e| Error::io("open", &dev, e))?;
+            let size = device_size(&f, &dev)?;
+            let is_fs = match access {
+                Some(Access::Block) => false,
+                Some(Access::Mount { .. }) => true,
+                None => volume_path.is_dir(),
+            };
+            if is_fs {
+                let m = mount::mount_at(Path::new(&volume_path))?.ok_or_else(|| {
+                    Error::not_found("mounted volume path", volume_path.display().to_string())
+                })?;
+                format::grow(&dev, &volume_path, &m.fs_type)?;
+            }
+            Ok(size)
+        })
+        .await?;
+        Ok(Response::new(csi::NodeExpandVolumeResponse {
+            capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        let caps = [
+            Cap::StageUnstageVolume,
+            Cap::GetVolumeStats,
+            Cap::ExpandVolume,
+        ];
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: caps
+                .into_iter()
+                .map(|t| csi::NodeServiceCapability {
+                    r#type: Some(csi::node_service_capability::Type::Rpc(
+                        csi::node_service_capability::Rpc { r#type: t as i32 },
+                    )),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        let node = &self.plugin.settings.node_id;
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: node.clone(),
+            max_volumes_per_node: self.max_volumes,
+            accessible_topology: Some(topology(node)),
+        }))
+    }
+}

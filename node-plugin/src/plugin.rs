@@ -1,0 +1,458 @@
+//! [`Plugin`]: the node's volumes and snapshots, and the kernel under them.
+//!
+//! Every operation is synchronous (ioctls, file copies, fsyncs); the gRPC
+//! services run them on tokio's blocking pool. Operations take their
+//! [`guard`](crate::guard) first, change the kernel, and record the outcome
+//! through [`State`] last, so the records never claim what the kernel has
+//! not done. Volume operations live in `volumes.rs`, snapshot operations
+//! and change-block metadata in `snapshots.rs`, start-up recovery and the
+//! kernel event watchers here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blksnap::Event;
+use nix::errno::Errno;
+use uuid::Uuid;
+
+use crate::backend::Backend;
+use crate::guard::Locks;
+use crate::ids::VolumeId;
+use crate::kernel::Kernel;
+use crate::metrics::{Metrics, SnapshotLabels};
+use crate::state::{
+    BackendKind, GroupRecord, Lost, LostReason, SnapshotRecord, State, VolumeRecord,
+};
+use crate::{Error, Result};
+
+mod snapshots;
+mod volumes;
+
+pub use snapshots::{MetadataPage, SnapshotFilter};
+pub use volumes::CreateVolume;
+
+/// How long one wait for a kernel event lasts before the watcher checks
+/// whether its snapshot still exists.
+const EVENT_WAIT: Duration = Duration::from_secs(2);
+
+/// Node-wide settings of the plugin.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's name; part of every id.
+    pub node_id: String,
+    /// Directory for the snapshots' `O_TMPFILE` difference storage.
+    pub storage_dir: PathBuf,
+    /// Storage limit, in percent of the snapshotted volumes' size, when the
+    /// snapshot class says nothing.
+    pub default_storage_percent: u64,
+    /// Backend of volumes whose StorageClass names none.
+    pub default_backend: BackendKind,
+    /// Destroy kernel snapshots that no record references at start-up.
+    pub collect_orphans: bool,
+}
+
+/// The node's volumes and snapshots.
+pub struct Plugin {
+    pub settings: Settings,
+    kernel: Arc<dyn Kernel>,
+    backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
+    pub state: State,
+    pub locks: Locks,
+    pub metrics: Arc<Metrics>,
+    /// Difference storage files of the snapshots this process took, by
+    /// kernel id, for the storage-used gauge (an unnamed file cannot be
+    /// found again after a restart).
+    storages: Mutex<HashMap<Uuid, File>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("settings", &self.settings)
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seconds and nanoseconds since the epoch.
+pub(crate) fn now() -> (i64, i32) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos() as i32)
+}
+
+/// Opens a block device for the kernel commands and I/O.
+pub(crate) fn open_device(path: &std::path::Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))
+}
+
+impl Plugin {
+    /// A plugin over `kernel`, `backends` and the records in `state`.
+    /// Call [`Plugin::recover`] before serving.
+    pub fn new(
+        settings: Settings,
+        kernel: Arc<dyn Kernel>,
+        backends: Vec<Arc<dyn Backend>>,
+        state: State,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        crate::ids::check_node(&settings.node_id)?;
+        let backends: BTreeMap<_, _> = backends.into_iter().map(|b| (b.kind(), b)).collect();
+        if backends.is_empty() {
+            return Err(Error::Config(
+                "no volume backend: give a pool directory or static devices".into(),
+            ));
+        }
+        Ok(Plugin {
+            settings,
+            kernel,
+            backends,
+            state,
+            locks: Locks::new(),
+            metrics,
+            storages: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The backend of `kind`.
+    pub(crate) fn backend(&self, kind: BackendKind) -> Result<&Arc<dyn Backend>> {
+        self.backends.get(&kind).ok_or_else(|| {
+            Error::invalid(
+                "parameters",
+                format!("backend {:?} is not configured on this node", kind.name()),
+            )
+        })
+    }
+
+    /// The backends configured on this node.
+    pub fn backend_kinds(&self) -> impl Iterator<Item = BackendKind> + '_ {
+        self.backends.keys().copied()
+    }
+
+    pub(crate) fn kernel(&self) -> &dyn Kernel {
+        self.kernel.as_ref()
+    }
+
+    /// Whether the kernel module answers commands.
+    pub fn kernel_alive(&self) -> bool {
+        self.kernel.snapshot_collect().is_ok()
+    }
+
+    /// The record of the volume `id` names, which must be on this node.
+    pub fn volume(&self, id: &VolumeId) -> Result<VolumeRecord> {
+        if id.node != self.settings.node_id {
+            return Err(Error::not_found("volume", id.to_string()));
+        }
+        self.state
+            .read(|t| t.volumes.get(&id.local).cloned())
+            .ok_or_else(|| Error::not_found("volume", id.to_string()))
+    }
+
+    /// The id of a volume record.
+    pub fn volume_id(&self, vol: &VolumeRecord) -> VolumeId {
+        VolumeId {
+            local: vol.local.clone(),
+            node: self.settings.node_id.clone(),
+        }
+    }
+
+    /// The block device of `vol`, bound if needed.
+    pub fn device_of(&self, vol: &VolumeRecord) -> Result<PathBuf> {
+        self.backend(vol.backend)?.device(vol)
+    }
+
+    /// Brings the records in line with the kernel after a start: binds
+    /// and tracks every volume again, marks the snapshots the kernel no
+    /// longer holds (or reports corrupted) as lost, destroys orphaned
+    /// kernel snapshots if so configured, and starts the event watchers.
+    pub fn recover(self: &Arc<Self>) -> Result<()> {
+        let volumes: Vec<VolumeRecord> = self.state.read(|t| t.volumes.values().cloned().collect());
+        for vol in volumes {
+            if let Err(e) = self.track(&vol) {
+                tracing::error!(volume = %vol.local, error = %e, "volume could not be tracked again");
+            }
+        }
+
+        let held: BTreeSet<Uuid> = self
+            .kernel
+            .snapshot_collect()?
+            .into_iter()
+            .map(|id| id.0)
+            .collect();
+        let records: Vec<SnapshotRecord> =
+            self.state.read(|t| t.snapshots.values().cloned().collect());
+        let mut referenced = BTreeSet::new();
+        for rec in records {
+            referenced.insert(rec.kernel);
+            if rec.lost.is_some() {
+                continue;
+            }
+            if !held.contains(&rec.kernel) {
+                self.mark_lost(
+                    rec.kernel,
+                    LostReason::KernelForgot,
+                    "the kernel no longer holds it (node rebooted or module reloaded)",
+                )?;
+            } else {
+                self.refresh(&rec)?;
+            }
+        }
+        for id in held.difference(&referenced) {
+            if self.settings.collect_orphans {
+                tracing::warn!(kernel_snapshot = %id, "destroying a kernel snapshot no record references");
+                match self.kernel.snapshot_destroy(blksnap::SnapshotId(*id)) {
+                    Ok(()) | Err(blksnap::Error::NoSuchSnapshot { .. }) => {}
+                    Err(e) => {
+                        tracing::error!(kernel_snapshot = %id, error = %e, "orphan not destroyed")
+                    }
+                }
+            } else {
+                tracing::warn!(kernel_snapshot = %id, "kernel snapshot no record references (left alone)");
+            }
+        }
+        // A group whose members are all gone was half deleted.
+        let groups: Vec<GroupRecord> = self.state.read(|t| t.groups.values().cloned().collect());
+        for g in groups {
+            let any = self
+                .state
+                .read(|t| t.snapshots.values().any(|s| s.group == Some(g.kernel)));
+            if !any {
+                self.state.remove::<GroupRecord>(&g.key())?;
+            }
+        }
+        let kernels: BTreeSet<Uuid> = self.state.read(|t| {
+            t.snapshots
+                .values()
+                .filter(|s| s.lost.is_none())
+                .map(|s| s.kernel)
+                .collect()
+        });
+        for k in kernels {
+            self.watch(k);
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Binds the volume's device and attaches change tracking; a tracker
+    /// already attached (a plugin restart without a reboot) is kept. A new
+    /// tracker starts a new generation, so the volume's full history is
+    /// known no more.
+    pub(crate) fn track(&self, vol: &VolumeRecord) -> Result<()> {
+        let path = self.device_of(vol)?;
+        let dev = open_device(&path)?;
+        match self.kernel.attach(&dev) {
+            Ok(()) | Err(blksnap::Error::AlreadyAttached { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let info = self.kernel.cbt_info(&dev)?;
+        if vol.full_history.is_some() && vol.full_history != Some(info.generation_id) {
+            let mut v = vol.clone();
+            v.full_history = None;
+            self.state.put(&v)?;
+        }
+        Ok(())
+    }
+
+    /// Checks a held snapshot with the kernel and records it as lost if
+    /// the kernel reports it corrupted or no longer has its image. Returns
+    /// the record as it is now.
+    pub(crate) fn refresh(&self, rec: &SnapshotRecord) -> Result<SnapshotRecord> {
+        if rec.lost.is_some() {
+            return Ok(rec.clone());
+        }
+        let vol = self.state.read(|t| t.volumes.get(&rec.volume).cloned());
+        let Some(vol) = vol else {
+            return Ok(rec.clone());
+        };
+        let path = self.device_of(&vol)?;
+        let dev = open_device(&path)?;
+        let info = match self.kernel.snapshot_info(&dev) {
+            Ok(i) => i,
+            Err(blksnap::Error::NotAttached { .. }) => blksnap::SnapshotInfo {
+                error: None,
+                image: None,
+            },
+            Err(e) => return Err(e.into()),
+        };
+        let lost = match (info.error, info.image) {
+            (Some(Errno::ENOSPC), _) => Some((
+                LostReason::Overflow,
+                "the difference storage overflowed".to_owned(),
+            )),
+            (Some(e), _) => Some((LostReason::IoError, format!("copy-on-write failed: {e}"))),
+            (None, None) => Some((
+                LostReason::KernelForgot,
+                "the kernel no longer holds its image".to_owned(),
+            )),
+            (None, Some(_)) => None,
+        };
+        match lost {
+            Some((reason, detail)) => {
+                self.mark_lost(rec.kernel, reason, &detail)?;
+                Ok(self
+                    .state
+                    .read(|t| t.snapshots.get(&rec.key()).cloned())
+                    .unwrap_or_else(|| rec.clone()))
+            }
+            None => Ok(rec.clone()),
+        }
+    }
+
+    /// Records every snapshot of kernel snapshot `kernel` as lost.
+    pub(crate) fn mark_lost(&self, kernel: Uuid, reason: LostReason, detail: &str) -> Result<()> {
+        let members: Vec<SnapshotRecord> = self.state.read(|t| {
+            t.snapshots
+                .values()
+                .filter(|s| s.kernel == kernel && s.lost.is_none())
+                .cloned()
+                .collect()
+        });
+        for mut rec in members {
+            tracing::warn!(kernel_snapshot = %kernel, volume = %rec.volume, reason = reason.as_str(), detail, "snapshot lost");
+            rec.lost = Some(Lost {
+                reason,
+                detail: detail.to_owned(),
+            });
+            self.state.put(&rec)?;
+        }
+        self.forget_storage(kernel);
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Drops the storage file and gauges of a kernel snapshot.
+    pub(crate) fn forget_storage(&self, kernel: Uuid) {
+        self.storages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&kernel);
+        let labels = SnapshotLabels {
+            snapshot: kernel.to_string(),
+        };
+        self.metrics.storage_used.remove(&labels);
+        self.metrics.storage_limit.remove(&labels);
+    }
+
+    pub(crate) fn keep_storage(&self, kernel: Uuid, file: File, limit: u64) {
+        let labels = SnapshotLabels {
+            snapshot: kernel.to_string(),
+        };
+        self.metrics
+            .storage_limit
+            .get_or_create(&labels)
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        self.storages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kernel, file);
+        self.sample_storage(kernel);
+    }
+
+    fn sample_storage(&self, kernel: Uuid) {
+        let used = {
+            let storages = self.storages.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(f) = storages.get(&kernel) else {
+                return;
+            };
+            match f.metadata() {
+                Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                Err(_) => return,
+            }
+        };
+        self.metrics
+            .storage_used
+            .get_or_create(&SnapshotLabels {
+                snapshot: kernel.to_string(),
+            })
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn update_gauges(&self) {
+        let (held, lost) = self.state.read(|t| {
+            let held: BTreeSet<Uuid> = t
+                .snapshots
+                .values()
+                .filter(|s| s.lost.is_none())
+                .map(|s| s.kernel)
+                .collect();
+            let lost = t.snapshots.values().filter(|s| s.lost.is_some()).count();
+            (held.len(), lost)
+        });
+        self.metrics.snapshots_held.set(held as i64);
+        self.metrics.snapshots_lost.set(lost as i64);
+    }
+
+    fn is_held(&self, kernel: Uuid) -> bool {
+        self.state.read(|t| {
+            t.snapshots
+                .values()
+                .any(|s| s.kernel == kernel && s.lost.is_none())
+        })
+    }
+
+    /// Follows the kernel's events of a held snapshot on a thread of its
+    /// own (the wait is a blocking ioctl) until the snapshot is released
+    /// or lost.
+    pub(crate) fn watch(self: &Arc<Self>, kernel: Uuid) {
+        let plugin = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("events-{}", &kernel.simple().to_string()[..8]))
+            .spawn(move || plugin.watch_loop(kernel));
+        if let Err(e) = spawned {
+            tracing::error!(kernel_snapshot = %kernel, error = %e, "cannot start the event watcher");
+        }
+    }
+
+    fn watch_loop(&self, kernel: Uuid) {
+        let id = blksnap::SnapshotId(kernel);
+        while self.is_held(kernel) {
+            self.sample_storage(kernel);
+            match self.kernel.wait_event(id, EVENT_WAIT) {
+                Ok(None) => {}
+                Ok(Some(Event::Corrupted { errno, .. })) => {
+                    self.metrics.overflow_events.inc();
+                    let (reason, detail) = if errno == Errno::ENOSPC {
+                        (
+                            LostReason::Overflow,
+                            "the difference storage overflowed".to_owned(),
+                        )
+                    } else {
+                        (
+                            LostReason::IoError,
+                            format!("copy-on-write failed: {errno}"),
+                        )
+                    };
+                    if let Err(e) = self.mark_lost(kernel, reason, &detail) {
+                        tracing::error!(kernel_snapshot = %kernel, error = %e, "cannot record the loss");
+                    }
+                    return;
+                }
+                Ok(Some(Event::LowSpace {
+                    free_sectors,
+                    limit_sectors,
+                })) => {
+                    self.metrics.low_space_events.inc();
+                    tracing::warn!(kernel_snapshot = %kernel, free_bytes = free_sectors * 512,
+                        limit_bytes = limit_sectors * 512, "difference storage is running out");
+                }
+                Ok(Some(Event::Unknown { code })) => {
+                    tracing::info!(kernel_snapshot = %kernel, code, "unknown kernel event");
+                }
+                Err(blksnap::Error::NoSuchSnapshot { .. }) => return,
+                Err(e) => {
+                    tracing::warn!(kernel_snapshot = %kernel, error = %e, "waiting for events failed");
+                    std::thread::sleep(EVENT_WAIT);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Volume operations: create (empty, from a snapshot, from a volume),
+//! delete, expand.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{now, open_device, Plugin};
+use crate::guard::{name_key, snapshot_key, volume_key};
+use crate::ids::{SnapshotId, VolumeId};
+use crate::state::{BackendKind, SnapshotRecord, Source, VolumeRecord};
+use crate::{Error, Result};
+
+/// Copy unit of restores and clones.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// A CreateVolume request, validated by the controller service.
+#[derive(Debug, Clone)]
+pub struct CreateVolume {
+    pub name: String,
+    /// At least this many bytes.
+    pub required: u64,
+    /// At most this many bytes; 0 for no limit.
+    pub limit: u64,
+    pub backend: Option<BackendKind>,
+    pub source: Option<Source>,
+}
+
+impl Plugin {
+    /// Creates a volume, or returns the one this name already made.
+    pub fn create_volume(self: &Arc<Self>, req: &CreateVolume) -> Result<VolumeRecord> {
+        let _guard = self.locks.try_lock([name_key("volume", &req.name)])?;
+        let backend_kind = req.backend.unwrap_or(self.settings.default_backend);
+        if req.limit > 0 && req.limit < req.required {
+            return Err(Error::OutOfRange(format!(
+                "limit_bytes {} is below required_bytes {}",
+                req.limit, req.required
+            )));
+        }
+
+        let existing = self
+            .state
+            .read(|t| t.volumes.values().find(|v| v.name == req.name).cloned());
+        if let Some(v) = existing {
+            let fits = v.capacity >= req.required && (req.limit == 0 || v.capacity <= req.limit);
+            if v.backend == backend_kind && v.source == req.source && fits {
+                return Ok(v);
+            }
+            return Err(Error::AlreadyExists {
+                kind: "volume",
+                name: req.name.clone(),
+            });
+        }
+
+        // The source decides the minimum size and is held while copied.
+        let (source_snapshot, source_volume) = match &req.source {
+            None => (None, None),
+            Some(Source::Snapshot(text)) => {
+                let rec = self.snapshot_for_use(text)?;
+                (Some(rec), None)
+            }
+            Some(Source::Volume(text)) => {
+                let id: VolumeId = text.parse()?;
+                (None, Some(self.volume(&id)?))
+            }
+        };
+        let source_size = source_snapshot
+            .as_ref()
+            .map(|s| s.capacity)
+            .or(source_volume.as_ref().map(|v| v.capacity))
+            .unwrap_or(0);
+        if req.limit > 0 && req.limit < source_size {
+            return Err(Error::OutOfRange(format!(
+                "the source holds {source_size} bytes, more than limit_bytes {}",
+                req.limit
+            )));
+        }
+        let mut keys = vec![];
+        if let Some(s) = &source_snapshot {
+            keys.push(snapshot_key(&s.key()));
+        }
+        if let Some(v) = &source_volume {
+            keys.push(volume_key(&v.local));
+        }
+        let _source_guard = self.locks.try_lock(keys)?;
+
+        let backend = self.backend(backend_kind)?;
+        let local = self.new_local_name();
+        let taken: BTreeSet<String> = self.state.read(|t| {
+            t.volumes
+                .values()
+                .filter(|v| v.backend == backend_kind)
+                .map(|v| v.location.clone())
+                .collect()
+        });
+        let size = req.required.max(source_size).max(1);
+        let made = backend.create(&local, size, &taken)?;
+        let mut vol = VolumeRecord {
+            local,
+            name: req.name.clone(),
+            backend: backend_kind,
+            location: made.location,
+            capacity: made.capacity,
+            source: req.source.clone(),
+            created_unix: now().0,
+            full_history: None,
+        };
+        let result = self.finish_volume(&mut vol, req, source_snapshot, source_volume);
+        if let Err(e) = result {
+            if let Err(cleanup) = self.discard_volume(&vol) {
+                tracing::error!(volume = %vol.local, error = %cleanup, "half-made volume not removed");
+            }
+            return Err(e);
+        }
+        self.state.put(&vol)?;
+        tracing::info!(volume = %vol.local, name = %vol.name, capacity = vol.capacity, "volume created");
+        Ok(vol)
+    }
+
+    fn finish_volume(
+        self: &Arc<Self>,
+        vol: &mut VolumeRecord,
+        req: &CreateVolume,
+        source_snapshot: Option<SnapshotRecord>,
+        source_volume: Option<VolumeRecord>,
+    ) -> Result<()> {
+        if req.limit > 0 && vol.capacity > req.limit {
+            return Err(Error::OutOfRange(format!(
+                "the smallest {} volume holding {} bytes has {} bytes, above limit_bytes {}",
+                vol.backend.name(),
+                req.required,
+                vol.capacity,
+                req.limit
+            )));
+        }
+        // Tracking starts before the first write, so that for a fresh
+        // (zeroed) volume the change map is its complete history.
+        let path = self.device_of(vol)?;
+        let dev = open_device(&path)?;
+        match self.kernel().attach(&dev) {
+            Ok(()) | Err(blksnap::Error::AlreadyAttached { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let info = self.kernel().cbt_info(&dev)?;
+        let zeroed = self.backend(vol.backend)?.zeroed_on_create();
+        if zeroed {
+            vol.full_history = Some(info.generation_id);
+        }
+        if let Some(snap) = source_snapshot {
+            self.copy_image(&snap, &dev, zeroed)?;
+        } else if let Some(src) = source_volume {
+            self.clone_from(&src, &dev, zeroed)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what a failed create made.
+    fn discard_volume(&self, vol: &VolumeRecord) -> Result<()> {
+        let backend = self.backend(vol.backend)?;
+        if let Ok(path) = backend.device(vol) {
+            if let Ok(dev) = open_device(&path) {
+                match self.kernel().detach(&dev) {
+                    Ok(()) | Err(blksnap::Error::NotAttached { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        backend.delete(vol)
+    }
+
+    fn new_local_name(&self) -> String {
+        loop {
+            let name = Uuid::new_v4().simple().to_string()[..16].to_owned();
+            if !self.state.read(|t| t.volumes.contains_key(&name)) {
+                return name;
+            }
+        }
+    }
+
+    /// Copies the snapshot's image into `dst`: only the ranges that may
+    /// hold data, and (when `dst` reads as zeros) skipping zero chunks so
+    /// a pool file stays sparse.
+    fn copy_image(&self, snap: &SnapshotRecord, dst: &File, dst_zeroed: bool) -> Result<()> {
+        let image = self.image_of(snap)?;
+        let src = File::open(&image).map_err(|e| Error::io("open", &image, e))?;
+        let ranges = if dst_zeroed {
+            snap.allocated.clone()
+        } else {
+            crate::state::whole(snap.capacity)
+        };
+        copy_ranges(&src, dst, &ranges, dst_zeroed)
+            .map_err(|e| Error::io("copy from", &image, e))?;
+        dst.sync_all()
+            .map_err(|e| Error::io("fsync", "new volume", e))
+    }
+
+    /// Copies volume `src` into `dst` through a temporary snapshot, so the
+    /// copy is of one instant while `src` stays in use.
+    fn clone_from(
+        self: &Arc<Self>,
+        src: &VolumeRecord,
+        dst: &File,
+        dst_zeroed: bool,
+    ) -> Result<()> {
+        let snap = self.take_temporary(src)?;
+        let result = self.copy_image(&snap, dst, dst_zeroed);
+        self.release_temporary(&snap);
+        result
+    }
+
+    /// Deletes a volume; an unknown one is fine. A volume whose snapshots
+    /// the kernel still holds is refused: they read through it.
+    pub fn delete_volume(&self, id_text: &str) -> Result<()> {
+        let Ok(id) = id_text.parse::<VolumeId>() else {
+            return Ok(());
+        };
+        if id.node != self.settings.node_id {
+            return Err(Error::invalid(
+                "volume_id",
+                format!(
+                    "volume of node {}, this is {}",
+                    id.node, self.settings.node_id
+                ),
+            ));
+        }
+        let _guard = self.locks.try_lock([volume_key(&id.local)])?;
+        let Some(vol) = self.state.read(|t| t.volumes.get(&id.local).cloned()) else {
+            return Ok(());
+        };
+        if let Some(s) = self.held_snapshot_of(&vol.local) {
+            return Err(Error::Precondition(format!(
+                "volume {id_text} has snapshot {} held; delete it first",
+                self.snapshot_id(&s)
+            )));
+        }
+        let backend = self.backend(vol.backend)?;
+        match backend.device(&vol) {
+            Ok(path) => {
+                let dev = open_device(&path)?;
+                match self.kernel().detach(&dev) {
+                    Ok(()) | Err(blksnap::Error::NotAttached { .. }) => {}
+                    Err(blksnap::Error::Busy { .. }) => {
+                        return Err(Error::Precondition(format!(
+                            "volume {id_text} is in a kernel snapshot"
+                        )))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        backend.delete(&vol)?;
+        self.state.remove::<VolumeRecord>(&vol.local)?;
+        tracing::info!(volume = %vol.local, "volume deleted");
+        Ok(())
+    }
+
+    /// Grows a volume to at least `required` bytes; returns its capacity.
+    /// Tracking is attached anew over the new size, which starts a new
+    /// change-map generation (deltas across a resize are refused), so a
+    /// volume whose snapshots are held cannot grow.
+    pub fn expand_volume(&self, id: &VolumeId, required: u64, limit: u64) -> Result<u64> {
+        let _guard = self.locks.try_lock([volume_key(&id.local)])?;
+        let mut vol = self.volume(id)?;
+        if required <= vol.capacity {
+            return Ok(vol.capacity);
+        }
+        if limit > 0 && limit < required {
+            return Err(Error::OutOfRange(format!(
+                "limit_bytes {limit} is below required_bytes {required}"
+            )));
+        }
+        if let Some(s) = self.held_snapshot_of(&vol.local) {
+            return Err(Error::Precondition(format!(
+                "volume {id} has snapshot {} held; it cannot grow until that is deleted",
+                self.snapshot_id(&s)
+            )));
+        }
+        let path = self.device_of(&vol)?;
+        let dev = open_device(&path)?;
+        match self.kernel().detach(&dev) {
+            Ok(()) | Err(blksnap::Error::NotAttached { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let grown = self.backend(vol.backend)?.expand(&vol, required);
+        // Track again whatever happened to the size.
+        let dev = open_device(&path)?;
+        self.kernel().attach(&dev)?;
+        let capacity = grown?;
+        if limit > 0 && capacity > limit {
+            tracing::warn!(volume = %vol.local, capacity, limit, "volume grew past limit_bytes by rounding");
+        }
+        vol.capacity = capacity;
+        vol.full_history = None;
+        self.state.put(&vol)?;
+        Ok(capacity)
+    }
+}
+
+/// Copies `ranges` of `src` to the same offsets of `dst`; with
+/// `skip_zeros`, chunks that are all zero are not written.
+pub(crate) fn copy_ranges(
+    src: &File,
+    dst: &File,
+    ranges: &[Range<u64>],
+    skip_zeros: bool,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    for r in ranges {
+        let mut off = r.start;
+        while off < r.end {
+            let len = ((r.end - off) as usize).min(COPY_CHUNK);
+            let chunk = &mut buf[..len];
+            src.read_exact_at(chunk, off)?;
+            if !(skip_zeros && chunk.iter().all(|&b| b == 0)) {
+                dst.write_all_at(chunk, off)?;
+            }
+            off += len as u64;
+        }
+    }
+    Ok(())
+}
+
+impl Plugin {
+    /// The snapshot a CreateVolume source names, ready to be read.
+    fn snapshot_for_use(&self, text: &str) -> Result<SnapshotRecord> {
+        let id: SnapshotId = text.parse()?;
+        let rec = self
+            .snapshot_record(&id)
+            .ok_or_else(|| Error::not_found("snapshot", text))?;
+        let rec = self.refresh(&rec)?;
+        if let Some(lost) = &rec.lost {
+            return Err(Error::Unavailable(format!(
+                "snapshot {text} is lost ({}): {}",
+                lost.reason.as_str(),
+                lost.detail
+            )));
+        }
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_ranges_copies_only_the_ranges_and_can_skip_zeros() {
+        let src = tempfile::tempfile().expect("src");
+        let dst = tempfile::tempfile().expect("dst");
+        let mut data = vec![0u8; 3 * COPY_CHUNK];
+        data[10] = 1;
+        data[COPY_CHUNK * 2 + 5] = 2;
+        src.write_all_at(&data, 0).expect("fill");
+        dst.set_len(data.len() as u64).expect("size");
+        copy_ranges(
+            &src,
+            &dst,
+            &[0..100, (2 * COPY_CHUNK) as u64..data.len() as u64],
+            true,
+        )
+        .expect("copy");
+        let mut back = vec![0u8; data.len()];
+        dst.read_exact_at(&mut back, 0).expect("read");
+        assert_eq!(back, data);
+    }
+}

@@ -1,0 +1,289 @@
+//! Transports: the kubelet's unix socket and the node API over TCP with
+//! mutual TLS, and the logging layer both share.
+//!
+//! The node API has no plaintext mode: a client must present a
+//! certificate signed by the configured CA, or the TLS handshake fails
+//! before any call is read.
+//!
+//! [`RpcLogLayer`] logs and times every call by method and status code.
+//! It sees only the HTTP/2 request head (the method path) and the response
+//! status, never a message body, where the CSI `secrets` maps travel, and
+//! never a metadata value, so it cannot log a secret.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use csi_proto::csi::v1 as csi;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::controller::ControllerService;
+use crate::group_controller::GroupControllerService;
+use crate::identity::IdentityService;
+use crate::metrics::Metrics;
+use crate::node::NodeService;
+use crate::snapshot_metadata::SnapshotMetadataService;
+use crate::{Error, Result};
+
+/// Runs `f` on the blocking pool (ioctls, copies and fsyncs block) and
+/// turns its error into a CSI status.
+pub async fn blocking<T, F>(f: F) -> Result<T, tonic::Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(tonic::Status::from),
+        Err(e) => Err(tonic::Status::internal(format!("call failed: {e}"))),
+    }
+}
+
+/// The CSI methods, the fixed label set of the RPC metrics.
+const METHODS: &[&str] = &[
+    "GetPluginInfo",
+    "GetPluginCapabilities",
+    "Probe",
+    "CreateVolume",
+    "DeleteVolume",
+    "ControllerPublishVolume",
+    "ControllerUnpublishVolume",
+    "ValidateVolumeCapabilities",
+    "ListVolumes",
+    "GetCapacity",
+    "ControllerGetCapabilities",
+    "CreateSnapshot",
+    "DeleteSnapshot",
+    "ListSnapshots",
+    "GetSnapshot",
+    "ControllerExpandVolume",
+    "ControllerGetVolume",
+    "ControllerModifyVolume",
+    "GroupControllerGetCapabilities",
+    "CreateVolumeGroupSnapshot",
+    "DeleteVolumeGroupSnapshot",
+    "GetVolumeGroupSnapshot",
+    "GetMetadataAllocated",
+    "GetMetadataDelta",
+    "NodeStageVolume",
+    "NodeUnstageVolume",
+    "NodePublishVolume",
+    "NodeUnpublishVolume",
+    "NodeGetVolumeStats",
+    "NodeExpandVolume",
+    "NodeGetCapabilities",
+    "NodeGetInfo",
+];
+
+/// The metric label of a gRPC path such as `/csi.v1.Node/NodeGetInfo`.
+pub fn method_label(path: &str) -> &'static str {
+    let name = path.rsplit('/').next().unwrap_or("");
+    let known = path.starts_with("/csi.v1.");
+    METHODS
+        .iter()
+        .find(|m| known && **m == name)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Logs and times each call; see the module docs.
+#[derive(Debug, Clone)]
+pub struct RpcLogLayer {
+    metrics: Arc<Metrics>,
+    surface: &'static str,
+}
+
+impl RpcLogLayer {
+    /// `surface` names the listener in the logs (`kubelet`, `node-api`).
+    pub fn new(metrics: Arc<Metrics>, surface: &'static str) -> Self {
+        RpcLogLayer { metrics, surface }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcLogLayer {
+    type Service = RpcLog<S>;
+
+    fn layer(&self, inner: S) -> RpcLog<S> {
+        RpcLog {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+            surface: self.surface,
+        }
+    }
+}
+
+/// The service [`RpcLogLayer`] wraps around each server.
+#[derive(Debug, Clone)]
+pub struct RpcLog<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    surface: &'static str,
+}
+
+fn status_of<B>(response: &http::Response<B>) -> tonic::Code {
+    // Errors come as trailers-only responses, with the status in the
+    // headers; a response without one is a success whose status follows
+    // in the trailers.
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcLog<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = method_label(request.uri().path());
+        let surface = self.surface;
+        let mut timer = self.metrics.time(method);
+        let start = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            let code = match &result {
+                Ok(response) => status_of(response),
+                Err(_) => tonic::Code::Internal,
+            };
+            timer.code(code);
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let code_name = crate::metrics::code_name(code);
+            match (&result, code) {
+                (Err(e), _) => {
+                    tracing::warn!(surface, method, error = %e, ms, "call failed in transport")
+                }
+                (Ok(_), tonic::Code::Ok) => tracing::debug!(surface, method, ms, "call"),
+                (Ok(_), tonic::Code::Internal | tonic::Code::Unknown) => {
+                    tracing::error!(surface, method, code = code_name, ms, "call")
+                }
+                (Ok(_), _) => tracing::info!(surface, method, code = code_name, ms, "call"),
+            }
+            result
+        })
+    }
+}
+
+/// Reads the node API's certificate, key and client CA (PEM).
+pub fn tls_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<ServerTlsConfig> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io("read", p, e));
+    let identity = Identity::from_pem(read(cert)?, read(key)?);
+    Ok(ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(Certificate::from_pem(read(client_ca)?))
+        .client_auth_optional(false))
+}
+
+/// Serves Identity and Node on the kubelet's unix socket until `shutdown`.
+pub async fn serve_kubelet(
+    socket: &Path,
+    identity: IdentityService,
+    node: NodeService,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove stale", socket, e)),
+    }
+    let listener = UnixListener::bind(socket).map_err(|e| Error::io("bind", socket, e))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::io("chmod", socket, e))?;
+    tracing::info!(socket = %socket.display(), "serving Identity and Node for the kubelet");
+    Server::builder()
+        .layer(RpcLogLayer::new(metrics, "kubelet"))
+        .add_service(csi::identity_server::IdentityServer::new(identity))
+        .add_service(csi::node_server::NodeServer::new(node))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::io("serve", socket, std::io::Error::other(e)))
+}
+
+/// The services of the node API.
+#[derive(Debug, Clone)]
+pub struct NodeApi {
+    pub identity: IdentityService,
+    pub controller: ControllerService,
+    pub group_controller: GroupControllerService,
+    pub snapshot_metadata: SnapshotMetadataService,
+}
+
+/// Serves the node API with mutual TLS on `listener` until `shutdown`.
+pub async fn serve_node_api(
+    listener: TcpListener,
+    tls: ServerTlsConfig,
+    api: NodeApi,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let name = addr.map_or_else(|| "node API".to_owned(), |a| a.to_string());
+    let builder = Server::builder()
+        .tls_config(tls)
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+    tracing::info!(address = %name, "serving the node API (mutual TLS)");
+    builder
+        .layer(RpcLogLayer::new(metrics, "node-api"))
+        .add_service(csi::identity_server::IdentityServer::new(api.identity))
+        .add_service(csi::controller_server::ControllerServer::new(
+            api.controller,
+        ))
+        .add_service(csi::group_controller_server::GroupControllerServer::new(
+            api.group_controller,
+        ))
+        .add_service(csi::snapshot_metadata_server::SnapshotMetadataServer::new(
+            api.snapshot_metadata,
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::io("serve", name, std::io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_come_from_a_fixed_set() {
+        assert_eq!(method_label("/csi.v1.Node/NodeGetInfo"), "NodeGetInfo");
+        assert_eq!(
+            method_label("/csi.v1.SnapshotMetadata/GetMetadataDelta"),
+            "GetMetadataDelta"
+        );
+        assert_eq!(method_label("/csi.v1.Node/pvc-1234"), "other");
+        assert_eq!(method_label("/evil.Service/CreateVolume"), "other");
+        assert_eq!(method_label(""), "other");
+    }
+
+    #[test]
+    fn status_is_read_from_trailers_only_responses() {
+        let ok = http::Response::new(());
+        assert_eq!(status_of(&ok), tonic::Code::Ok);
+        let mut err = http::Response::new(());
+        err.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("10"));
+        assert_eq!(status_of(&err), tonic::Code::Aborted);
+    }
+}

@@ -1,0 +1,1 @@
+//! Test-only stand-ins, see below.

@@ -37,13 +37,11 @@ static sector_t diff_area_chunk_sectors(struct diff_area *area)
 	return 1ULL << area->chunk_shift;
 }
 
-/* Sector of a write in the tracked device, also through a partition. */
+/* Sector of a write in the device, whether sent to it, its disk or part. */
 static sector_t diff_area_pos(struct diff_area *area, struct bio *bio)
 {
-	sector_t off = bio->bi_bdev == area->bdev ? 0 :
-		       bio->bi_bdev->bd_start_sect;
-
-	return bio->bi_iter.bi_sector + off;
+	return bio->bi_iter.bi_sector + bio->bi_bdev->bd_start_sect -
+	       area->bdev->bd_start_sect;
 }
 
 static unsigned int diff_area_pick_shift(sector_t capacity)
@@ -287,9 +285,8 @@ pass:
  * scan and no lock. Otherwise the bio is cut at chunk boundaries and each
  * piece waits for its own chunk only.
  */
-bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t off)
+bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos)
 {
-	sector_t pos = bio->bi_iter.bi_sector + off;
 	sector_t end, chunk_end;
 	unsigned long first, last;
 

@@ -95,7 +95,7 @@ void diff_area_put(struct diff_area *area);
 void diff_area_stop(struct diff_area *area);
 void diff_area_corrupt(struct diff_area *area, int err);
 int diff_area_error(struct diff_area *area);
-bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t off);
+bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos);
 void diff_area_chunk_loaded(struct chunk *chunk);
 void diff_area_image_io(struct diff_area *area, struct bio *bio);
 

@@ -35,23 +35,27 @@ static struct hlist_head *tracker_bucket(struct gendisk *disk)
 }
 
 /*
- * The tracker a write to @bdev belongs to: the device's own, or its whole
- * disk's when the write goes through a partition. @off is the partition's
- * start in the tracked device.
+ * The tracker a write belongs to: its device's own, the whole disk's for a
+ * write through a partition, or a partition's for a write to the whole
+ * disk that starts inside it. @pos is the write's first sector in the
+ * tracked device.
  */
-static struct tracker *tracker_lookup(struct block_device *bdev,
-				      sector_t *off)
+static struct tracker *tracker_lookup(struct bio *bio, sector_t *pos)
 {
+	struct block_device *bdev = bio->bi_bdev;
+	sector_t abs = bio->bi_iter.bi_sector + bdev->bd_start_sect;
 	struct tracker *tracker;
 
 	hlist_for_each_entry_srcu(tracker, tracker_bucket(bdev->bd_disk), link,
 				  srcu_read_lock_held(&tracker_srcu)) {
-		if (tracker->bdev == bdev) {
-			*off = 0;
-			return tracker;
-		}
-		if (tracker->bdev == bdev_whole(bdev)) {
-			*off = bdev->bd_start_sect;
+		struct block_device *tb = tracker->bdev;
+
+		if (tb->bd_disk != bdev->bd_disk)
+			continue;
+		if (tb == bdev || !bdev_is_partition(tb) ||
+		    (!bdev_is_partition(bdev) && abs >= tb->bd_start_sect &&
+		     abs - tb->bd_start_sect < bdev_nr_sectors(tb))) {
+			*pos = abs - tb->bd_start_sect;
 			return tracker;
 		}
 	}
@@ -63,7 +67,7 @@ static bool tracker_write(struct bio *bio)
 {
 	struct tracker *tracker;
 	struct diff_area *area;
-	sector_t off;
+	sector_t pos;
 
 	/*
 	 * A split remainder of a partition's bio carries absolute sectors
@@ -71,7 +75,7 @@ static bool tracker_write(struct bio *bio)
 	 */
 	if (bio_flagged(bio, BIO_REMAPPED) || !bio_sectors(bio))
 		return false;
-	tracker = tracker_lookup(bio->bi_bdev, &off);
+	tracker = tracker_lookup(bio, &pos);
 	if (!tracker)
 		return false;
 	if (unlikely(READ_ONCE(tracker->frozen))) {
@@ -87,10 +91,9 @@ static bool tracker_write(struct bio *bio)
 		if (held)
 			return true;
 	}
-	cbt_map_mark(tracker->cbt_map, bio->bi_iter.bi_sector + off,
-		     bio_sectors(bio));
+	cbt_map_mark(tracker->cbt_map, pos, bio_sectors(bio));
 	area = srcu_dereference(tracker->diff_area, &tracker_srcu);
-	return area && diff_area_write(area, bio, off);
+	return area && diff_area_write(area, bio, pos);
 }
 
 void tracker_submit_bio(struct bio *bio)

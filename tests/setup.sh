@@ -50,7 +50,7 @@ if [ ! -f /var/lib/apt/periodic/blksnap-updated ] || [ -n "${SETUP_UPDATE:-}" ];
 	mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/blksnap-updated
 fi
 
-for p in fio sparse kmod dkms python3-venv e2fsprogs xfsprogs \
+for p in fio sparse kmod dkms python3-venv e2fsprogs xfsprogs fdisk \
 	util-linux busybox-static protobuf-compiler libprotobuf-dev; do
 	have "$p" || need_pkgs+=("$p")
 done

@@ -483,3 +483,1080 @@ impl Controller for ControllerService {
         Err(Error::Unsupported("ControllerModifyVolume").into())
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Every Controller RPC against the status codes the CSI spec gives,
+    //! each case on a fresh plugin and state directory (see `testing` for
+    //! the scope of the stand-ins).
+
+    use super::*;
+    use crate::guard::name_key;
+    use crate::testing::{Env, NODE};
+    use tonic::Code;
+
+    pub(crate) fn block_cap() -> csi::VolumeCapability {
+        csi::VolumeCapability {
+            access_type: Some(AccessType::Block(csi::volume_capability::BlockVolume {})),
+            access_mode: Some(csi::volume_capability::AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+        }
+    }
+
+    fn mount_cap(fs: &str, mode: Mode) -> csi::VolumeCapability {
+        csi::VolumeCapability {
+            access_type: Some(AccessType::Mount(csi::volume_capability::MountVolume {
+                fs_type: fs.into(),
+                mount_flags: vec![],
+                volume_mount_group: String::new(),
+            })),
+            access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
+        }
+    }
+
+    pub(crate) fn volume_request(name: &str, bytes: i64) -> csi::CreateVolumeRequest {
+        csi::CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: bytes,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![block_cap()],
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn new_volume(env: &Env, name: &str, bytes: i64) -> String {
+        let vol = env
+            .plugin
+            .create_volume(&CreateVolume {
+                name: name.into(),
+                required: bytes as u64,
+                limit: 0,
+                backend: None,
+                source: None,
+            })
+            .expect("create volume");
+        env.plugin.volume_id(&vol).to_string()
+    }
+
+    pub(crate) fn snapshot_request(name: &str, source: &str) -> csi::CreateSnapshotRequest {
+        csi::CreateSnapshotRequest {
+            source_volume_id: source.into(),
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn new_snapshot(env: &Env, name: &str, source: &str) -> csi::Snapshot {
+        let rec = env
+            .plugin
+            .create_snapshot(name, &source.parse().expect("volume id"), &HashMap::new())
+            .expect("create snapshot");
+        csi_snapshot(&env.plugin, &rec)
+    }
+
+    pub(crate) fn delete_snapshot(env: &Env, id: &str) {
+        env.plugin.delete_snapshot(id).expect("delete snapshot");
+    }
+
+    fn code<T>(r: Result<T, Status>) -> Code {
+        match r {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        }
+    }
+
+    const MIB: i64 = 1 << 20;
+
+    /// A case's preparation: makes what the call needs, returns the request.
+    type Setup<R> = Box<dyn Fn(&Env) -> R>;
+
+    macro_rules! setup {
+        (|$env:ident| $body:expr) => {
+            Box::new(|$env: &Env| $body) as Setup<_>
+        };
+    }
+
+    #[tokio::test]
+    async fn create_volume_codes() {
+        let cases: Vec<(&str, Setup<csi::CreateVolumeRequest>, Code)> = vec![
+            (
+                "empty volume",
+                setup!(|_e| volume_request("pvc-1", MIB)),
+                Code::Ok,
+            ),
+            (
+                "no capacity range",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    capacity_range: None,
+                    ..volume_request("pvc-1", 0)
+                }),
+                Code::Ok,
+            ),
+            (
+                "name of 128 characters",
+                setup!(|_e| volume_request(&"n".repeat(128), MIB)),
+                Code::Ok,
+            ),
+            (
+                "missing name",
+                setup!(|_e| volume_request("", MIB)),
+                Code::InvalidArgument,
+            ),
+            (
+                "missing capabilities",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    volume_capabilities: vec![],
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                "multi-node access",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    volume_capabilities: vec![mount_cap("ext4", Mode::MultiNodeMultiWriter)],
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                "unsupported file system",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    volume_capabilities: vec![mount_cap("btrfs", Mode::SingleNodeWriter)],
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                "xfs mount",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    volume_capabilities: vec![mount_cap("xfs", Mode::SingleNodeWriter)],
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::Ok,
+            ),
+            (
+                "unknown parameter",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    parameters: HashMap::from([("color".into(), "blue".into())]),
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                "sidecar parameters are fine",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    parameters: HashMap::from([("csi.storage.k8s.io/pvc/name".into(), "x".into())]),
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::Ok,
+            ),
+            (
+                "backend not configured",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    parameters: HashMap::from([(PARAM_BACKEND.into(), "device".into())]),
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                "negative size",
+                setup!(|_e| volume_request("pvc-1", -1)),
+                Code::InvalidArgument,
+            ),
+            (
+                "limit below required",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: 2 * MIB,
+                        limit_bytes: MIB
+                    }),
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::OutOfRange,
+            ),
+            (
+                "too large for the pool",
+                setup!(|_e| volume_request("pvc-1", 1 << 50)),
+                Code::ResourceExhausted,
+            ),
+            (
+                "same name, same arguments",
+                setup!(|e| {
+                    new_volume(e, "pvc-1", MIB);
+                    volume_request("pvc-1", MIB)
+                }),
+                Code::Ok,
+            ),
+            (
+                "same name, larger size",
+                setup!(|e| {
+                    new_volume(e, "pvc-1", MIB);
+                    volume_request("pvc-1", 64 * MIB)
+                }),
+                Code::AlreadyExists,
+            ),
+            (
+                "same name in flight",
+                setup!(|e| {
+                    std::mem::forget(
+                        e.plugin
+                            .locks
+                            .try_lock([name_key("volume", "pvc-1")])
+                            .expect("free"),
+                    );
+                    volume_request("pvc-1", MIB)
+                }),
+                Code::Aborted,
+            ),
+            (
+                "source snapshot id not ours",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    volume_content_source: Some(csi::VolumeContentSource {
+                        r#type: Some(csi::volume_content_source::Type::Snapshot(
+                            csi::volume_content_source::SnapshotSource {
+                                snapshot_id: "foreign".into()
+                            }
+                        )),
+                    }),
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::NotFound,
+            ),
+            (
+                "source snapshot unknown",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc-0", MIB);
+                    let s = new_snapshot(e, "snap", &v);
+                    delete_snapshot(e, &s.snapshot_id);
+                    csi::CreateVolumeRequest {
+                        volume_content_source: Some(csi::VolumeContentSource {
+                            r#type: Some(csi::volume_content_source::Type::Snapshot(
+                                csi::volume_content_source::SnapshotSource {
+                                    snapshot_id: s.snapshot_id,
+                                },
+                            )),
+                        }),
+                        ..volume_request("pvc-1", MIB)
+                    }
+                }),
+                Code::NotFound,
+            ),
+            (
+                "source snapshot lost",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc-0", MIB);
+                    let s = new_snapshot(e, "snap", &v);
+                    let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+                    e.kernel.corrupt(id.kernel);
+                    csi::CreateVolumeRequest {
+                        volume_content_source: Some(csi::VolumeContentSource {
+                            r#type: Some(csi::volume_content_source::Type::Snapshot(
+                                csi::volume_content_source::SnapshotSource {
+                                    snapshot_id: s.snapshot_id,
+                                },
+                            )),
+                        }),
+                        ..volume_request("pvc-1", MIB)
+                    }
+                }),
+                Code::Unavailable,
+            ),
+            (
+                "source snapshot larger than the limit",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc-0", 8 * MIB);
+                    let s = new_snapshot(e, "snap", &v);
+                    csi::CreateVolumeRequest {
+                        capacity_range: Some(csi::CapacityRange {
+                            required_bytes: MIB,
+                            limit_bytes: 2 * MIB,
+                        }),
+                        volume_content_source: Some(csi::VolumeContentSource {
+                            r#type: Some(csi::volume_content_source::Type::Snapshot(
+                                csi::volume_content_source::SnapshotSource {
+                                    snapshot_id: s.snapshot_id,
+                                },
+                            )),
+                        }),
+                        ..volume_request("pvc-1", MIB)
+                    }
+                }),
+                Code::OutOfRange,
+            ),
+            (
+                "source volume unknown",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    volume_content_source: Some(csi::VolumeContentSource {
+                        r#type: Some(csi::volume_content_source::Type::Volume(
+                            csi::volume_content_source::VolumeSource {
+                                volume_id: format!("v1:nothere:{NODE}")
+                            }
+                        )),
+                    }),
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::NotFound,
+            ),
+            (
+                "requisite topology elsewhere",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    accessibility_requirements: Some(csi::TopologyRequirement {
+                        requisite: vec![topology("node-b")],
+                        preferred: vec![]
+                    }),
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::ResourceExhausted,
+            ),
+            (
+                "requisite topology here",
+                setup!(|_e| csi::CreateVolumeRequest {
+                    accessibility_requirements: Some(csi::TopologyRequirement {
+                        requisite: vec![topology("node-b"), topology(NODE)],
+                        preferred: vec![]
+                    }),
+                    ..volume_request("pvc-1", MIB)
+                }),
+                Code::Ok,
+            ),
+        ];
+        for (name, setup, want) in cases {
+            let env = Env::new();
+            let req = setup(&env);
+            let got = env.controller.create_volume(Request::new(req)).await;
+            if let Ok(r) = &got {
+                let v = r.get_ref().volume.as_ref().expect("volume");
+                assert!(v.volume_id.ends_with(&format!(":{NODE}")), "{name}");
+                assert_eq!(v.accessible_topology, vec![topology(NODE)], "{name}");
+            }
+            assert_eq!(code(got), want, "case {name:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn create_volume_is_idempotent() {
+        let env = Env::new();
+        let a = new_volume(&env, "pvc-1", MIB);
+        let b = new_volume(&env, "pvc-1", MIB);
+        assert_eq!(a, b);
+        // Also after a restart.
+        let env = env.restart();
+        assert_eq!(new_volume(&env, "pvc-1", MIB), a);
+    }
+
+    #[tokio::test]
+    async fn delete_volume_codes() {
+        let cases: Vec<(&str, Setup<String>, Code)> = vec![
+            (
+                "missing id",
+                setup!(|_e| String::new()),
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown id",
+                setup!(|_e| format!("v1:nothere:{NODE}")),
+                Code::Ok,
+            ),
+            (
+                "not our id format",
+                setup!(|_e| "whatever".to_owned()),
+                Code::Ok,
+            ),
+            (
+                "other node",
+                setup!(|_e| "v1:abc:node-b".to_owned()),
+                Code::InvalidArgument,
+            ),
+            (
+                "existing",
+                setup!(|e| new_volume(e, "pvc-1", MIB)),
+                Code::Ok,
+            ),
+            (
+                "with a held snapshot",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc-1", MIB);
+                    new_snapshot(e, "snap", &v);
+                    v
+                }),
+                Code::FailedPrecondition,
+            ),
+            (
+                "with only a lost snapshot",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc-1", MIB);
+                    let s = new_snapshot(e, "snap", &v);
+                    let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+                    e.kernel.corrupt(id.kernel);
+                    // Listing notices the loss.
+                    e.plugin
+                        .list_snapshots(&SnapshotFilter::default())
+                        .expect("list");
+                    v
+                }),
+                Code::Ok,
+            ),
+        ];
+        for (name, setup, want) in cases {
+            let env = Env::new();
+            let volume_id = setup(&env);
+            let got = env
+                .controller
+                .delete_volume(Request::new(csi::DeleteVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    ..Default::default()
+                }))
+                .await;
+            assert_eq!(code(got), want, "case {name:?}");
+            if want == Code::Ok && volume_id.starts_with("v1:") && volume_id.ends_with(NODE) {
+                let id: VolumeId = volume_id.parse().expect("id");
+                assert!(env.plugin.volume(&id).is_err(), "{name}: volume gone");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn create_snapshot_codes() {
+        let cases: Vec<(&str, Setup<csi::CreateSnapshotRequest>, Code)> = vec![
+            (
+                "snapshot",
+                setup!(|e| snapshot_request("snap", &new_volume(e, "pvc", MIB))),
+                Code::Ok,
+            ),
+            (
+                "name of 128 characters",
+                setup!(|e| { snapshot_request(&"s".repeat(128), &new_volume(e, "pvc", MIB)) }),
+                Code::Ok,
+            ),
+            (
+                "missing name",
+                setup!(|e| snapshot_request("", &new_volume(e, "pvc", MIB))),
+                Code::InvalidArgument,
+            ),
+            (
+                "missing source",
+                setup!(|_e| snapshot_request("snap", "")),
+                Code::InvalidArgument,
+            ),
+            (
+                "source not our id",
+                setup!(|_e| snapshot_request("snap", "some-volume")),
+                Code::NotFound,
+            ),
+            (
+                "source unknown",
+                setup!(|_e| snapshot_request("snap", &format!("v1:nothere:{NODE}"))),
+                Code::NotFound,
+            ),
+            (
+                "source on another node",
+                setup!(|_e| snapshot_request("snap", "v1:abc:node-b")),
+                Code::NotFound,
+            ),
+            (
+                "same name and source again",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    new_snapshot(e, "snap", &v);
+                    snapshot_request("snap", &v)
+                }),
+                Code::Ok,
+            ),
+            (
+                "same name, other source",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    let w = new_volume(e, "pvc-2", MIB);
+                    new_snapshot(e, "snap", &v);
+                    snapshot_request("snap", &w)
+                }),
+                Code::AlreadyExists,
+            ),
+            (
+                "second snapshot while one is held",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    new_snapshot(e, "snap-1", &v);
+                    snapshot_request("snap-2", &v)
+                }),
+                Code::ResourceExhausted,
+            ),
+            (
+                "after the held one is deleted",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    let s = new_snapshot(e, "snap-1", &v);
+                    delete_snapshot(e, &s.snapshot_id);
+                    snapshot_request("snap-2", &v)
+                }),
+                Code::Ok,
+            ),
+            (
+                "same name in flight",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    std::mem::forget(
+                        e.plugin
+                            .locks
+                            .try_lock([name_key("snapshot", "snap")])
+                            .expect("free"),
+                    );
+                    snapshot_request("snap", &v)
+                }),
+                Code::Aborted,
+            ),
+            (
+                "replay of a lost snapshot",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    let s = new_snapshot(e, "snap", &v);
+                    let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+                    e.kernel.corrupt(id.kernel);
+                    snapshot_request("snap", &v)
+                }),
+                Code::Unavailable,
+            ),
+            (
+                "bad storage parameter",
+                setup!(|e| csi::CreateSnapshotRequest {
+                    parameters: HashMap::from([(crate::storage::PARAM_PERCENT.into(), "0".into())]),
+                    ..snapshot_request("snap", &new_volume(e, "pvc", MIB))
+                }),
+                Code::InvalidArgument,
+            ),
+        ];
+        for (name, setup, want) in cases {
+            let env = Env::new();
+            let req = setup(&env);
+            let got = env
+                .controller
+                .create_snapshot(Request::new(req.clone()))
+                .await;
+            if let Ok(r) = &got {
+                let s = r.get_ref().snapshot.as_ref().expect("snapshot");
+                assert!(s.ready_to_use, "{name}: cut means ready");
+                assert_eq!(s.source_volume_id, req.source_volume_id, "{name}");
+                assert!(s.snapshot_id.len() <= crate::ids::MAX_ID_LEN, "{name}");
+                assert!(s.creation_time.is_some(), "{name}");
+            }
+            assert_eq!(code(got), want, "case {name:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn create_snapshot_is_idempotent_by_name() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", MIB);
+        let a = new_snapshot(&env, "snap", &v);
+        let b = new_snapshot(&env, "snap", &v);
+        assert_eq!(a, b);
+        assert_eq!(env.kernel.held().len(), 1, "one kernel snapshot");
+    }
+
+    #[tokio::test]
+    async fn delete_snapshot_codes() {
+        let cases: Vec<(&str, Setup<String>, Code)> = vec![
+            (
+                "missing id",
+                setup!(|_e| String::new()),
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown id",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    let s = new_snapshot(e, "snap", &v);
+                    delete_snapshot(e, &s.snapshot_id);
+                    s.snapshot_id
+                }),
+                Code::Ok,
+            ),
+            (
+                "not our id",
+                setup!(|_e| "some-snapshot".to_owned()),
+                Code::Ok,
+            ),
+            (
+                "existing",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    new_snapshot(e, "snap", &v).snapshot_id
+                }),
+                Code::Ok,
+            ),
+            (
+                "lost",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    let s = new_snapshot(e, "snap", &v);
+                    e.kernel.reboot();
+                    s.snapshot_id
+                }),
+                Code::Ok,
+            ),
+            (
+                "member of a group",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    let (_, members) = e
+                        .plugin
+                        .create_group("g", &[v], &HashMap::new())
+                        .expect("group");
+                    e.plugin.snapshot_id(&members[0]).to_string()
+                }),
+                Code::FailedPrecondition,
+            ),
+        ];
+        for (name, setup, want) in cases {
+            let env = Env::new();
+            let id = setup(&env);
+            let got = env
+                .controller
+                .delete_snapshot(Request::new(csi::DeleteSnapshotRequest {
+                    snapshot_id: id,
+                    ..Default::default()
+                }))
+                .await;
+            assert_eq!(code(got), want, "case {name:?}");
+            if want == Code::Ok {
+                let left = env
+                    .plugin
+                    .list_snapshots(&SnapshotFilter::default())
+                    .expect("list")
+                    .0;
+                assert!(left.is_empty(), "{name}: nothing left");
+                assert!(env.kernel.held().is_empty(), "{name}: kernel released");
+            }
+        }
+    }
+
+    async fn list(
+        env: &Env,
+        req: csi::ListSnapshotsRequest,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        env.controller.list_snapshots(Request::new(req)).await
+    }
+
+    #[tokio::test]
+    async fn list_snapshots_filters_and_pages() {
+        let env = Env::new();
+        let mut ids = Vec::new();
+        let mut vols = Vec::new();
+        for i in 0..3 {
+            let v = new_volume(&env, &format!("pvc-{i}"), MIB);
+            ids.push(new_snapshot(&env, &format!("snap-{i}"), &v).snapshot_id);
+            vols.push(v);
+        }
+        // Paging: 2 + 1, every snapshot exactly once.
+        let first = list(
+            &env,
+            csi::ListSnapshotsRequest {
+                max_entries: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("page 1")
+        .into_inner();
+        assert_eq!(first.entries.len(), 2);
+        assert!(!first.next_token.is_empty());
+        let second = list(
+            &env,
+            csi::ListSnapshotsRequest {
+                max_entries: 2,
+                starting_token: first.next_token.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("page 2")
+        .into_inner();
+        assert_eq!(second.entries.len(), 1);
+        assert!(second.next_token.is_empty());
+        let mut seen: Vec<String> = first
+            .entries
+            .iter()
+            .chain(&second.entries)
+            .map(|e| e.snapshot.as_ref().expect("snapshot").snapshot_id.clone())
+            .collect();
+        seen.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(seen, want);
+
+        let all = list(&env, csi::ListSnapshotsRequest::default())
+            .await
+            .expect("all")
+            .into_inner();
+        assert_eq!(all.entries.len(), 3);
+        assert!(all.next_token.is_empty());
+
+        // Filters.
+        let by_id = list(
+            &env,
+            csi::ListSnapshotsRequest {
+                snapshot_id: ids[1].clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("by id")
+        .into_inner();
+        assert_eq!(by_id.entries.len(), 1);
+        assert_eq!(
+            by_id.entries[0].snapshot.as_ref().expect("s").snapshot_id,
+            ids[1]
+        );
+        let by_source = list(
+            &env,
+            csi::ListSnapshotsRequest {
+                source_volume_id: vols[2].clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("by source")
+        .into_inner();
+        assert_eq!(by_source.entries.len(), 1);
+        assert_eq!(
+            by_source.entries[0]
+                .snapshot
+                .as_ref()
+                .expect("s")
+                .source_volume_id,
+            vols[2]
+        );
+
+        // Unknown filters: empty, not an error.
+        for req in [
+            csi::ListSnapshotsRequest {
+                snapshot_id: "nope".into(),
+                ..Default::default()
+            },
+            csi::ListSnapshotsRequest {
+                source_volume_id: "nope".into(),
+                ..Default::default()
+            },
+            csi::ListSnapshotsRequest {
+                source_volume_id: format!("v1:nothere:{NODE}"),
+                ..Default::default()
+            },
+        ] {
+            let r = list(&env, req.clone())
+                .await
+                .expect("empty list")
+                .into_inner();
+            assert!(r.entries.is_empty(), "{req:?}");
+        }
+
+        // A token we did not hand out, and a negative page size.
+        for (req, want) in [
+            (
+                csi::ListSnapshotsRequest {
+                    starting_token: "garbage!".into(),
+                    ..Default::default()
+                },
+                Code::Aborted,
+            ),
+            (
+                csi::ListSnapshotsRequest {
+                    starting_token: "Zm9v".into(),
+                    ..Default::default()
+                },
+                Code::Aborted,
+            ),
+            (
+                csi::ListSnapshotsRequest {
+                    max_entries: -1,
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+        ] {
+            assert_eq!(code(list(&env, req.clone()).await), want, "{req:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn lost_snapshots_are_listed_not_ready_with_a_reason() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", MIB);
+        let s = new_snapshot(&env, "snap", &v);
+        let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+        env.kernel.corrupt(id.kernel);
+        let r = list(&env, csi::ListSnapshotsRequest::default())
+            .await
+            .expect("list");
+        let reason = r
+            .metadata()
+            .get(LOST_METADATA)
+            .expect("reason metadata")
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert_eq!(reason, format!("{} overflow", s.snapshot_id));
+        let entry = r.into_inner().entries.remove(0).snapshot.expect("snapshot");
+        assert!(!entry.ready_to_use);
+        assert_eq!(env.plugin.metrics.snapshots_lost.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn reboot_loses_snapshots_and_orphans_are_collected() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", MIB);
+        let s = new_snapshot(&env, "snap", &v);
+        env.kernel.reboot();
+        // A kernel snapshot no record knows (a crash between create and
+        // record) is destroyed at start.
+        let storage = tempfile::tempfile().expect("storage");
+        let orphan = crate::kernel::Kernel::snapshot_create(env.kernel.as_ref(), &storage, 1)
+            .expect("orphan");
+        let env = env.restart();
+        assert!(!env.kernel.held().contains(&orphan.0), "orphan collected");
+        let r = list(&env, csi::ListSnapshotsRequest::default())
+            .await
+            .expect("list");
+        let reason = r
+            .metadata()
+            .get(LOST_METADATA)
+            .expect("reason")
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert_eq!(reason, format!("{} kernel-forgot", s.snapshot_id));
+        assert!(
+            !r.into_inner().entries[0]
+                .snapshot
+                .as_ref()
+                .expect("s")
+                .ready_to_use
+        );
+        // The volume is tracked again and can be snapshotted anew.
+        new_snapshot(&env, "snap-2", &v);
+        assert_eq!(
+            code(
+                env.controller
+                    .create_snapshot(Request::new(snapshot_request("snap", &v)))
+                    .await
+            ),
+            Code::Unavailable,
+            "the lost one is never served"
+        );
+    }
+
+    #[tokio::test]
+    async fn get_snapshot_codes() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", MIB);
+        let s = new_snapshot(&env, "snap", &v);
+        for (id, want) in [
+            (s.snapshot_id.clone(), Code::Ok),
+            (String::new(), Code::InvalidArgument),
+            ("nope".to_owned(), Code::NotFound),
+        ] {
+            let got = env
+                .controller
+                .get_snapshot(Request::new(csi::GetSnapshotRequest {
+                    snapshot_id: id.clone(),
+                    ..Default::default()
+                }))
+                .await;
+            assert_eq!(code(got), want, "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn expand_volume_codes() {
+        let cases: Vec<(&str, Setup<csi::ControllerExpandVolumeRequest>, Code)> = vec![
+            (
+                "grow",
+                setup!(|e| csi::ControllerExpandVolumeRequest {
+                    volume_id: new_volume(e, "pvc", MIB),
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: 4 * MIB,
+                        limit_bytes: 0
+                    }),
+                    ..Default::default()
+                }),
+                Code::Ok,
+            ),
+            (
+                "missing id",
+                setup!(|_e| csi::ControllerExpandVolumeRequest {
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: 4 * MIB,
+                        limit_bytes: 0
+                    }),
+                    ..Default::default()
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                "missing range",
+                setup!(|e| csi::ControllerExpandVolumeRequest {
+                    volume_id: new_volume(e, "pvc", MIB),
+                    ..Default::default()
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown volume",
+                setup!(|_e| csi::ControllerExpandVolumeRequest {
+                    volume_id: format!("v1:nothere:{NODE}"),
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: 4 * MIB,
+                        limit_bytes: 0
+                    }),
+                    ..Default::default()
+                }),
+                Code::NotFound,
+            ),
+            (
+                "limit below required",
+                setup!(|e| csi::ControllerExpandVolumeRequest {
+                    volume_id: new_volume(e, "pvc", MIB),
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: 4 * MIB,
+                        limit_bytes: 2 * MIB
+                    }),
+                    ..Default::default()
+                }),
+                Code::OutOfRange,
+            ),
+            (
+                "held snapshot",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    new_snapshot(e, "snap", &v);
+                    csi::ControllerExpandVolumeRequest {
+                        volume_id: v,
+                        capacity_range: Some(csi::CapacityRange {
+                            required_bytes: 4 * MIB,
+                            limit_bytes: 0,
+                        }),
+                        ..Default::default()
+                    }
+                }),
+                Code::FailedPrecondition,
+            ),
+        ];
+        for (name, setup, want) in cases {
+            let env = Env::new();
+            let req = setup(&env);
+            let got = env
+                .controller
+                .controller_expand_volume(Request::new(req))
+                .await;
+            if let Ok(r) = &got {
+                assert_eq!(r.get_ref().capacity_bytes, 4 * MIB, "{name}");
+                assert!(r.get_ref().node_expansion_required, "{name}");
+            }
+            assert_eq!(code(got), want, "case {name:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn validate_capabilities_and_unoffered_calls() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", MIB);
+        let ok = env
+            .controller
+            .validate_volume_capabilities(Request::new(csi::ValidateVolumeCapabilitiesRequest {
+                volume_id: v.clone(),
+                volume_capabilities: vec![block_cap()],
+                ..Default::default()
+            }))
+            .await
+            .expect("validate")
+            .into_inner();
+        assert!(ok.confirmed.is_some());
+        let no = env
+            .controller
+            .validate_volume_capabilities(Request::new(csi::ValidateVolumeCapabilitiesRequest {
+                volume_id: v.clone(),
+                volume_capabilities: vec![mount_cap("ext4", Mode::MultiNodeReaderOnly)],
+                ..Default::default()
+            }))
+            .await
+            .expect("validate")
+            .into_inner();
+        assert!(no.confirmed.is_none() && !no.message.is_empty());
+        for (req, want) in [
+            (
+                csi::ValidateVolumeCapabilitiesRequest {
+                    volume_id: format!("v1:nothere:{NODE}"),
+                    volume_capabilities: vec![block_cap()],
+                    ..Default::default()
+                },
+                Code::NotFound,
+            ),
+            (
+                csi::ValidateVolumeCapabilitiesRequest {
+                    volume_id: String::new(),
+                    volume_capabilities: vec![block_cap()],
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                csi::ValidateVolumeCapabilitiesRequest {
+                    volume_id: v.clone(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+        ] {
+            assert_eq!(
+                code(
+                    env.controller
+                        .validate_volume_capabilities(Request::new(req))
+                        .await
+                ),
+                want
+            );
+        }
+        assert_eq!(
+            code(
+                env.controller
+                    .list_volumes(Request::new(csi::ListVolumesRequest::default()))
+                    .await
+            ),
+            Code::Unimplemented
+        );
+        assert_eq!(
+            code(
+                env.controller
+                    .controller_publish_volume(Request::new(Default::default()))
+                    .await
+            ),
+            Code::Unimplemented
+        );
+        let caps = env
+            .controller
+            .controller_get_capabilities(Request::new(csi::ControllerGetCapabilitiesRequest {}))
+            .await
+            .expect("caps")
+            .into_inner()
+            .capabilities;
+        let kinds: Vec<i32> = caps
+            .iter()
+            .filter_map(|c| {
+                c.r#type
+                    .as_ref()
+                    .map(|csi::controller_service_capability::Type::Rpc(r)| r.r#type)
+            })
+            .collect();
+        for want in [
+            Cap::CreateDeleteVolume,
+            Cap::CreateDeleteSnapshot,
+            Cap::ListSnapshots,
+            Cap::CloneVolume,
+            Cap::ExpandVolume,
+        ] {
+            assert!(kinds.contains(&(want as i32)), "{want:?}");
+        }
+    }
+}

@@ -109,3 +109,222 @@ impl GroupController for GroupControllerService {
         Ok(response)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! GroupController against the spec's codes, on the test stand-ins.
+
+    use super::*;
+    use crate::controller::tests::{new_snapshot, new_volume};
+    use crate::testing::{Env, NODE};
+    use tonic::Code;
+
+    const MIB: i64 = 1 << 20;
+
+    fn create(names: &[String], name: &str) -> csi::CreateVolumeGroupSnapshotRequest {
+        csi::CreateVolumeGroupSnapshotRequest {
+            name: name.into(),
+            source_volume_ids: names.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn one_kernel_snapshot_across_the_volumes() {
+        let env = Env::new();
+        let vols = vec![new_volume(&env, "a", MIB), new_volume(&env, "b", MIB)];
+        let g = env
+            .groups
+            .create_volume_group_snapshot(Request::new(create(&vols, "g1")))
+            .await
+            .expect("create")
+            .into_inner()
+            .group_snapshot
+            .expect("group");
+        assert!(g.ready_to_use);
+        assert_eq!(g.snapshots.len(), 2);
+        assert_eq!(env.kernel.held().len(), 1, "one kernel snapshot");
+        let mut sources: Vec<&str> = g
+            .snapshots
+            .iter()
+            .map(|s| s.source_volume_id.as_str())
+            .collect();
+        sources.sort();
+        let mut want: Vec<&str> = vols.iter().map(String::as_str).collect();
+        want.sort();
+        assert_eq!(sources, want);
+        for s in &g.snapshots {
+            assert_eq!(s.group_snapshot_id, g.group_snapshot_id);
+            assert!(s.ready_to_use);
+        }
+        // Idempotent by name, also in another order.
+        let again = env
+            .groups
+            .create_volume_group_snapshot(Request::new(create(
+                &[vols[1].clone(), vols[0].clone()],
+                "g1",
+            )))
+            .await
+            .expect("again")
+            .into_inner()
+            .group_snapshot
+            .expect("group");
+        assert_eq!(again.group_snapshot_id, g.group_snapshot_id);
+
+        let ids: Vec<String> = g.snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
+        let got = env
+            .groups
+            .get_volume_group_snapshot(Request::new(csi::GetVolumeGroupSnapshotRequest {
+                group_snapshot_id: g.group_snapshot_id.clone(),
+                snapshot_ids: ids.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("get")
+            .into_inner()
+            .group_snapshot
+            .expect("group");
+        assert_eq!(got.group_snapshot_id, g.group_snapshot_id);
+
+        let bad = env
+            .groups
+            .delete_volume_group_snapshot(Request::new(csi::DeleteVolumeGroupSnapshotRequest {
+                group_snapshot_id: g.group_snapshot_id.clone(),
+                snapshot_ids: vec![ids[0].clone()],
+                ..Default::default()
+            }))
+            .await;
+        assert_eq!(bad.err().map(|s| s.code()), Some(Code::InvalidArgument));
+        env.groups
+            .delete_volume_group_snapshot(Request::new(csi::DeleteVolumeGroupSnapshotRequest {
+                group_snapshot_id: g.group_snapshot_id.clone(),
+                snapshot_ids: ids,
+                ..Default::default()
+            }))
+            .await
+            .expect("delete");
+        assert!(env.kernel.held().is_empty());
+        let gone = env
+            .groups
+            .get_volume_group_snapshot(Request::new(csi::GetVolumeGroupSnapshotRequest {
+                group_snapshot_id: g.group_snapshot_id.clone(),
+                ..Default::default()
+            }))
+            .await;
+        assert_eq!(gone.err().map(|s| s.code()), Some(Code::NotFound));
+        // Deleting again is fine.
+        env.groups
+            .delete_volume_group_snapshot(Request::new(csi::DeleteVolumeGroupSnapshotRequest {
+                group_snapshot_id: g.group_snapshot_id,
+                ..Default::default()
+            }))
+            .await
+            .expect("delete again");
+    }
+
+    #[tokio::test]
+    async fn create_group_codes() {
+        type Setup = Box<dyn Fn(&Env) -> csi::CreateVolumeGroupSnapshotRequest>;
+        let cases: Vec<(&str, Setup, Code)> = vec![
+            (
+                "missing name",
+                Box::new(|e| create(&[new_volume(e, "a", MIB)], "")),
+                Code::InvalidArgument,
+            ),
+            (
+                "missing volumes",
+                Box::new(|_e| create(&[], "g")),
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown volume",
+                Box::new(|e| {
+                    create(
+                        &[new_volume(e, "a", MIB), format!("v1:nothere:{NODE}")],
+                        "g",
+                    )
+                }),
+                Code::NotFound,
+            ),
+            (
+                "malformed volume",
+                Box::new(|_e| create(&["x".into()], "g")),
+                Code::InvalidArgument,
+            ),
+            (
+                "volume of another node",
+                Box::new(|_e| create(&["v1:abc:node-b".into()], "g")),
+                Code::InvalidArgument,
+            ),
+            (
+                "same name, other volumes",
+                Box::new(|e| {
+                    let a = new_volume(e, "a", MIB);
+                    let b = new_volume(e, "b", MIB);
+                    e.plugin
+                        .create_group("g", std::slice::from_ref(&a), &Default::default())
+                        .expect("first");
+                    create(&[b], "g")
+                }),
+                Code::AlreadyExists,
+            ),
+            (
+                "a member holds a snapshot",
+                Box::new(|e| {
+                    let a = new_volume(e, "a", MIB);
+                    new_snapshot(e, "s", &a);
+                    create(&[a, new_volume(e, "b", MIB)], "g")
+                }),
+                Code::ResourceExhausted,
+            ),
+        ];
+        for (name, setup, want) in cases {
+            let env = Env::new();
+            let req = setup(&env);
+            let got = env
+                .groups
+                .create_volume_group_snapshot(Request::new(req))
+                .await;
+            assert_eq!(
+                got.err().map_or(Code::Ok, |s| s.code()),
+                want,
+                "case {name:?}"
+            );
+            if want != Code::Ok && name != "same name, other volumes" {
+                assert!(env.kernel.held().len() <= 1, "{name}: nothing half made");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn get_and_delete_codes() {
+        let env = Env::new();
+        for (id, want) in [
+            (String::new(), Code::InvalidArgument),
+            ("x".to_owned(), Code::InvalidArgument),
+        ] {
+            let got = env
+                .groups
+                .get_volume_group_snapshot(Request::new(csi::GetVolumeGroupSnapshotRequest {
+                    group_snapshot_id: id.clone(),
+                    ..Default::default()
+                }))
+                .await;
+            assert_eq!(got.err().map(|s| s.code()), Some(want), "{id}");
+        }
+        let missing = env
+            .groups
+            .delete_volume_group_snapshot(Request::new(
+                csi::DeleteVolumeGroupSnapshotRequest::default(),
+            ))
+            .await;
+        assert_eq!(missing.err().map(|s| s.code()), Some(Code::InvalidArgument));
+        env.groups
+            .delete_volume_group_snapshot(Request::new(csi::DeleteVolumeGroupSnapshotRequest {
+                group_snapshot_id: "unknown".into(),
+                ..Default::default()
+            }))
+            .await
+            .expect("unknown group: OK");
+    }
+}

@@ -79,3 +79,50 @@ impl Identity for IdentityService {
         Ok(Response::new(csi::ProbeResponse { ready: Some(ready) }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Env;
+
+    #[tokio::test]
+    async fn identity_answers() {
+        let env = Env::new();
+        let id = IdentityService::new("blksnap.csi.io", Arc::clone(&env.plugin));
+        let info = id
+            .get_plugin_info(Request::new(csi::GetPluginInfoRequest {}))
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!(info.name, "blksnap.csi.io");
+        assert!(!info.vendor_version.is_empty());
+        let caps = id
+            .get_plugin_capabilities(Request::new(csi::GetPluginCapabilitiesRequest {}))
+            .await
+            .expect("caps")
+            .into_inner()
+            .capabilities;
+        let services: Vec<i32> = caps
+            .iter()
+            .filter_map(|c| match &c.r#type {
+                Some(csi::plugin_capability::Type::Service(s)) => Some(s.r#type),
+                _ => None,
+            })
+            .collect();
+        for want in [
+            Service::ControllerService,
+            Service::VolumeAccessibilityConstraints,
+            Service::GroupControllerService,
+            Service::SnapshotMetadataService,
+        ] {
+            assert!(services.contains(&(want as i32)), "{want:?}");
+        }
+        assert_eq!(Service::SnapshotMetadataService as i32, 4);
+        let probe = id
+            .probe(Request::new(csi::ProbeRequest {}))
+            .await
+            .expect("probe")
+            .into_inner();
+        assert_eq!(probe.ready, Some(true));
+    }
+}

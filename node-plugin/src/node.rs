@@ -295,3 +295,275 @@ impl Node for NodeService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Argument checks of the Node RPCs on the test stand-ins; staging and
+    //! publishing real devices (mkfs, mounts) run in the VM.
+
+    use super::*;
+    use crate::controller::tests::{block_cap, new_volume};
+    use crate::testing::{Env, NODE};
+    use crate::TOPOLOGY_KEY;
+    use tonic::Code;
+
+    fn stage(
+        volume_id: &str,
+        staging: &str,
+        cap: Option<csi::VolumeCapability>,
+    ) -> csi::NodeStageVolumeRequest {
+        csi::NodeStageVolumeRequest {
+            volume_id: volume_id.into(),
+            staging_target_path: staging.into(),
+            volume_capability: cap,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn stage_and_publish_argument_codes() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", 1 << 20);
+        let unknown = format!("v1:nothere:{NODE}");
+        let staging = env.dir.path().join("staging");
+        let staging = staging.to_str().expect("utf-8");
+        let cases = [
+            (
+                "missing volume",
+                stage("", staging, Some(block_cap())),
+                Code::InvalidArgument,
+            ),
+            (
+                "missing staging path",
+                stage(&v, "", Some(block_cap())),
+                Code::InvalidArgument,
+            ),
+            (
+                "relative staging path",
+                stage(&v, "rel/path", Some(block_cap())),
+                Code::InvalidArgument,
+            ),
+            (
+                "missing capability",
+                stage(&v, staging, None),
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown volume",
+                stage(&unknown, staging, Some(block_cap())),
+                Code::NotFound,
+            ),
+            (
+                "not our id",
+                stage("pvc-123", staging, Some(block_cap())),
+                Code::NotFound,
+            ),
+            (
+                "block stage",
+                stage(&v, staging, Some(block_cap())),
+                Code::Ok,
+            ),
+        ];
+        for (name, req, want) in cases {
+            let got = env.node.node_stage_volume(Request::new(req)).await;
+            assert_eq!(
+                got.err().map_or(Code::Ok, |s| s.code()),
+                want,
+                "case {name:?}"
+            );
+        }
+        let publish = |volume_id: &str, target: &str| csi::NodePublishVolumeRequest {
+            volume_id: volume_id.into(),
+            staging_target_path: staging.into(),
+            target_path: target.into(),
+            volume_capability: Some(block_cap()),
+            ..Default::default()
+        };
+        let target = env.dir.path().join("target");
+        let target = target.to_str().expect("utf-8");
+        for (name, req, want) in [
+            ("missing target", publish(&v, ""), Code::InvalidArgument),
+            ("missing volume", publish("", target), Code::InvalidArgument),
+            ("unknown volume", publish(&unknown, target), Code::NotFound),
+        ] {
+            let got = env.node.node_publish_volume(Request::new(req)).await;
+            assert_eq!(
+                got.err().map_or(Code::Ok, |s| s.code()),
+                want,
+                "case {name:?}"
+            );
+        }
+        for (name, req, want) in [
+            (
+                "unpublish missing volume",
+                csi::NodeUnpublishVolumeRequest {
+                    volume_id: String::new(),
+                    target_path: target.into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "unpublish missing target",
+                csi::NodeUnpublishVolumeRequest {
+                    volume_id: v.clone(),
+                    target_path: String::new(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "unpublish of nothing",
+                csi::NodeUnpublishVolumeRequest {
+                    volume_id: v.clone(),
+                    target_path: target.into(),
+                },
+                Code::Ok,
+            ),
+        ] {
+            let got = env.node.node_unpublish_volume(Request::new(req)).await;
+            assert_eq!(
+                got.err().map_or(Code::Ok, |s| s.code()),
+                want,
+                "case {name:?}"
+            );
+        }
+        for (name, req, want) in [
+            (
+                "unstage missing path",
+                csi::NodeUnstageVolumeRequest {
+                    volume_id: v.clone(),
+                    staging_target_path: String::new(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "unstage of nothing",
+                csi::NodeUnstageVolumeRequest {
+                    volume_id: v.clone(),
+                    staging_target_path: staging.into(),
+                },
+                Code::Ok,
+            ),
+        ] {
+            let got = env.node.node_unstage_volume(Request::new(req)).await;
+            assert_eq!(
+                got.err().map_or(Code::Ok, |s| s.code()),
+                want,
+                "case {name:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_and_expand_argument_codes() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", 1 << 20);
+        let dir = env.dir.path().to_str().expect("utf-8").to_owned();
+        let stats = |volume_id: &str, path: &str| csi::NodeGetVolumeStatsRequest {
+            volume_id: volume_id.into(),
+            volume_path: path.into(),
+            staging_target_path: String::new(),
+        };
+        for (name, req, want) in [
+            ("missing volume", stats("", &dir), Code::InvalidArgument),
+            ("missing path", stats(&v, ""), Code::InvalidArgument),
+            (
+                "unknown volume",
+                stats(&format!("v1:nothere:{NODE}"), &dir),
+                Code::NotFound,
+            ),
+            (
+                "missing path on disk",
+                stats(&v, &format!("{dir}/nothing")),
+                Code::NotFound,
+            ),
+            ("a directory", stats(&v, &dir), Code::Ok),
+        ] {
+            let got = env.node.node_get_volume_stats(Request::new(req)).await;
+            if let Ok(r) = &got {
+                let r = r.get_ref();
+                assert_eq!(r.usage.len(), 2, "bytes and inodes");
+                assert!(r.usage[0].total > 0);
+                assert!(!r.volume_condition.as_ref().expect("condition").abnormal);
+            }
+            assert_eq!(
+                got.err().map_or(Code::Ok, |s| s.code()),
+                want,
+                "case {name:?}"
+            );
+        }
+        for (name, req, want) in [
+            (
+                "missing volume",
+                csi::NodeExpandVolumeRequest {
+                    volume_path: dir.clone(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "missing path",
+                csi::NodeExpandVolumeRequest {
+                    volume_id: v.clone(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown volume",
+                csi::NodeExpandVolumeRequest {
+                    volume_id: format!("v1:nothere:{NODE}"),
+                    volume_path: dir.clone(),
+                    ..Default::default()
+                },
+                Code::NotFound,
+            ),
+        ] {
+            let got = env.node.node_expand_volume(Request::new(req)).await;
+            assert_eq!(
+                got.err().map_or(Code::Ok, |s| s.code()),
+                want,
+                "case {name:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn info_and_capabilities() {
+        let env = Env::new();
+        let info = env
+            .node
+            .node_get_info(Request::new(csi::NodeGetInfoRequest {}))
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!(info.node_id, NODE);
+        assert_eq!(
+            info.accessible_topology
+                .expect("topology")
+                .segments
+                .get(TOPOLOGY_KEY)
+                .map(String::as_str),
+            Some(NODE)
+        );
+        let caps: Vec<i32> = env
+            .node
+            .node_get_capabilities(Request::new(csi::NodeGetCapabilitiesRequest {}))
+            .await
+            .expect("caps")
+            .into_inner()
+            .capabilities
+            .into_iter()
+            .filter_map(|c| {
+                c.r#type
+                    .map(|csi::node_service_capability::Type::Rpc(r)| r.r#type)
+            })
+            .collect();
+        for want in [
+            Cap::StageUnstageVolume,
+            Cap::GetVolumeStats,
+            Cap::ExpandVolume,
+        ] {
+            assert!(caps.contains(&(want as i32)), "{want:?}");
+        }
+    }
+}

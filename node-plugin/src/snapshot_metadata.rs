@@ -121,7 +121,296 @@ impl SnapshotMetadata for SnapshotMetadataService {
 
 #[cfg(test)]
 mod tests {
+    //! The metadata RPCs against the spec's codes, on the test stand-ins
+    //! (fresh state per case); the real change maps are checked in the VM.
+
     use super::*;
+    use crate::controller::tests::{delete_snapshot, new_snapshot, new_volume};
+    use crate::testing::{Env, BLOCK};
+    use tokio_stream::StreamExt;
+    use tonic::Code;
+
+    const MIB: i64 = 1 << 20;
+
+    async fn delta(
+        env: &Env,
+        base: &str,
+        target: &str,
+        starting_offset: i64,
+        max_results: i32,
+    ) -> Result<Vec<csi::GetMetadataDeltaResponse>, Status> {
+        let mut s = env
+            .metadata
+            .get_metadata_delta(Request::new(csi::GetMetadataDeltaRequest {
+                base_snapshot_id: base.into(),
+                target_snapshot_id: target.into(),
+                starting_offset,
+                max_results,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(m) = s.next().await {
+            out.push(m?);
+        }
+        Ok(out)
+    }
+
+    async fn allocated(
+        env: &Env,
+        id: &str,
+        starting_offset: i64,
+    ) -> Result<Vec<csi::GetMetadataAllocatedResponse>, Status> {
+        let mut s = env
+            .metadata
+            .get_metadata_allocated(Request::new(csi::GetMetadataAllocatedRequest {
+                snapshot_id: id.into(),
+                starting_offset,
+                max_results: 0,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(m) = s.next().await {
+            out.push(m?);
+        }
+        Ok(out)
+    }
+
+    fn tuples(ms: &[csi::GetMetadataDeltaResponse]) -> Vec<(i64, i64)> {
+        ms.iter()
+            .flat_map(|m| {
+                m.block_metadata
+                    .iter()
+                    .map(|b| (b.byte_offset, b.size_bytes))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn delta_is_the_writes_between_and_survives_base_deletion_and_restart() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", 4 * MIB);
+        let b = BLOCK as i64;
+        env.write(&v, 0..BLOCK);
+        let base = new_snapshot(&env, "s1", &v).snapshot_id;
+        delete_snapshot(&env, &base);
+        // Two adjacent blocks, and one further on.
+        env.write(&v, 2 * BLOCK..4 * BLOCK);
+        env.write(&v, 10 * BLOCK..10 * BLOCK + 1);
+        let target = new_snapshot(&env, "s2", &v).snapshot_id;
+        let want = vec![(2 * b, 2 * b), (10 * b, b)];
+        let got = delta(&env, &base, &target, 0, 0).await.expect("delta");
+        assert_eq!(tuples(&got), want);
+        assert!(got.iter().all(|m| m.volume_capacity_bytes == 4 * MIB
+            && m.block_metadata_type == csi::BlockMetadataType::VariableLength as i32));
+        // Batches of one; a starting offset inside a range rounds down to
+        // its block.
+        let one = delta(&env, &base, &target, 0, 1).await.expect("delta");
+        assert_eq!(one.len(), 2);
+        assert_eq!(tuples(&one), want);
+        let later = delta(&env, &base, &target, 3 * b + 7, 0)
+            .await
+            .expect("delta");
+        assert_eq!(tuples(&later), vec![(3 * b, b), (10 * b, b)]);
+        // Nothing after the last change: one message, no tuples.
+        let none = delta(&env, &base, &target, 11 * b, 0).await.expect("delta");
+        assert_eq!(none.len(), 1);
+        assert!(none[0].block_metadata.is_empty());
+
+        let env = env.restart();
+        let got = delta(&env, &base, &target, 0, 0)
+            .await
+            .expect("delta after restart");
+        assert_eq!(tuples(&got), want);
+    }
+
+    #[tokio::test]
+    async fn delta_codes() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", 4 * MIB);
+        let w = new_volume(&env, "pvc-w", 4 * MIB);
+        let s1 = new_snapshot(&env, "s1", &v).snapshot_id;
+        delete_snapshot(&env, &s1);
+        let s2 = new_snapshot(&env, "s2", &v).snapshot_id;
+        let other = new_snapshot(&env, "w1", &w).snapshot_id;
+        let newer = {
+            let mut id: crate::ids::SnapshotId = s2.parse().expect("id");
+            id.number += 1;
+            id.to_string()
+        };
+        let cases: Vec<(&str, String, String, i64, i32, Code)> = vec![
+            ("ok", s1.clone(), s2.clone(), 0, 0, Code::Ok),
+            ("same snapshot", s2.clone(), s2.clone(), 0, 0, Code::Ok),
+            (
+                "missing base",
+                String::new(),
+                s2.clone(),
+                0,
+                0,
+                Code::InvalidArgument,
+            ),
+            (
+                "missing target",
+                s1.clone(),
+                String::new(),
+                0,
+                0,
+                Code::InvalidArgument,
+            ),
+            (
+                "malformed base",
+                "x".into(),
+                s2.clone(),
+                0,
+                0,
+                Code::InvalidArgument,
+            ),
+            (
+                "malformed target",
+                s1.clone(),
+                "x".into(),
+                0,
+                0,
+                Code::InvalidArgument,
+            ),
+            (
+                "deleted target",
+                s2.clone(),
+                s1.clone(),
+                0,
+                0,
+                Code::NotFound,
+            ),
+            (
+                "base newer than target",
+                newer,
+                s2.clone(),
+                0,
+                0,
+                Code::InvalidArgument,
+            ),
+            (
+                "different volumes",
+                s1.clone(),
+                other.clone(),
+                0,
+                0,
+                Code::InvalidArgument,
+            ),
+            (
+                "negative offset",
+                s1.clone(),
+                s2.clone(),
+                -1,
+                0,
+                Code::InvalidArgument,
+            ),
+            (
+                "offset at the end",
+                s1.clone(),
+                s2.clone(),
+                4 * MIB,
+                0,
+                Code::OutOfRange,
+            ),
+            (
+                "negative max_results",
+                s1.clone(),
+                s2.clone(),
+                0,
+                -1,
+                Code::InvalidArgument,
+            ),
+        ];
+        for (name, base, target, off, max, want) in cases {
+            let got = delta(&env, &base, &target, off, max).await;
+            assert_eq!(
+                got.err().map_or(Code::Ok, |s| s.code()),
+                want,
+                "case {name:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn delta_across_a_new_generation_is_a_failed_precondition() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", 4 * MIB);
+        let s1 = new_snapshot(&env, "s1", &v).snapshot_id;
+        delete_snapshot(&env, &s1);
+        // A reboot attaches tracking anew: a new generation.
+        env.kernel.reboot();
+        let env = env.restart();
+        let s2 = new_snapshot(&env, "s2", &v).snapshot_id;
+        let got = delta(&env, &s1, &s2, 0, 0).await;
+        assert_eq!(got.err().map(|s| s.code()), Some(Code::FailedPrecondition));
+    }
+
+    #[tokio::test]
+    async fn a_lost_target_is_unavailable() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", 4 * MIB);
+        let s1 = new_snapshot(&env, "s1", &v).snapshot_id;
+        let id: crate::ids::SnapshotId = s1.parse().expect("id");
+        env.kernel.corrupt(id.kernel);
+        assert_eq!(
+            allocated(&env, &s1, 0).await.err().map(|s| s.code()),
+            Some(Code::Unavailable)
+        );
+        assert_eq!(
+            delta(&env, &s1, &s1, 0, 0).await.err().map(|s| s.code()),
+            Some(Code::Unavailable)
+        );
+    }
+
+    #[tokio::test]
+    async fn allocated_is_the_written_blocks_of_a_fresh_volume() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", 4 * MIB);
+        env.write(&v, 0..2 * BLOCK);
+        env.write(&v, 3 * MIB as u64..3 * MIB as u64 + BLOCK);
+        let s = new_snapshot(&env, "s1", &v).snapshot_id;
+        let got = allocated(&env, &s, 0).await.expect("allocated");
+        let ranges: Vec<(i64, i64)> = got
+            .iter()
+            .flat_map(|m| {
+                m.block_metadata
+                    .iter()
+                    .map(|b| (b.byte_offset, b.byte_offset + b.size_bytes))
+            })
+            .collect();
+        // The file system may allocate more than was written, never less,
+        // and never the untouched middle.
+        let covers = |o: i64| ranges.iter().any(|&(a, b)| a <= o && o < b);
+        assert!(
+            covers(0) && covers(2 * BLOCK as i64 - 1) && covers(3 * MIB),
+            "{ranges:?}"
+        );
+        assert!(!covers(2 * MIB), "{ranges:?}");
+        for w in ranges.windows(2) {
+            assert!(w[0].1 < w[1].0, "sorted, disjoint, coalesced: {ranges:?}");
+        }
+        for (id, off, want) in [
+            (String::new(), 0, Code::InvalidArgument),
+            ("x".to_owned(), 0, Code::InvalidArgument),
+            (s.clone(), 4 * MIB, Code::OutOfRange),
+            (s.clone(), -5, Code::InvalidArgument),
+        ] {
+            assert_eq!(
+                allocated(&env, &id, off).await.err().map(|s| s.code()),
+                Some(want),
+                "{id} {off}"
+            );
+        }
+        delete_snapshot(&env, &s);
+        assert_eq!(
+            allocated(&env, &s, 0).await.err().map(|s| s.code()),
+            Some(Code::NotFound)
+        );
+    }
 
     #[test]
     fn pages_split_into_batches_and_empty_pages_still_say_the_capacity() {

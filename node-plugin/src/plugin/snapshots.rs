@@ -118,6 +118,24 @@ impl Plugin {
         })
     }
 
+    /// Releases the kernel snapshots of `local`'s lost snapshots: an
+    /// overflowed snapshot stays in the kernel (corrupted) and keeps the
+    /// device busy until destroyed. The records stay, not ready, until
+    /// DeleteSnapshot.
+    pub(crate) fn release_lost(&self, local: &str) -> Result<()> {
+        let kernels: BTreeSet<Uuid> = self.state.read(|t| {
+            t.snapshots
+                .values()
+                .filter(|s| s.volume == local && s.lost.is_some())
+                .map(|s| s.kernel)
+                .collect()
+        });
+        for k in kernels {
+            self.destroy_kernel(k)?;
+        }
+        Ok(())
+    }
+
     /// Path of the image of a held snapshot.
     pub(crate) fn image_of(&self, rec: &SnapshotRecord) -> Result<PathBuf> {
         let vol = self
@@ -153,6 +171,9 @@ impl Plugin {
                     self.snapshot_id(&s)
                 )));
             }
+        }
+        for v in vols {
+            self.release_lost(&v.local)?;
         }
         let total: u64 = vols.iter().map(|v| v.capacity).sum();
         let limit = storage::limit(params, total, self.settings.default_storage_percent)?;

@@ -237,6 +237,7 @@ impl Plugin {
                 self.snapshot_id(&s)
             )));
         }
+        self.release_lost(&vol.local)?;
         let backend = self.backend(vol.backend)?;
         match backend.device(&vol) {
             Ok(path) => {
@@ -281,6 +282,7 @@ impl Plugin {
                 self.snapshot_id(&s)
             )));
         }
+        self.release_lost(&vol.local)?;
         let path = self.device_of(&vol)?;
         let dev = open_device(&path)?;
         match self.kernel().detach(&dev) {

@@ -38,8 +38,7 @@ struct cbt_map *cbt_map_new(sector_t capacity)
 	}
 	map->blk_count = count;
 	map->write_map = kvzalloc(count, GFP_KERNEL);
-	map->read_map = kvzalloc(count, GFP_KERNEL);
-	if (!map->write_map || !map->read_map) {
+	if (!map->write_map) {
 		cbt_map_free(map);
 		return ERR_PTR(-ENOMEM);
 	}
@@ -97,11 +96,27 @@ void cbt_map_mark_both(struct cbt_map *map, sector_t sector, sector_t count)
 	spin_lock_irqsave(&map->lock, flags);
 	for (blk = first; blk <= last; blk++) {
 		map->write_map[blk] = map->snap_number_active;
-		if (map->snap_number_previous &&
+		if (map->read_map &&
 		    map->read_map[blk] < map->snap_number_previous)
 			map->read_map[blk] = map->snap_number_previous;
 	}
 	spin_unlock_irqrestore(&map->lock, flags);
+}
+
+/* Before a take's freeze window, where nothing may be allocated. */
+int cbt_map_prepare(struct cbt_map *map)
+{
+	u8 *read_map;
+
+	if (map->read_map)
+		return 0;
+	read_map = kvzalloc(map->blk_count, GFP_KERNEL);
+	if (!read_map)
+		return -ENOMEM;
+	spin_lock_irq(&map->lock);
+	map->read_map = read_map;
+	spin_unlock_irq(&map->lock);
+	return 0;
 }
 
 /*
@@ -149,6 +164,9 @@ long cbt_map_read(struct cbt_map *map, u32 offset, u32 length,
 	if (offset > map->blk_count)
 		return -EINVAL;
 	count = min_t(unsigned long, length, map->blk_count - offset);
+	/* Before the first take no change is older than a snapshot. */
+	if (!map->read_map)
+		return clear_user(buf, count) ? -EFAULT : count;
 	if (copy_to_user(buf, map->read_map + offset, count))
 		return -EFAULT;
 	return count;

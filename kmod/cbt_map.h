@@ -18,7 +18,8 @@ struct blksnap_cbtinfo;
  * @blk_count: number of tracking blocks, one byte each in both maps.
  * @write_map: the active map; a block's byte is @snap_number_active when
  *	the block was written since the last take.
- * @read_map: the map as it was at the last take.
+ * @read_map: the map as it was at the last take; allocated before the
+ *	first take, since most tracked devices are never snapshotted.
  * @snap_number_active: number written into @write_map now.
  * @snap_number_previous: number of the last taken snapshot.
  * @generation_id: renewed whenever the numbering restarts.
@@ -39,6 +40,7 @@ struct cbt_map *cbt_map_new(sector_t capacity);
 void cbt_map_free(struct cbt_map *map);
 void cbt_map_mark(struct cbt_map *map, sector_t sector, sector_t count);
 void cbt_map_mark_both(struct cbt_map *map, sector_t sector, sector_t count);
+int cbt_map_prepare(struct cbt_map *map);
 void cbt_map_switch(struct cbt_map *map);
 void cbt_map_info(struct cbt_map *map, struct blksnap_cbtinfo *info);
 long cbt_map_read(struct cbt_map *map, u32 offset, u32 length,

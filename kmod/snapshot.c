@@ -151,22 +151,24 @@ int snapshot_add(const uuid_t *id, struct tracker *tracker)
 static int snapshot_prepare(struct snapshot *snapshot)
 {
 	struct snapshot_device *sd;
+	int ret;
 
 	list_for_each_entry(sd, &snapshot->devices, link) {
 		if (sd->tracker->dead)
 			return -ENODEV;
+		ret = cbt_map_prepare(sd->tracker->cbt_map);
+		if (ret)
+			return ret;
 		sd->area = diff_area_new(sd->tracker, snapshot->storage,
 					 snapshot->events);
 		if (IS_ERR(sd->area)) {
-			int ret = PTR_ERR(sd->area);
-
+			ret = PTR_ERR(sd->area);
 			sd->area = NULL;
 			return ret;
 		}
 		sd->image = snapimage_new(sd->area);
 		if (IS_ERR(sd->image)) {
-			int ret = PTR_ERR(sd->image);
-
+			ret = PTR_ERR(sd->image);
 			sd->image = NULL;
 			return ret;
 		}

@@ -286,4 +286,154 @@ mod tests {
             .insert("grpc-status", http::HeaderValue::from_static("10"));
         assert_eq!(status_of(&err), tonic::Code::Aborted);
     }
+
+    /// Certificates for the mutual TLS tests, made with rcgen.
+    struct Pki {
+        ca_pem: String,
+        issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    }
+
+    impl Pki {
+        fn new(name: &str) -> Pki {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            let key = rcgen::KeyPair::generate().expect("key");
+            let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA");
+            Pki {
+                ca_pem: issuer.pem(),
+                issuer,
+            }
+        }
+
+        /// A leaf certificate and key (PEM) for `dns`.
+        fn leaf(&self, dns: &str, server: bool) -> (String, String) {
+            let mut params = rcgen::CertificateParams::new(vec![dns.to_owned()]).expect("params");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, dns);
+            params.extended_key_usages = vec![if server {
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth
+            } else {
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth
+            }];
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &self.issuer).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+
+    async fn start(
+        pki: &Pki,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        crate::testing::Env,
+    ) {
+        let env = crate::testing::Env::new();
+        let (cert, key) = pki.leaf("localhost", true);
+        let dir = env.dir.path();
+        std::fs::write(dir.join("tls.crt"), cert).expect("write");
+        std::fs::write(dir.join("tls.key"), key).expect("write");
+        std::fs::write(dir.join("ca.crt"), &pki.ca_pem).expect("write");
+        let tls = tls_config(
+            &dir.join("tls.crt"),
+            &dir.join("tls.key"),
+            &dir.join("ca.crt"),
+        )
+        .expect("tls config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let api = NodeApi {
+            identity: IdentityService::new("blksnap.csi.io", Arc::clone(&env.plugin)),
+            controller: ControllerService::new(Arc::clone(&env.plugin)),
+            group_controller: GroupControllerService::new(Arc::clone(&env.plugin)),
+            snapshot_metadata: SnapshotMetadataService::new(Arc::clone(&env.plugin)),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let metrics = Arc::clone(&env.plugin.metrics);
+        tokio::spawn(async move {
+            serve_node_api(listener, tls, api, metrics, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        (addr, tx, env)
+    }
+
+    /// GetPluginInfo over TLS with the given client identity.
+    async fn call(
+        addr: std::net::SocketAddr,
+        ca_pem: &str,
+        client: Option<(String, String)>,
+    ) -> Result<String, String> {
+        use tonic::transport::{ClientTlsConfig, Endpoint};
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some((cert, key)) = client {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let endpoint = Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+            .map_err(|e| e.to_string())?
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        let mut client = csi::identity_client::IdentityClient::new(channel);
+        client
+            .get_plugin_info(csi::GetPluginInfoRequest {})
+            .await
+            .map(|r| r.into_inner().name)
+            .map_err(|s| format!("call: {s:?}"))
+    }
+
+    #[tokio::test]
+    async fn node_api_requires_a_client_certificate_from_its_ca() {
+        let pki = Pki::new("blksnap-csi test CA");
+        let (addr, stop, _env) = start(&pki).await;
+
+        // The controller's certificate, from the node API's CA: served.
+        let good = pki.leaf("blksnap-csi-controller", false);
+        assert_eq!(
+            call(addr, &pki.ca_pem, Some(good))
+                .await
+                .expect("trusted client"),
+            "blksnap.csi.io"
+        );
+
+        // A certificate from another CA: refused.
+        let foreign = Pki::new("someone else's CA");
+        let stranger = foreign.leaf("blksnap-csi-controller", false);
+        let refused = call(addr, &pki.ca_pem, Some(stranger)).await;
+        assert!(refused.is_err(), "foreign client served: {refused:?}");
+
+        // No certificate at all: refused.
+        let anonymous = call(addr, &pki.ca_pem, None).await;
+        assert!(anonymous.is_err(), "anonymous client served: {anonymous:?}");
+
+        // Plaintext HTTP/2 is not spoken either.
+        let plain =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", addr.port()))
+                .expect("endpoint")
+                .connect()
+                .await;
+        if let Ok(channel) = plain {
+            let r = csi::identity_client::IdentityClient::new(channel)
+                .get_plugin_info(csi::GetPluginInfoRequest {})
+                .await;
+            assert!(r.is_err(), "plaintext client served");
+        }
+        let _ = stop.send(());
+    }
 }

@@ -164,6 +164,15 @@ impl Plugin {
         }
     }
 
+    /// The byte ranges `vol`'s backend has allocated (the whole volume when
+    /// the backend cannot tell).
+    pub fn backend_allocated(&self, vol: &VolumeRecord) -> Result<Vec<std::ops::Range<u64>>> {
+        Ok(self
+            .backend(vol.backend)?
+            .allocated(vol)?
+            .unwrap_or_else(|| crate::state::whole(vol.capacity)))
+    }
+
     /// The block device of `vol`, bound if needed.
     pub fn device_of(&self, vol: &VolumeRecord) -> Result<PathBuf> {
         self.backend(vol.backend)?.device(vol)

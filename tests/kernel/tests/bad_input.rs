@@ -4,6 +4,7 @@
 //! specific one where the header implies it) and leave the module working.
 //! The harness checks the kernel log for WARNING/BUG/Oops afterwards.
 
+#[macro_use]
 mod common;
 
 use std::fs::File;
@@ -283,7 +284,7 @@ fn wrong_sizes_and_directions_are_refused() {
         }
     }
     fx.check_intact();
-    println!("{checked} wrong request numbers refused");
+    say!("{checked} wrong request numbers refused");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! number; cbtdirty marks ranges; the generation changes at the 255th take
 //! and not before.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -125,7 +126,7 @@ fn change_map_marks_exactly_the_written_blocks() {
     let got = ctl.cbt_map(&dev, off, &mut window).expect("cbt_map window");
     assert_eq!(got, 100.min(count as usize - off as usize));
     assert_eq!(&window[..got], &map[off as usize..off as usize + got]);
-    println!(
+    say!(
         "{} of {} blocks of {} KiB marked exactly",
         after.len(),
         count,
@@ -209,8 +210,9 @@ fn generation_changes_at_the_255th_take_and_not_before() {
         map.iter().all(|&b| b == 0),
         "the frozen map of a new generation holds old history"
     );
-    println!(
+    say!(
         "255 takes: generation {} -> {}",
-        fresh.generation_id, info.generation_id
+        fresh.generation_id,
+        info.generation_id
     );
 }

@@ -2,6 +2,7 @@
 //! concurrent random writes hit the device, for one device and for two
 //! devices in one snapshot; the device reads back exactly what was written.
 
+#[macro_use]
 mod common;
 
 use std::fs::File;
@@ -41,10 +42,14 @@ fn stress(devs: &[&Path], region_per_dev: u64) {
     );
 
     let t = Instant::now();
+    progress(format_args!(
+        "filling {} device(s) before take",
+        files.len()
+    ));
     for (f, &b) in files.iter().zip(&blocks) {
         write_range(f, 0, b, |_| 0);
     }
-    println!(
+    say!(
         "filled {} MiB before take in {:.1?}",
         blocks.iter().sum::<u64>() * BLOCK / MIB,
         t.elapsed()
@@ -60,6 +65,7 @@ fn stress(devs: &[&Path], region_per_dev: u64) {
 
     let records: Vec<Record> = blocks.iter().map(|&b| Record::new(b)).collect();
     let per_dev = total / devs.len() as u64;
+    progress(format_args!("taken; writing {} MiB at random", total / MIB));
     let t = Instant::now();
     let results: Vec<(u64, Result<u64, String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..devs.len())
@@ -96,7 +102,7 @@ fn stress(devs: &[&Path], region_per_dev: u64) {
             ),
         }
     }
-    println!(
+    say!(
         "wrote {} MiB at random in {:.1?} ({} writer threads) while verifying {} MiB of image",
         written / MIB,
         elapsed,
@@ -109,6 +115,7 @@ fn stress(devs: &[&Path], region_per_dev: u64) {
         "the concurrent reader verified nothing"
     );
 
+    progress(format_args!("final verify"));
     let mut verified_after = 0;
     for i in 0..devs.len() {
         let info = ctl.snapshot_info(&files[i]).expect("snapshot_info");
@@ -124,7 +131,7 @@ fn stress(devs: &[&Path], region_per_dev: u64) {
         verified_after += verify_range(&files[i], 0, blocks[i], |b| rec.get(b))
             .unwrap_or_else(|e| panic!("device {}: {e}", devs[i].display()));
     }
-    println!(
+    say!(
         "final verify: {} MiB of images and devices",
         verified_after / MIB
     );

@@ -1,6 +1,7 @@
 //! Writes to the image, destroy and re-take cycles, attach/detach rules,
 //! and hot removal of an attached device.
 
+#[macro_use]
 mod common;
 
 use std::os::unix::fs::FileExt;
@@ -68,7 +69,7 @@ fn destroy_and_retake_cycles() {
             "cycle {cycle}: a snapshot survived destroy"
         );
     }
-    println!("{CYCLES} take/verify/destroy cycles");
+    say!("{CYCLES} take/verify/destroy cycles");
 }
 
 #[test]
@@ -135,17 +136,17 @@ fn hot_removal_of_an_attached_device_in_a_snapshot() {
     verify_range(&image, 0, region, |_| 0).unwrap_or_else(|e| panic!("image before removal: {e}"));
 
     nullb.power_off();
-    println!("null_blk removed while attached and in a snapshot");
+    say!("null_blk removed while attached and in a snapshot");
 
     let mut buf = AlignedBuf::new(MIB as usize);
     let read = image.read_exact_at(buf.as_mut_slice(), 0);
-    println!("image read after removal: {read:?}");
+    say!("image read after removal: {read:?}");
     // The disk is gone: its map and its snapshot state must not be served
     // as if nothing happened, and nothing may hang or crash.
     let info = ctl.cbt_info(&dev);
-    println!("cbt_info after removal: {info:?}");
+    say!("cbt_info after removal: {info:?}");
     assert!(info.is_err(), "cbt_info served for a removed device");
-    println!("snapshot_info after removal: {:?}", ctl.snapshot_info(&dev));
+    say!("snapshot_info after removal: {:?}", ctl.snapshot_info(&dev));
     drop(image);
     match snap.destroy() {
         Ok(()) | Err(Error::NoSuchSnapshot { .. }) => {}

@@ -2,6 +2,7 @@
 //! device: snapshotinfo and wait_event report it, the image fails reads,
 //! and the device holds every write.
 
+#[macro_use]
 mod common;
 
 use std::os::unix::fs::FileExt;
@@ -75,7 +76,7 @@ fn overflow_corrupts_the_snapshot_and_not_the_device() {
     write_range(&dev, region / 2, region, |_| 3);
     verify_range(&dev, 0, region, |b| if b < region / 2 { 2 } else { 3 })
         .unwrap_or_else(|e| panic!("device after destroy: {e}"));
-    println!(
+    say!(
         "overflowed a {} MiB storage; device verified",
         limit * SECTOR / MIB
     );

@@ -2,6 +2,7 @@
 //! regular named file, a block device; growth of a file storage while the
 //! snapshot is held; a device cannot be snapshotted into storage on itself.
 
+#[macro_use]
 mod common;
 
 use std::fs::{File, OpenOptions};
@@ -30,7 +31,7 @@ fn snapshot_into(ctl: &Control, disks: &Disks, storage: &File, limit_sectors: u6
     assert_eq!(ctl.snapshot_info(&dev).expect("info").error, None, "{what}");
     drop(image);
     snap.destroy().expect("destroy");
-    println!("{what}: image and device verified");
+    say!("{what}: image and device verified");
 }
 
 #[test]
@@ -131,7 +132,7 @@ fn file_storage_grows_while_the_snapshot_is_held() {
     let held = storage.metadata().expect("fstat").blocks() * 512;
     write_range(&dev, 0, region, |_| 1);
     let grown = storage.metadata().expect("fstat").blocks() * 512;
-    println!(
+    say!(
         "storage allocated {} MiB at take, {} MiB after {} MiB of copies (step {} MiB, limit {} MiB)",
         held / MIB,
         grown / MIB,

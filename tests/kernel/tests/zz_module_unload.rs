@@ -4,6 +4,7 @@
 //! had, so tests after this one still find it. (Named `zz_` so that a
 //! harness running binaries in name order runs it last.)
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -68,5 +69,5 @@ fn unload_is_refused_while_busy_and_works_after_cleanup() {
     let v = control().version().expect("version after reload");
     assert!(v.is_compatible(), "reloaded module has version {v}");
     assert_eq!(module_params(), params, "parameters after reload");
-    println!("unload refused 4 times while busy; unloaded and reloaded {v}");
+    say!("unload refused 4 times while busy; unloaded and reloaded {v}");
 }

@@ -38,6 +38,14 @@
 
 pub mod raw;
 
+/// `println!` that is shown even for passing tests (libtest captures
+/// stdout): the amounts written and verified belong in the run's log.
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::common::progress(format_args!($($t)*))
+    };
+}
+
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -407,7 +415,11 @@ pub fn random_writes(dev: &File, record: &Record, writers: u32, total: u64, seed
                     for b in first..first + len {
                         record.set(b, seq);
                     }
-                    written.fetch_add(len * BLOCK, Ordering::Relaxed);
+                    let before = written.fetch_add(len * BLOCK, Ordering::Relaxed);
+                    let step = 128 * MIB;
+                    if before / step != (before + len * BLOCK) / step {
+                        progress(format_args!("{} MiB written", (before + len * BLOCK) / MIB));
+                    }
                 }
             });
         }
@@ -749,6 +761,15 @@ impl Drop for ModuleRestore {
         }
         load_module(&self.original);
     }
+}
+
+/// A progress line for long tests, written past libtest's output capture
+/// so that a slow run under TCG shows where it is.
+pub fn progress(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed();
+    let _ = writeln!(std::io::stderr(), "  [{:7.1}s] {msg}", t.as_secs_f64());
 }
 
 /// Bytes of write traffic for the stress tests: 1 GiB unless

@@ -436,4 +436,72 @@ mod tests {
         }
         let _ = stop.send(());
     }
+
+    #[tokio::test]
+    async fn kubelet_socket_serves_identity_and_node_and_is_not_world_accessible() {
+        let env = crate::testing::Env::new();
+        let socket = env.dir.path().join("csi/csi.sock");
+        // A stale socket from an earlier run is replaced.
+        std::fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&socket, b"stale").expect("stale file");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let identity = IdentityService::new("blksnap.csi.io", Arc::clone(&env.plugin));
+        let node = NodeService::new(Arc::clone(&env.plugin), 7);
+        let metrics = Arc::clone(&env.plugin.metrics);
+        let path = socket.clone();
+        let server = tokio::spawn(async move {
+            serve_kubelet(&path, identity, node, metrics, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        let mut tries = 0;
+        let channel = loop {
+            let ep =
+                tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))
+                    .expect("endpoint");
+            match ep.connect().await {
+                Ok(c) => break c,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        };
+        let mode = std::fs::metadata(&socket)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o007, 0, "socket mode {mode:o}");
+        let info = csi::node_client::NodeClient::new(channel.clone())
+            .node_get_info(csi::NodeGetInfoRequest {})
+            .await
+            .expect("NodeGetInfo")
+            .into_inner();
+        assert_eq!(info.node_id, crate::testing::NODE);
+        assert_eq!(info.max_volumes_per_node, 7);
+        let name = csi::identity_client::IdentityClient::new(channel.clone())
+            .get_plugin_info(csi::GetPluginInfoRequest {})
+            .await
+            .expect("GetPluginInfo")
+            .into_inner()
+            .name;
+        assert_eq!(name, "blksnap.csi.io");
+        // The controller services are not on the kubelet's socket.
+        let r = csi::controller_client::ControllerClient::new(channel)
+            .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+            .await;
+        assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::Unimplemented));
+        // Calls are timed by method and code.
+        let text = env.plugin.metrics.encode();
+        assert!(
+            text.contains(
+                r#"blksnap_csi_rpc_duration_seconds_count{method="NodeGetInfo",code="OK"} 1"#
+            ),
+            "{text}"
+        );
+        let _ = tx.send(());
+        server.await.expect("join").expect("served");
+    }
 }

@@ -354,9 +354,14 @@ class Bench:
     def dm_create(self, chunk):
         zero(self.cow, 0, MIB)
         sectors = dev_size(self.data) // SECTOR
-        dmsetup("create", "bsb-origin", "--table", f"0 {sectors} snapshot-origin {self.data}")
+        # The snapshot first: the origin target reads its split boundary
+        # (the smallest chunk of the snapshots of its device) when it is
+        # resumed. Resumed with no snapshot yet, it would not cut writes at
+        # chunk boundaries and only the first chunk of a large write would
+        # be copied (that is why LVM resumes the origin last).
         dmsetup("create", "bsb-snap", "--table",
                 f"0 {sectors} snapshot {self.data} {self.cow} P {chunk}")
+        dmsetup("create", "bsb-origin", "--table", f"0 {sectors} snapshot-origin {self.data}")
         run(["udevadm", "settle"], check=False)
         for n in ("bsb-origin", "bsb-snap"):
             if not os.path.exists(f"/dev/mapper/{n}"):

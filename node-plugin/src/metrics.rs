@@ -193,6 +193,18 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 
 /// Serves `GET /metrics` on `addr` until the process ends.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io("bind", addr.to_string(), e))?;
+    tracing::info!(%addr, "serving metrics");
+    serve_on(listener, metrics).await
+}
+
+/// Serves `GET /metrics` on `listener`.
+pub async fn serve_on(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "metrics".to_owned(), |a| a.to_string());
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/metrics",
@@ -209,13 +221,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::io("bind", addr.to_string(), e))?;
-    tracing::info!(%addr, "serving metrics");
     axum::serve(listener, app)
         .await
-        .map_err(|e| Error::io("serve", addr.to_string(), e))
+        .map_err(|e| Error::io("serve", addr, e))
 }
 
 #[cfg(test)]
@@ -252,5 +260,26 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_over_http() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let m = Arc::new(Metrics::new());
+        m.snapshots_held.set(3);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(serve_on(listener, Arc::clone(&m)));
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.expect("response");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("blksnap_csi_snapshots_held 3"), "{body}");
+        server.abort();
     }
 }

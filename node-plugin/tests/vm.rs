@@ -745,3 +745,57 @@ fn filesystem_stage_publish_and_expand() {
     assert!(!dev_target.exists());
     w.p().delete_volume(&vid).expect("delete volume");
 }
+
+#[test]
+fn after_a_reboot_loops_are_bound_again_and_old_snapshots_are_lost() {
+    let mut w = World::new();
+    let vol = w.create("pvc-rb", 32 * MIB, None, None);
+    fill(&w.dev(&vol), 0..8 * MIB, 1);
+    let before = w.snapshot("before", &vol, &[]);
+
+    // What a reboot leaves: no kernel snapshots, no trackers, no loop
+    // devices; the pool files and the plugin's records stay.
+    w.plugin = None;
+    cleanup(&w.control, &w.root.join("none"), &w.data_b);
+    let file = w.root.join("pool/volumes").join(&vol.location);
+    for dev in loop_device::find(&file).expect("sysfs") {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)
+            .expect("open loop");
+        let _ = w.control.detach(&f);
+        loop_device::detach(&dev).expect("unbind loop");
+    }
+    assert!(loop_device::find(&file).expect("sysfs").is_empty());
+    w.start();
+
+    // Bound and tracked again, content intact.
+    assert_eq!(loop_device::find(&file).expect("sysfs").len(), 1);
+    verify(&reopen(&w.dev(&vol)), 0..16 * MIB, |b| {
+        (b * 4096 < 8 * MIB).then_some(1)
+    });
+    let (list, _) = w.p().list_snapshots(&Default::default()).expect("list");
+    let lost = list[0].lost.as_ref().expect("lost across the reboot");
+    assert_eq!(lost.reason, LostReason::KernelForgot);
+    assert!(matches!(
+        w.p().create_volume(&CreateVolume {
+            name: "from-lost".into(),
+            required: 32 * MIB,
+            limit: 0,
+            backend: None,
+            source: Some(Source::Snapshot(before.clone())),
+        }),
+        Err(Error::Unavailable(_))
+    ));
+    // A new snapshot works; a delta from before the reboot is refused (the
+    // tracker's new generation), so a backup tool falls back to a full one.
+    let after = w.snapshot("after", &vol, &[]);
+    assert!(matches!(
+        w.p().metadata_delta(&before, &after, 0),
+        Err(Error::Precondition(_))
+    ));
+    w.p().delete_snapshot(&before).expect("delete lost");
+    w.p().delete_snapshot(&after).expect("delete");
+    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+}

@@ -204,14 +204,19 @@ impl Plugin {
             if rec.lost.is_some() {
                 continue;
             }
-            if !held.contains(&rec.kernel) {
+            let checked = if held.contains(&rec.kernel) {
+                self.refresh(&rec).map(drop)
+            } else {
                 self.mark_lost(
                     rec.kernel,
                     LostReason::KernelForgot,
                     "the kernel no longer holds it (node rebooted or module reloaded)",
-                )?;
-            } else {
-                self.refresh(&rec)?;
+                )
+            };
+            // One unreadable volume must not keep the node from serving
+            // the others; the snapshot is checked again when used.
+            if let Err(e) = checked {
+                tracing::error!(snapshot = %self.snapshot_id(&rec), error = %e, "snapshot not checked");
             }
         }
         for id in held.difference(&referenced) {

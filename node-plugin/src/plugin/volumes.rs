@@ -262,9 +262,10 @@ impl Plugin {
     }
 
     /// Grows a volume to at least `required` bytes; returns its capacity.
-    /// Tracking is attached anew over the new size, which starts a new
-    /// change-map generation (deltas across a resize are refused), so a
-    /// volume whose snapshots are held cannot grow.
+    /// Tracking is attached anew over the new size (the kernel sizes a
+    /// change map at attach), which starts a new change-map generation:
+    /// deltas across a resize are refused. A volume whose snapshots are
+    /// held cannot grow.
     pub fn expand_volume(&self, id: &VolumeId, required: u64, limit: u64) -> Result<u64> {
         let _guard = self.locks.try_lock([volume_key(&id.local)])?;
         let mut vol = self.volume(id)?;
@@ -283,17 +284,17 @@ impl Plugin {
             )));
         }
         self.release_lost(&vol.local)?;
+        // Grow first: a backend that cannot grow leaves tracking alone.
+        let capacity = self.backend(vol.backend)?.expand(&vol, required)?;
         let path = self.device_of(&vol)?;
         let dev = open_device(&path)?;
         match self.kernel().detach(&dev) {
             Ok(()) | Err(blksnap::Error::NotAttached { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        let grown = self.backend(vol.backend)?.expand(&vol, required);
-        // Track again whatever happened to the size.
+        // A fresh descriptor sees the new size.
         let dev = open_device(&path)?;
         self.kernel().attach(&dev)?;
-        let capacity = grown?;
         if limit > 0 && capacity > limit {
             tracing::warn!(volume = %vol.local, capacity, limit, "volume grew past limit_bytes by rounding");
         }

@@ -341,9 +341,30 @@ impl Controller for ControllerService {
 
     async fn get_capacity(
         &self,
-        _request: Request<csi::GetCapacityRequest>,
+        request: Request<csi::GetCapacityRequest>,
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
-        Err(Error::Unsupported("GetCapacity").into())
+        let r = request.into_inner();
+        for cap in &r.volume_capabilities {
+            access_of(cap)?;
+        }
+        let kind = backend_param(&r.parameters)?;
+        let elsewhere = r.accessible_topology.as_ref().is_some_and(|t| {
+            t.segments
+                .get(TOPOLOGY_KEY)
+                .is_some_and(|n| *n != self.plugin.settings.node_id)
+        });
+        let bytes = if elsewhere {
+            0
+        } else {
+            let plugin = Arc::clone(&self.plugin);
+            blocking(move || plugin.available(kind)).await?
+        };
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        Ok(Response::new(csi::GetCapacityResponse {
+            available_capacity: bytes,
+            maximum_volume_size: Some(bytes),
+            minimum_volume_size: None,
+        }))
     }
 
     async fn controller_get_capabilities(
@@ -356,6 +377,7 @@ impl Controller for ControllerService {
             Cap::ListSnapshots,
             Cap::CloneVolume,
             Cap::ExpandVolume,
+            Cap::GetCapacity,
         ];
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
             capabilities: caps
@@ -1526,6 +1548,38 @@ pub(crate) mod tests {
             ),
             Code::Unimplemented
         );
+        let here = env
+            .controller
+            .get_capacity(Request::new(csi::GetCapacityRequest {
+                volume_capabilities: vec![block_cap()],
+                accessible_topology: Some(topology(NODE)),
+                ..Default::default()
+            }))
+            .await
+            .expect("capacity")
+            .into_inner();
+        assert_eq!(here.available_capacity, 1 << 40);
+        let elsewhere = env
+            .controller
+            .get_capacity(Request::new(csi::GetCapacityRequest {
+                accessible_topology: Some(topology("node-b")),
+                ..Default::default()
+            }))
+            .await
+            .expect("capacity")
+            .into_inner();
+        assert_eq!(elsewhere.available_capacity, 0);
+        assert_eq!(
+            code(
+                env.controller
+                    .get_capacity(Request::new(csi::GetCapacityRequest {
+                        parameters: HashMap::from([(PARAM_BACKEND.into(), "device".into())]),
+                        ..Default::default()
+                    }))
+                    .await
+            ),
+            Code::InvalidArgument
+        );
         assert_eq!(
             code(
                 env.controller
@@ -1555,6 +1609,7 @@ pub(crate) mod tests {
             Cap::ListSnapshots,
             Cap::CloneVolume,
             Cap::ExpandVolume,
+            Cap::GetCapacity,
         ] {
             assert!(kinds.contains(&(want as i32)), "{want:?}");
         }

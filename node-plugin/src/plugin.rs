@@ -132,9 +132,18 @@ impl Plugin {
         })
     }
 
-    /// The backends configured on this node.
-    pub fn backend_kinds(&self) -> impl Iterator<Item = BackendKind> + '_ {
-        self.backends.keys().copied()
+    /// Bytes a new volume of `kind` (the default backend if `None`) may
+    /// still get on this node.
+    pub fn available(&self, kind: Option<BackendKind>) -> Result<u64> {
+        let kind = kind.unwrap_or(self.settings.default_backend);
+        let taken: BTreeSet<String> = self.state.read(|t| {
+            t.volumes
+                .values()
+                .filter(|v| v.backend == kind)
+                .map(|v| v.location.clone())
+                .collect()
+        });
+        self.backend(kind)?.available(&taken)
     }
 
     pub(crate) fn kernel(&self) -> &dyn Kernel {

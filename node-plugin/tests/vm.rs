@@ -759,15 +759,26 @@ fn after_a_reboot_loops_are_bound_again_and_old_snapshots_are_lost() {
     cleanup(&w.control, &w.root.join("none"), &w.data_b);
     let file = w.root.join("pool/volumes").join(&vol.location);
     for dev in loop_device::find(&file).expect("sysfs") {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&dev)
-            .expect("open loop");
-        let _ = w.control.detach(&f);
+        {
+            // Closed before the unbind: the loop driver defers LOOP_CLR_FD
+            // while anyone else has the device open.
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&dev)
+                .expect("open loop");
+            match w.control.detach(&f) {
+                Ok(()) | Err(blksnap::Error::NotAttached { .. }) => {}
+                Err(e) => panic!("detach tracker of {}: {e}", dev.display()),
+            }
+        }
         loop_device::detach(&dev).expect("unbind loop");
     }
-    assert!(loop_device::find(&file).expect("sysfs").is_empty());
+    let start = std::time::Instant::now();
+    while !loop_device::find(&file).expect("sysfs").is_empty() {
+        assert!(start.elapsed().as_secs() < 10, "loop device still bound");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     w.start();
 
     // Bound and tracked again, content intact.

@@ -61,6 +61,8 @@ struct World {
     plugin: Option<Arc<Plugin>>,
     root: PathBuf,
     data_b: PathBuf,
+    /// Difference storage directory of the plugin.
+    storage: PathBuf,
 }
 
 fn unmount_all_under(root: &Path) {
@@ -132,6 +134,7 @@ impl World {
         let mut w = World {
             control,
             plugin: None,
+            storage: root.join("diff"),
             root,
             data_b: d[1].clone(),
         };
@@ -154,7 +157,7 @@ impl World {
             Plugin::new(
                 Settings {
                     node_id: NODE.into(),
-                    storage_dir: self.root.join("diff"),
+                    storage_dir: self.storage.clone(),
                     default_storage_percent: 50,
                     default_backend: BackendKind::Pool,
                     collect_orphans: true,
@@ -808,5 +811,30 @@ fn after_a_reboot_loops_are_bound_again_and_old_snapshots_are_lost() {
     ));
     w.p().delete_snapshot(&before).expect("delete lost");
     w.p().delete_snapshot(&after).expect("delete");
+    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+}
+
+#[test]
+fn difference_storage_on_the_snapshotted_device_is_refused() {
+    let mut w = World::new();
+    let vol = w.create("pvc-st", 64 * MIB, None, Some(BackendKind::Device));
+    let dev = w.p().device_of(&vol).expect("device");
+    let dev = dev.to_str().expect("utf-8");
+    // The operator points the storage directory at a file system on the
+    // very device that becomes a volume.
+    let mnt = w.root.join("state/on-volume");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    run("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", dev]);
+    run("mount", &[dev, mnt.to_str().expect("utf-8")]);
+    w.storage = mnt.clone();
+    w.start();
+    let r = w
+        .p()
+        .create_snapshot("s", &w.p().volume_id(&vol), &HashMap::new());
+    assert!(matches!(r, Err(Error::Precondition(_))), "{r:?}");
+    assert!(w.control.snapshot_collect().expect("collect").is_empty());
+    run("umount", &[mnt.to_str().expect("utf-8")]);
+    w.storage = w.root.join("diff");
+    w.start();
     w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
 }

@@ -655,9 +655,21 @@ impl NullBlk {
         set("blocksize", "4096");
         set("memory_backed", "1");
         set("power", "1");
+        // Kernels since 5.x name a configfs-made disk after its directory;
+        // older ones "nullb<index>".
         let index = std::fs::read_to_string(cfg.join("index")).expect("nullb index");
-        let dev = PathBuf::from(format!("/dev/nullb{}", index.trim()));
-        wait_for_path(&dev);
+        let candidates = [
+            PathBuf::from("/dev").join(name),
+            PathBuf::from(format!("/dev/nullb{}", index.trim())),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let dev = loop {
+            if let Some(p) = candidates.iter().find(|p| p.exists()) {
+                break p.clone();
+            }
+            assert!(Instant::now() < deadline, "none of {candidates:?} appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        };
         NullBlk {
             cfg,
             dev,

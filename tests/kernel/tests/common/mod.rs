@@ -118,6 +118,7 @@ pub fn disks() -> Disks {
 /// What every test starts from: the control device, and no snapshots and
 /// no attached test disks left over from an earlier (failed) test.
 pub fn setup() -> (Control, Disks) {
+    START.get_or_init(Instant::now);
     assert!(
         nix::unistd::geteuid().is_root(),
         "kernel tests must run as root"
@@ -775,11 +776,14 @@ impl Drop for ModuleRestore {
     }
 }
 
+/// When this test binary's first [`setup`] ran: the origin of [`progress`]
+/// times.
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// A progress line for long tests, written past libtest's output capture
 /// so that a slow run under TCG shows where it is.
 pub fn progress(msg: std::fmt::Arguments<'_>) {
     use std::io::Write;
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let t = START.get_or_init(Instant::now).elapsed();
     let _ = writeln!(std::io::stderr(), "  [{:7.1}s] {msg}", t.as_secs_f64());
 }

@@ -14,16 +14,18 @@
 #include "tracker.h"
 
 /**
- * struct diff_area_clone - An image read served by the original device.
+ * struct diff_area_clone - Part of an image bio sent to another device.
  * @area: the device's copy-on-write state.
  * @parent: the image bio.
- * @chunk: the chunk read, whose bucket in &diff_area.reads it counts in.
+ * @chunk: the chunk.
+ * @tracked: a read of the original device, counted in &diff_area.reads.
  * @bio: the clone.
  */
 struct diff_area_clone {
 	struct diff_area *area;
 	struct bio *parent;
 	unsigned long chunk;
+	bool tracked;
 	struct bio bio;
 };
 
@@ -417,91 +419,207 @@ static void diff_area_load_fn(struct work_struct *work)
 		queue_work(blksnap_wq, &area->store_work);
 }
 
-/* Writes a batch of chunks to consecutive slots with one call. */
-static int diff_area_store_batch(struct diff_area *area,
-				 struct list_head *batch, unsigned int nr,
-				 sector_t *sector)
+/**
+ * struct store_batch - Chunks stored in consecutive slots by one write.
+ * @area: the chunks' device.
+ * @chunks: the chunks, linked by &chunk.link.
+ * @nr: number of @chunks.
+ * @sector: the first slot.
+ * @pending: bios in flight to a block device storage, plus one while
+ *	they are being submitted.
+ * @status: the first error of those bios.
+ * @work: finishes the batch after the last bio.
+ */
+struct store_batch {
+	struct diff_area *area;
+	struct list_head chunks;
+	unsigned int nr;
+	sector_t sector;
+	atomic_t pending;
+	blk_status_t status;
+	struct work_struct work;
+};
+
+/*
+ * Publishes where a batch's chunks now are and gives their buffers back.
+ * The wake-up, under the lock, is the last touch of the area: once
+ * @nr_buffers drops, diff_area_stop() may free it.
+ */
+static void diff_area_store_done(struct store_batch *sb, int err)
+{
+	struct diff_area *area = sb->area;
+	struct diff_buffer *buf, *next_buf;
+	struct chunk *chunk, *next;
+	LIST_HEAD(bufs);
+	unsigned int i = 0;
+
+	if (err && err != -ESHUTDOWN)
+		diff_area_corrupt(area, err);
+	spin_lock_irq(&area->lock);
+	list_for_each_entry_safe(chunk, next, &sb->chunks, link) {
+		list_del_init(&chunk->link);
+		if (err) {
+			chunk->state = CHUNK_FAILED;
+		} else {
+			chunk->state = CHUNK_STORED;
+			chunk->storage_sector = sb->sector +
+				((sector_t)i << area->chunk_shift);
+		}
+		list_add(&chunk->buf->link, &bufs);
+		chunk->buf = NULL;
+		i++;
+	}
+	spin_unlock_irq(&area->lock);
+
+	list_for_each_entry_safe(buf, next_buf, &bufs, link) {
+		list_del(&buf->link);
+		diff_buffer_put(&area->pool, buf);
+	}
+
+	spin_lock_irq(&area->lock);
+	area->nr_buffers -= sb->nr;
+	wake_up_all(&area->wq);
+	spin_unlock_irq(&area->lock);
+}
+
+static void diff_area_store_work_fn(struct work_struct *work)
+{
+	struct store_batch *sb = container_of(work, struct store_batch, work);
+
+	diff_area_store_done(sb, blk_status_to_errno(READ_ONCE(sb->status)));
+	kfree(sb);
+}
+
+static void diff_area_store_put(struct store_batch *sb)
+{
+	if (atomic_dec_and_test(&sb->pending))
+		queue_work(blksnap_wq, &sb->work);
+}
+
+static void diff_area_store_endio(struct bio *bio)
+{
+	struct store_batch *sb = bio->bi_private;
+
+	if (bio->bi_status)
+		WRITE_ONCE(sb->status, bio->bi_status);
+	bio_put(bio);
+	diff_area_store_put(sb);
+}
+
+/* A block device storage: write the buffers' pages with bios, no copy. */
+static void diff_area_store_bios(struct diff_area *area,
+				 struct store_batch *sb)
+{
+	struct block_device *target = area->storage->target;
+	sector_t sector = sb->sector;
+	struct bio *bio = NULL;
+	struct chunk *chunk;
+	unsigned int i;
+
+	atomic_set(&sb->pending, 1);
+	list_for_each_entry(chunk, &sb->chunks, link) {
+		for (i = 0; i < area->pool.nr_pages; i++) {
+			if (bio && bio->bi_vcnt == bio->bi_max_vecs) {
+				submit_bio_noacct(bio);
+				bio = NULL;
+			}
+			if (!bio) {
+				bio = bio_alloc_bioset(target, BIO_MAX_VECS,
+						       REQ_OP_WRITE, GFP_NOIO,
+						       &area->load_bs);
+				bio->bi_iter.bi_sector = sector;
+				bio->bi_end_io = diff_area_store_endio;
+				bio->bi_private = sb;
+				atomic_inc(&sb->pending);
+			}
+			__bio_add_page(bio, chunk->buf->pages[i], PAGE_SIZE, 0);
+			sector += PAGE_SECTORS;
+		}
+	}
+	if (bio)
+		submit_bio_noacct(bio);
+	diff_area_store_put(sb);
+}
+
+/* A file storage: one synchronous write through the file. */
+static int diff_area_store_file(struct diff_area *area,
+				struct store_batch *sb)
 {
 	unsigned int pages = area->pool.nr_pages;
-	sector_t count = (sector_t)nr << area->chunk_shift;
 	struct bio_vec *bvec;
 	struct chunk *chunk;
 	unsigned int i, j = 0;
 	int ret;
 
-	bvec = kvmalloc_array(nr * pages, sizeof(*bvec), GFP_NOIO);
+	bvec = kvmalloc_array(sb->nr * pages, sizeof(*bvec), GFP_NOIO);
 	if (!bvec)
 		return -ENOMEM;
-	ret = diff_storage_alloc(area->storage, count, sector);
-	if (!ret) {
-		list_for_each_entry(chunk, batch, link) {
-			for (i = 0; i < pages; i++) {
-				bvec[j].bv_page = chunk->buf->pages[i];
-				bvec[j].bv_len = PAGE_SIZE;
-				bvec[j].bv_offset = 0;
-				j++;
-			}
+	list_for_each_entry(chunk, &sb->chunks, link) {
+		for (i = 0; i < pages; i++) {
+			bvec[j].bv_page = chunk->buf->pages[i];
+			bvec[j].bv_len = PAGE_SIZE;
+			bvec[j].bv_offset = 0;
+			j++;
 		}
-		ret = diff_storage_rw(area->storage, true, *sector, bvec, j,
-				      (size_t)count << SECTOR_SHIFT);
 	}
+	ret = diff_storage_rw(area->storage, true, sb->sector, bvec, j,
+			      (size_t)j << PAGE_SHIFT);
 	kvfree(bvec);
 	return ret;
 }
 
+/*
+ * Takes up to chunk_maximum_in_queue chunks at a time off the store queue
+ * and writes each batch to consecutive slots. Batches to a block device
+ * are in flight together; the worker does not wait for them.
+ */
 static void diff_area_store_fn(struct work_struct *work)
 {
 	struct diff_area *area = container_of(work, struct diff_area,
 					      store_work);
 
 	for (;;) {
-		LIST_HEAD(batch);
-		LIST_HEAD(bufs);
-		struct diff_buffer *buf, *next_buf;
-		struct chunk *chunk, *next;
-		unsigned int nr = 0, i = 0;
-		sector_t sector = 0;
+		struct store_batch local = {}, *sb;
 		bool skip;
 		int err;
 
+		/* Without memory the batch is still finished, as failed. */
+		sb = kzalloc(sizeof(*sb), GFP_NOIO) ?: &local;
 		spin_lock_irq(&area->lock);
-		while (nr < chunk_maximum_in_queue &&
+		if (list_empty(&area->store_queue)) {
+			spin_unlock_irq(&area->lock);
+			if (sb != &local)
+				kfree(sb);
+			return;
+		}
+		sb->area = area;
+		INIT_LIST_HEAD(&sb->chunks);
+		INIT_WORK(&sb->work, diff_area_store_work_fn);
+		while (sb->nr < chunk_maximum_in_queue &&
 		       !list_empty(&area->store_queue)) {
-			list_move_tail(area->store_queue.next, &batch);
-			nr++;
+			list_move_tail(area->store_queue.next, &sb->chunks);
+			sb->nr++;
 		}
 		skip = area->error || area->stopping;
 		spin_unlock_irq(&area->lock);
-		if (!nr)
-			return;
 
-		err = skip ? -ESHUTDOWN :
-			     diff_area_store_batch(area, &batch, nr, &sector);
-		if (err && !skip)
-			diff_area_corrupt(area, err);
-
-		spin_lock_irq(&area->lock);
-		list_for_each_entry_safe(chunk, next, &batch, link) {
-			list_del_init(&chunk->link);
-			if (err) {
-				chunk->state = CHUNK_FAILED;
-			} else {
-				chunk->state = CHUNK_STORED;
-				chunk->storage_sector = sector +
-					((sector_t)i << area->chunk_shift);
-			}
-			list_add(&chunk->buf->link, &bufs);
-			chunk->buf = NULL;
-			i++;
+		if (skip)
+			err = -ESHUTDOWN;
+		else if (sb == &local)
+			err = -ENOMEM;
+		else
+			err = diff_storage_alloc(area->storage,
+						 (sector_t)sb->nr << area->chunk_shift,
+						 &sb->sector);
+		if (!err && area->storage->target) {
+			diff_area_store_bios(area, sb);
+			continue;
 		}
-		area->nr_buffers -= nr;
-		spin_unlock_irq(&area->lock);
-
-		list_for_each_entry_safe(buf, next_buf, &bufs, link) {
-			list_del(&buf->link);
-			diff_buffer_put(&area->pool, buf);
-		}
-		wake_up_all(&area->wq);
+		if (!err)
+			err = diff_area_store_file(area, sb);
+		diff_area_store_done(sb, err);
+		if (sb != &local)
+			kfree(sb);
 	}
 }
 
@@ -510,7 +628,7 @@ static bool diff_area_idle(struct diff_area *area)
 	bool idle;
 
 	spin_lock_irq(&area->lock);
-	idle = !area->nr_buffers && !area->nr_reads &&
+	idle = !area->nr_buffers && !area->nr_clones &&
 	       bio_list_empty(&area->deferred);
 	spin_unlock_irq(&area->lock);
 	return idle;
@@ -534,15 +652,16 @@ void diff_area_stop(struct diff_area *area)
 	flush_work(&area->store_work);
 }
 
-static void diff_area_untrack_read(struct diff_area *area, unsigned long n)
+static void diff_area_clone_done(struct diff_area *area, unsigned long n,
+				 bool tracked)
 {
 	unsigned int bucket = diff_area_bucket(n);
 	struct chunk *chunk, *next;
 	unsigned long flags;
 
 	spin_lock_irqsave(&area->lock, flags);
-	area->nr_reads--;
-	if (!--area->reads[bucket]) {
+	area->nr_clones--;
+	if (tracked && !--area->reads[bucket]) {
 		list_for_each_entry_safe(chunk, next, &area->parked[bucket],
 					 link) {
 			list_del_init(&chunk->link);
@@ -551,7 +670,7 @@ static void diff_area_untrack_read(struct diff_area *area, unsigned long n)
 		queue_work(blksnap_wq, &area->load_work);
 	}
 	/* Under the lock: diff_area_stop() may free the area right after. */
-	if (!area->nr_reads)
+	if (!area->nr_clones)
 		wake_up_all(&area->wq);
 	spin_unlock_irqrestore(&area->lock, flags);
 }
@@ -563,29 +682,37 @@ static void diff_area_clone_endio(struct bio *clone)
 	struct diff_area *area = dc->area;
 	struct bio *parent = dc->parent;
 	unsigned long n = dc->chunk;
+	bool tracked = dc->tracked;
 
 	if (clone->bi_status)
 		parent->bi_status = clone->bi_status;
 	bio_put(clone);
 	bio_endio(parent);
-	diff_area_untrack_read(area, n);
+	diff_area_clone_done(area, n, tracked);
 }
 
-/* Reads part of an image bio from the original device, asynchronously. */
-static void diff_area_read_original(struct diff_area *area, struct bio *bio,
-				    sector_t done, sector_t len,
-				    unsigned long n)
+/*
+ * Sends [done, done + len) of an image bio to @bdev at @sector,
+ * asynchronously: the original device for a chunk not preserved, a block
+ * device storage for a stored one. The caller counted it in @nr_clones.
+ */
+static void diff_area_clone(struct diff_area *area, struct bio *bio,
+			    sector_t done, sector_t len, unsigned long n,
+			    struct block_device *bdev, sector_t sector,
+			    bool tracked)
 {
 	struct diff_area_clone *dc;
 	struct bio *clone;
 
-	clone = bio_alloc_clone(area->bdev, bio, GFP_NOIO, &area->bs);
+	clone = bio_alloc_clone(bdev, bio, GFP_NOIO, &area->bs);
 	dc = container_of(clone, struct diff_area_clone, bio);
 	dc->area = area;
 	dc->parent = bio;
 	dc->chunk = n;
+	dc->tracked = tracked;
 	bio_advance(clone, done << SECTOR_SHIFT);
 	clone->bi_iter.bi_size = len << SECTOR_SHIFT;
+	clone->bi_iter.bi_sector = sector;
 	clone->bi_end_io = diff_area_clone_endio;
 	bio_inc_remaining(bio);
 	submit_bio_noacct(clone);
@@ -636,14 +763,23 @@ static int diff_area_image_segment(struct diff_area *area, struct bio *bio,
 		/* Until its writes are released the device has the old data. */
 		if (!write && (!chunk || chunk->state == CHUNK_LOADING)) {
 			area->reads[diff_area_bucket(n)]++;
-			area->nr_reads++;
+			area->nr_clones++;
 			spin_unlock_irq(&area->lock);
-			diff_area_read_original(area, bio, done, len, n);
+			diff_area_clone(area, bio, done, len, n, area->bdev, pos,
+					true);
 			return 0;
 		}
 		if (chunk && chunk->state == CHUNK_STORED) {
 			at = chunk->storage_sector + pos -
 			     ((sector_t)n << area->chunk_shift);
+			if (area->storage->target) {
+				area->nr_clones++;
+				spin_unlock_irq(&area->lock);
+				diff_area_clone(area, bio, done, len, n,
+						area->storage->target, at,
+						false);
+				return 0;
+			}
 			spin_unlock_irq(&area->lock);
 			return diff_area_storage_io(area, bio, done, len, at,
 						    bvec);

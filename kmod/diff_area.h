@@ -32,7 +32,7 @@ struct tracker;
  * @cow_map: a set bit means the chunk's old data is safe and writes to
  *	it pass untouched; tested without a lock on the write path.
  * @lock: guards @chunks' states and lists, @nr_buffers, @deferred,
- *	@store_queue, @reads, @nr_reads, @parked, @error and @stopping.
+ *	@store_queue, @reads, @nr_clones, @parked, @error and @stopping.
  * @chunks: the chunks made so far, by number.
  * @nr_buffers: chunks holding a buffer, at most
  *	free_diff_buffer_pool_size.
@@ -41,7 +41,8 @@ struct tracker;
  * @reads: image reads in flight to the original device, by chunk hash:
  *	the writes to a chunk whose old data was just read wait until no
  *	such read of its bucket remains, or the read could see new data.
- * @nr_reads: sum of @reads.
+ * @nr_clones: image bios in flight to the original device (the sum of
+ *	@reads) or to a block device storage.
  * @parked: loaded chunks waiting for @reads of their bucket to drain.
  * @loaded: chunks whose old data came in, for @load_work.
  * @load_work: releases the writes of loaded chunks, queues them to store.
@@ -52,8 +53,8 @@ struct tracker;
  * @stopping: the snapshot is being destroyed: writes pass, nothing is
  *	stored.
  * @pool: buffers of the chunk size.
- * @bs: bios for write splits and image reads of the original device.
- * @load_bs: bios for reading old data.
+ * @bs: bios for write splits and image I/O clones.
+ * @load_bs: bios for reading old data and storing it in a block device.
  */
 struct diff_area {
 	struct kref kref;
@@ -72,7 +73,7 @@ struct diff_area {
 	struct bio_list deferred;
 	struct list_head store_queue;
 	unsigned int reads[DIFF_AREA_READ_BUCKETS];
-	unsigned int nr_reads;
+	unsigned int nr_clones;
 	struct list_head parked[DIFF_AREA_READ_BUCKETS];
 	int error;
 	bool stopping;

@@ -70,6 +70,7 @@ struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
 		if (!blksnap_bdev_file_exclusive(file))
 			goto fail_storage;
 		storage->bdev = I_BDEV(file->f_mapping->host);
+		storage->target = storage->bdev;
 		storage->capacity = min(bdev_nr_sectors(storage->bdev), limit);
 	} else if (S_ISREG(inode->i_mode)) {
 		ret = -EOPNOTSUPP;

@@ -16,6 +16,8 @@ struct bio_vec;
  *	exclusively.
  * @bdev: the block device the storage lives on, if any: no device of the
  *	snapshot may be it.
+ * @target: the storage itself when it is a block device: it is then
+ *	written and read with bios, without its page cache.
  * @events: the snapshot's events, for low space.
  * @lock: guards @capacity, @filled and @low_space_sent, and serializes
  *	growth.
@@ -29,6 +31,7 @@ struct diff_storage {
 	struct kref kref;
 	struct file *file;
 	struct block_device *bdev;
+	struct block_device *target;
 	struct event_queue *events;
 	struct mutex lock; /* capacity, filled, growth */
 	sector_t capacity;

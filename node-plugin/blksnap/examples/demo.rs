@@ -165,7 +165,7 @@ fn open_storage(args: &Args) -> Result<(File, u64), Box<dyn Error>> {
                 .mode(0o600)
                 .open(dir)
                 .map_err(|e| format!("O_TMPFILE in {}: {e}", dir.display()))?;
-            println!("storage: unnamed O_TMPFILE file in {}", dir.display());
+            println!("   storage: unnamed O_TMPFILE file in {}", dir.display());
             (f, 1024 * MIB)
         }
         (None, None) => return Err("give a storage device or --tmpfile DIR".into()),

@@ -12,7 +12,9 @@
 //! gives a meaning to get their own variant so that callers (the CSI node
 //! plugin maps them to gRPC codes) can match on them.
 
-#![forbid(unsafe_op_in_unsafe_fn)]
+// Only `sys` may use `unsafe`; it opts back in.
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 use std::fmt;
 use std::path::PathBuf;

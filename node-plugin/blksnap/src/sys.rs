@@ -13,6 +13,7 @@
 //! memory of the caller.
 
 #![allow(non_camel_case_types)]
+#![allow(unsafe_code)]
 
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd};

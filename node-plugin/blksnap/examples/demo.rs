@@ -151,7 +151,7 @@ fn open_storage(args: &Args) -> Result<(File, u64), Box<dyn Error>> {
                 .map_err(|e| format!("open storage {}: {e}", dev.display()))?;
             let size = size_of(&mut f)?;
             println!(
-                "storage: block device {} ({} MiB)",
+                "   storage: block device {} ({} MiB)",
                 dev.display(),
                 size / MIB
             );

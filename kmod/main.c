@@ -325,8 +325,10 @@ static int ioctl_detach(struct blksnap_bdev __user *uarg)
 
 static int ctl_cbtinfo(struct tracker *tracker, void __user *opt)
 {
-	struct blksnap_cbtinfo info = {};
+	struct blksnap_cbtinfo info;
 
+	/* The structure ends in padding: no stack bytes may reach the user. */
+	memset(&info, 0, sizeof(info));
 	cbt_map_info(tracker->cbt_map, &info);
 	return copy_to_user(opt, &info, sizeof(info)) ? -EFAULT : 0;
 }

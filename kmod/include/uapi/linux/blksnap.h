@@ -12,6 +12,10 @@
  * Differences from v6, all on the side of the data flow being explicit:
  * COLLECT and WAIT_EVENT read their argument and write it back, so they are
  * _IOWR; WAIT_EVENT returns -ETIMEDOUT when no event came in time.
+ *
+ * The structures keep v6's layouts, implicit padding included, so they
+ * are laid out for 64-bit user space; the kernel zeroes padding it copies
+ * out. A device belongs to at most one snapshot at a time.
  */
 #ifndef _UAPI_LINUX_BLKSNAP_H
 #define _UAPI_LINUX_BLKSNAP_H
@@ -68,7 +72,9 @@ struct blksnap_uuid {
  *	generation differs has lost its history.
  * @changes_number: number of the last taken snapshot in this generation,
  *	0 before the first take. A map byte greater than N marks a block
- *	changed since snapshot N was taken.
+ *	changed since snapshot N was taken. Numbers run from 1 to 254: the
+ *	255th take of a generation starts a new one, whose first snapshot is
+ *	number 1 with an all-zero map.
  */
 struct blksnap_cbtinfo {
 	__u64 device_capacity;
@@ -80,9 +86,12 @@ struct blksnap_cbtinfo {
 
 /**
  * struct blksnap_cbtmap - A window of the change map.
- * @offset: first block (byte of the map) to copy.
+ * @offset: first block (byte of the map) to copy; -EINVAL past the map's
+ *	end, nothing copied at it.
  * @length: size of @buffer in bytes.
  * @buffer: user pointer to the output buffer.
+ *
+ * Before the first take the map reads as zeros.
  */
 struct blksnap_cbtmap {
 	__u32 offset;
@@ -105,6 +114,9 @@ struct blksnap_sectors {
  * @count: number of elements at @dirty_sectors, at most
  *	%BLKSNAP_CBTDIRTY_MAX_COUNT.
  * @dirty_sectors: user pointer to an array of &struct blksnap_sectors.
+ *
+ * All or nothing: an empty range, or one reaching past the device's end,
+ * fails the command with -EINVAL before any range is marked.
  */
 struct blksnap_cbtdirty {
 	__u32 count;
@@ -116,6 +128,10 @@ struct blksnap_cbtdirty {
 /**
  * struct blksnap_snapshotadd - Snapshot to add a device to.
  * @id: the snapshot's id.
+ *
+ * -ENOENT for an unknown id, -EBUSY when the snapshot is taken or the
+ * device is in another snapshot, -EINVAL when the snapshot's difference
+ * storage lives on the device.
  */
 struct blksnap_snapshotadd {
 	struct blksnap_uuid id;
@@ -201,7 +217,8 @@ struct blksnap_snapshot_create {
  * struct blksnap_snapshot_collect - Argument of
  *	IOCTL_BLKSNAP_SNAPSHOT_COLLECT.
  * @count: in: room at @ids; out: number of snapshots. When the room is too
- *	small the ioctl fails with -ENODATA and only sets @count.
+ *	small, or @ids is 0 (the count-only query), the ioctl fails with
+ *	-ENODATA and only sets @count. At most 4096 ids are returned.
  * @ids: user pointer to an array of &struct blksnap_uuid.
  */
 struct blksnap_snapshot_collect {

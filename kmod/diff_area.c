@@ -291,6 +291,7 @@ bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos)
 {
 	sector_t end, chunk_end;
 	unsigned long first, last;
+	struct blk_plug plug;
 
 	if (READ_ONCE(area->error) || pos >= area->capacity)
 		return false;
@@ -309,6 +310,8 @@ bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos)
 	if (find_next_zero_bit(area->cow_map, last + 1, first) > last)
 		return false;
 
+	/* The pieces and the loads of neighbouring chunks merge again. */
+	blk_start_plug(&plug);
 	for (;;) {
 		struct bio *piece = bio;
 
@@ -327,9 +330,11 @@ bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos)
 		diff_area_cow_chunk(area, pos >> area->chunk_shift, piece,
 				    false);
 		if (piece == bio)
-			return true;
+			break;
 		pos = chunk_end;
 	}
+	blk_finish_plug(&plug);
+	return true;
 }
 
 static void diff_area_defer_fn(struct work_struct *work)
@@ -410,11 +415,14 @@ static void diff_area_load_fn(struct work_struct *work)
 					      load_work);
 	struct llist_node *nodes;
 	struct chunk *chunk, *next;
+	struct blk_plug plug;
 	bool store = false;
 
 	nodes = llist_reverse_order(llist_del_all(&area->loaded));
+	blk_start_plug(&plug);
 	llist_for_each_entry_safe(chunk, next, nodes, llnode)
 		store |= diff_area_release_chunk(area, chunk);
+	blk_finish_plug(&plug);
 	if (store)
 		queue_work(blksnap_wq, &area->store_work);
 }

@@ -130,6 +130,11 @@ bool diff_storage_on_bdev(struct diff_storage *storage,
 	       (!bdev_is_partition(on) || !bdev_is_partition(bdev));
 }
 
+/*
+ * Grows a file storage once less than half a growth step is free. Low
+ * space is reported once, when no growth is left and less than an eighth
+ * of the storage (or half a step, if smaller) is free.
+ */
 static void __diff_storage_check_space(struct diff_storage *storage)
 {
 	sector_t free = storage->capacity - storage->filled;
@@ -140,7 +145,9 @@ static void __diff_storage_check_space(struct diff_storage *storage)
 	if (storage->capacity < storage->limit && storage->growable &&
 	    !__diff_storage_grow(storage, diff_storage_minimum / 2))
 		return;
-	if (storage->low_space_sent)
+	if (storage->low_space_sent ||
+	    free >= min_t(sector_t, diff_storage_minimum / 2,
+			  storage->capacity / 8))
 		return;
 	storage->low_space_sent = true;
 	data.free_sectors = free;

@@ -209,10 +209,13 @@ static int snapshot_switch(struct snapshot *snapshot)
 	list_for_each_entry(sd, &snapshot->devices, link)
 		tracker_freeze(sd->tracker);
 	tracker_sync();
+	/* Drain all queues at once: start every freeze, then wait. */
+	list_for_each_entry(sd, &snapshot->devices, link)
+		blk_freeze_queue_start(bdev_get_queue(sd->tracker->bdev));
 	list_for_each_entry(sd, &snapshot->devices, link) {
 		struct request_queue *q = bdev_get_queue(sd->tracker->bdev);
 
-		blk_mq_freeze_queue(q);
+		blk_mq_freeze_queue_wait(q);
 		blk_mq_unfreeze_queue(q);
 	}
 	list_for_each_entry(sd, &snapshot->devices, link) {

@@ -277,32 +277,9 @@ out:
 	return ret;
 }
 
-static int ioctl_attach(struct blksnap_bdev __user *uarg)
-{
-	struct blksnap_bdev arg;
-	struct block_device *bdev;
-	struct file *file;
-	int ret;
-
-	if (copy_from_user(&arg, uarg, sizeof(arg)))
-		return -EFAULT;
-	if (arg.flags)
-		return -EINVAL;
-	bdev = bdev_from_fd(arg.fd, &file);
-	if (IS_ERR(bdev))
-		return PTR_ERR(bdev);
-	if (bdev_is_zoned(bdev)) {
-		fput(file);
-		return -EOPNOTSUPP;
-	}
-	mutex_lock(&ctl_mutex);
-	ret = tracker_attach(file);
-	mutex_unlock(&ctl_mutex);
-	fput(file);
-	return ret;
-}
-
-static int ioctl_detach(struct blksnap_bdev __user *uarg)
+/* Attach and detach: @op, under ctl_mutex, on the device @uarg names. */
+static int ioctl_bdev(struct blksnap_bdev __user *uarg,
+		      int (*op)(struct file *file))
 {
 	struct blksnap_bdev arg;
 	struct block_device *bdev;
@@ -317,7 +294,7 @@ static int ioctl_detach(struct blksnap_bdev __user *uarg)
 	if (IS_ERR(bdev))
 		return PTR_ERR(bdev);
 	mutex_lock(&ctl_mutex);
-	ret = tracker_detach(bdev);
+	ret = op(file);
 	mutex_unlock(&ctl_mutex);
 	fput(file);
 	return ret;
@@ -490,9 +467,9 @@ static long ctl_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 	case IOCTL_BLKSNAP_SNAPSHOT_WAIT_EVENT:
 		return ioctl_snapshot_wait_event(argp);
 	case IOCTL_BLKSNAP_ATTACH:
-		return ioctl_attach(argp);
+		return ioctl_bdev(argp, tracker_attach);
 	case IOCTL_BLKSNAP_DETACH:
-		return ioctl_detach(argp);
+		return ioctl_bdev(argp, tracker_detach);
 	case IOCTL_BLKSNAP_CTL:
 		return ioctl_ctl(argp);
 	default:

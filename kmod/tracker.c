@@ -180,6 +180,8 @@ int tracker_attach(struct file *file)
 	int ret;
 
 	lockdep_assert_held(&ctl_mutex);
+	if (bdev_is_zoned(bdev))
+		return -EOPNOTSUPP;
 	if (snapimage_is_image(bdev))
 		return -EINVAL;
 	ret = __tracker_check_overlap(bdev);
@@ -234,8 +236,9 @@ static void __tracker_remove(struct tracker *tracker)
 	module_put(THIS_MODULE);
 }
 
-int tracker_detach(struct block_device *bdev)
+int tracker_detach(struct file *file)
 {
+	struct block_device *bdev = I_BDEV(file->f_mapping->host);
 	struct tracker *tracker;
 
 	lockdep_assert_held(&ctl_mutex);

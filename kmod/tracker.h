@@ -54,7 +54,7 @@ void tracker_submit_bio(struct bio *bio);
 void tracker_disk_removed(struct gendisk *disk);
 
 int tracker_attach(struct file *file);
-int tracker_detach(struct block_device *bdev);
+int tracker_detach(struct file *file);
 struct tracker *tracker_find_locked(struct block_device *bdev);
 void tracker_put(struct tracker *tracker);
 void tracker_freeze(struct tracker *tracker);

@@ -88,7 +88,9 @@ for series in $KVERS_WANTED; do
 			tar -C /usr/src -xf "$tarball" "linux-source-$series/scripts"
 	fi
 	echo "$abi"
-done >/var/lib/apt/periodic/blksnap-kernels
+done >/var/lib/apt/periodic/blksnap-kernels.new
+# Readers (the harness, the benchmark) never see the list half written.
+mv /var/lib/apt/periodic/blksnap-kernels.new /var/lib/apt/periodic/blksnap-kernels
 
 if [ ! -x "$VENV/bin/vng" ]; then
 	log "installing virtme-ng into $VENV"

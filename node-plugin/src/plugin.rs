@@ -155,6 +155,17 @@ impl Plugin {
         self.kernel.snapshot_collect().is_ok()
     }
 
+    /// Refuses an id of another node in a request that must name this one's.
+    pub(crate) fn check_own_node(&self, field: &'static str, what: &str, node: &str) -> Result<()> {
+        if node == self.settings.node_id {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            field,
+            format!("{what} of node {node}, this is {}", self.settings.node_id),
+        ))
+    }
+
     /// The record of the volume `id` names, which must be on this node.
     pub fn volume(&self, id: &VolumeId) -> Result<VolumeRecord> {
         if id.node != self.settings.node_id {

@@ -375,15 +375,7 @@ impl Plugin {
         let Ok(id) = text.parse::<SnapshotId>() else {
             return Ok(());
         };
-        if id.node != self.settings.node_id {
-            return Err(Error::invalid(
-                "snapshot_id",
-                format!(
-                    "snapshot of node {}, this is {}",
-                    id.node, self.settings.node_id
-                ),
-            ));
-        }
+        self.check_own_node("snapshot_id", "snapshot", &id.node)?;
         let key = state::snapshot_key(id.kernel, &id.volume);
         let _guard = self.locks.try_lock([snapshot_key(&key)])?;
         let Some(rec) = self.snapshot_record(&id) else {

@@ -218,15 +218,7 @@ impl Plugin {
         let Ok(id) = id_text.parse::<VolumeId>() else {
             return Ok(());
         };
-        if id.node != self.settings.node_id {
-            return Err(Error::invalid(
-                "volume_id",
-                format!(
-                    "volume of node {}, this is {}",
-                    id.node, self.settings.node_id
-                ),
-            ));
-        }
+        self.check_own_node("volume_id", "volume", &id.node)?;
         let _guard = self.locks.try_lock([volume_key(&id.local)])?;
         let Some(vol) = self.state.read(|t| t.volumes.get(&id.local).cloned()) else {
             return Ok(());

@@ -4,6 +4,7 @@
 #include <linux/blkdev.h>
 #include <linux/sched.h>
 #include <linux/hash.h>
+#include <linux/uio.h>
 #include "include/uapi/linux/blksnap.h"
 #include "params.h"
 #include "cbt_map.h"
@@ -27,6 +28,18 @@ struct diff_area_clone {
 	unsigned long chunk;
 	bool tracked;
 	struct bio bio;
+};
+
+/**
+ * struct diff_area_file_io - Part of an image bio served by a file storage.
+ * @io: the storage I/O.
+ * @area: the device's copy-on-write state.
+ * @parent: the image bio.
+ */
+struct diff_area_file_io {
+	struct diff_storage_io io;
+	struct diff_area *area;
+	struct bio *parent;
 };
 
 static unsigned int diff_area_bucket(unsigned long chunk)
@@ -96,8 +109,10 @@ struct diff_area *diff_area_new(struct tracker *tracker,
 				 sizeof(unsigned long), GFP_KERNEL);
 	if (!area->cow_map)
 		goto fail_map;
+	/* Image clones are made in ->submit_bio, where a mempool wait needs a rescuer. */
 	ret = bioset_init(&area->bs, BIO_POOL_SIZE,
-			  offsetof(struct diff_area_clone, bio), 0);
+			  offsetof(struct diff_area_clone, bio),
+			  BIOSET_NEED_RESCUER);
 	if (ret)
 		goto fail_bs;
 	ret = bioset_init(&area->load_bs, BIO_POOL_SIZE, 0, BIOSET_NEED_BVECS);
@@ -435,8 +450,10 @@ static void diff_area_load_fn(struct work_struct *work)
  * @sector: the first slot.
  * @pending: bios in flight to a block device storage, plus one while
  *	they are being submitted.
- * @status: the first error of those bios.
- * @work: finishes the batch after the last bio.
+ * @err: the first error of the batch's I/O.
+ * @bvec: the pages of @chunks, for a file storage.
+ * @io: the write to a file storage.
+ * @work: finishes the batch after its I/O.
  */
 struct store_batch {
 	struct diff_area *area;
@@ -444,7 +461,9 @@ struct store_batch {
 	unsigned int nr;
 	sector_t sector;
 	atomic_t pending;
-	blk_status_t status;
+	int err;
+	struct bio_vec *bvec;
+	struct diff_storage_io io;
 	struct work_struct work;
 };
 
@@ -494,7 +513,8 @@ static void diff_area_store_work_fn(struct work_struct *work)
 {
 	struct store_batch *sb = container_of(work, struct store_batch, work);
 
-	diff_area_store_done(sb, blk_status_to_errno(READ_ONCE(sb->status)));
+	diff_area_store_done(sb, READ_ONCE(sb->err));
+	kvfree(sb->bvec);
 	kfree(sb);
 }
 
@@ -509,7 +529,7 @@ static void diff_area_store_endio(struct bio *bio)
 	struct store_batch *sb = bio->bi_private;
 
 	if (bio->bi_status)
-		WRITE_ONCE(sb->status, bio->bi_status);
+		WRITE_ONCE(sb->err, blk_status_to_errno(bio->bi_status));
 	bio_put(bio);
 	diff_area_store_put(sb);
 }
@@ -549,37 +569,47 @@ static void diff_area_store_bios(struct diff_area *area,
 	diff_area_store_put(sb);
 }
 
-/* A file storage: one synchronous write through the file. */
+static void diff_area_store_file_done(struct diff_storage_io *io, int err)
+{
+	struct store_batch *sb = container_of(io, struct store_batch, io);
+
+	if (err)
+		WRITE_ONCE(sb->err, err);
+	queue_work(blksnap_wq, &sb->work);
+}
+
+/* A file storage: the whole batch in one write. */
 static int diff_area_store_file(struct diff_area *area,
 				struct store_batch *sb)
 {
 	unsigned int pages = area->pool.nr_pages;
-	struct bio_vec *bvec;
+	struct iov_iter iter;
 	struct chunk *chunk;
 	unsigned int i, j = 0;
-	int ret;
 
-	bvec = kvmalloc_array(sb->nr * pages, sizeof(*bvec), GFP_NOIO);
-	if (!bvec)
+	sb->bvec = kvmalloc_array(sb->nr * pages, sizeof(*sb->bvec),
+				  GFP_NOIO);
+	if (!sb->bvec)
 		return -ENOMEM;
 	list_for_each_entry(chunk, &sb->chunks, link) {
 		for (i = 0; i < pages; i++) {
-			bvec[j].bv_page = chunk->buf->pages[i];
-			bvec[j].bv_len = PAGE_SIZE;
-			bvec[j].bv_offset = 0;
+			sb->bvec[j].bv_page = chunk->buf->pages[i];
+			sb->bvec[j].bv_len = PAGE_SIZE;
+			sb->bvec[j].bv_offset = 0;
 			j++;
 		}
 	}
-	ret = diff_storage_rw(area->storage, true, sb->sector, bvec, j,
-			      (size_t)j << PAGE_SHIFT);
-	kvfree(bvec);
-	return ret;
+	iov_iter_bvec(&iter, WRITE, sb->bvec, j, (size_t)j << PAGE_SHIFT);
+	sb->io.done = diff_area_store_file_done;
+	diff_storage_submit(area->storage, &sb->io, true, sb->sector, &iter);
+	return 0;
 }
 
 /*
  * Takes up to chunk_maximum_in_queue chunks at a time off the store queue
- * and writes each batch to consecutive slots. Batches to a block device
- * are in flight together; the worker does not wait for them.
+ * and writes each batch to consecutive slots. Batches are in flight
+ * together; the worker does not wait for them (only a file that takes no
+ * direct I/O is written synchronously).
  */
 static void diff_area_store_fn(struct work_struct *work)
 {
@@ -591,15 +621,15 @@ static void diff_area_store_fn(struct work_struct *work)
 		bool skip;
 		int err;
 
+		/* Only this worker takes from the queue: it stays non-empty. */
+		spin_lock_irq(&area->lock);
+		skip = list_empty(&area->store_queue);
+		spin_unlock_irq(&area->lock);
+		if (skip)
+			return;
 		/* Without memory the batch is still finished, as failed. */
 		sb = kzalloc(sizeof(*sb), GFP_NOIO) ?: &local;
 		spin_lock_irq(&area->lock);
-		if (list_empty(&area->store_queue)) {
-			spin_unlock_irq(&area->lock);
-			if (sb != &local)
-				kfree(sb);
-			return;
-		}
 		sb->area = area;
 		INIT_LIST_HEAD(&sb->chunks);
 		INIT_WORK(&sb->work, diff_area_store_work_fn);
@@ -625,6 +655,8 @@ static void diff_area_store_fn(struct work_struct *work)
 		}
 		if (!err)
 			err = diff_area_store_file(area, sb);
+		if (!err)
+			continue;
 		diff_area_store_done(sb, err);
 		if (sb != &local)
 			kfree(sb);
@@ -700,12 +732,12 @@ static void diff_area_clone_endio(struct bio *clone)
 }
 
 /*
- * Sends [done, done + len) of an image bio to @bdev at @sector,
+ * Sends the next @len sectors of an image bio to @bdev at @sector,
  * asynchronously: the original device for a chunk not preserved, a block
  * device storage for a stored one. The caller counted it in @nr_clones.
  */
 static void diff_area_clone(struct diff_area *area, struct bio *bio,
-			    sector_t done, sector_t len, unsigned long n,
+			    sector_t len, unsigned long n,
 			    struct block_device *bdev, sector_t sector,
 			    bool tracked)
 {
@@ -718,7 +750,6 @@ static void diff_area_clone(struct diff_area *area, struct bio *bio,
 	dc->parent = bio;
 	dc->chunk = n;
 	dc->tracked = tracked;
-	bio_advance(clone, done << SECTOR_SHIFT);
 	clone->bi_iter.bi_size = len << SECTOR_SHIFT;
 	clone->bi_iter.bi_sector = sector;
 	clone->bi_end_io = diff_area_clone_endio;
@@ -726,21 +757,53 @@ static void diff_area_clone(struct diff_area *area, struct bio *bio,
 	submit_bio_noacct(clone);
 }
 
-/* Reads or writes part of an image bio in the difference storage. */
-static int diff_area_storage_io(struct diff_area *area, struct bio *bio,
-				sector_t done, sector_t len, sector_t at,
-				struct bio_vec *bvec)
+static void diff_area_file_io_done(struct diff_storage_io *io, int err)
 {
-	struct bvec_iter iter = bio->bi_iter, it;
-	struct bio_vec bv;
-	unsigned int nr = 0;
+	struct diff_area_file_io *fio = container_of(io,
+						     struct diff_area_file_io,
+						     io);
+	struct diff_area *area = fio->area;
+	struct bio *parent = fio->parent;
 
-	bio_advance_iter(bio, &iter, done << SECTOR_SHIFT);
-	iter.bi_size = len << SECTOR_SHIFT;
-	__bio_for_each_segment(bv, bio, it, iter)
-		bvec[nr++] = bv;
-	return diff_storage_rw(area->storage, op_is_write(bio_op(bio)), at,
-			       bvec, nr, len << SECTOR_SHIFT);
+	kfree(fio);
+	if (err)
+		parent->bi_status = errno_to_blk_status(err);
+	bio_endio(parent);
+	diff_area_clone_done(area, 0, false);
+}
+
+/*
+ * The next @len sectors of an image bio from or to a file storage at @at,
+ * straight from the bio's pages. The caller counted it in @nr_clones.
+ */
+static int diff_area_file_io(struct diff_area *area, struct bio *bio,
+			     sector_t len, sector_t at)
+{
+	struct bvec_iter bi = bio->bi_iter, it;
+	struct diff_area_file_io *fio;
+	struct iov_iter iter;
+	unsigned int nr = 0;
+	struct bio_vec bv;
+
+	fio = kmalloc(sizeof(*fio), GFP_NOIO);
+	if (!fio) {
+		diff_area_clone_done(area, 0, false);
+		return -ENOMEM;
+	}
+	fio->area = area;
+	fio->parent = bio;
+	fio->io.done = diff_area_file_io_done;
+
+	bi.bi_size = len << SECTOR_SHIFT;
+	__bio_for_each_bvec(bv, bio, it, bi)
+		nr++;
+	iov_iter_bvec(&iter, op_is_write(bio_op(bio)) ? WRITE : READ,
+		      __bvec_iter_bvec(bio->bi_io_vec, bi), nr, bi.bi_size);
+	iter.iov_offset = bi.bi_bvec_done;
+	bio_inc_remaining(bio);
+	diff_storage_submit(area->storage, &fio->io, op_is_write(bio_op(bio)),
+			    at, &iter);
+	return 0;
 }
 
 static bool diff_area_chunk_settled(struct diff_area *area,
@@ -750,14 +813,20 @@ static bool diff_area_chunk_settled(struct diff_area *area,
 	       READ_ONCE(area->error);
 }
 
-/* The part [done, done + len) of an image bio, all within chunk @n. */
+/*
+ * Sends the next @len sectors of an image bio, all within one chunk, where
+ * they are now. Without @may_wait (in ->submit_bio) only what goes on
+ * without sleeping is sent and -EAGAIN means the rest is for the worker:
+ * a chunk whose old data is on its way, a first image write to a chunk,
+ * or a file storage.
+ */
 static int diff_area_image_segment(struct diff_area *area, struct bio *bio,
-				   sector_t done, sector_t len,
-				   struct bio_vec *bvec)
+				   sector_t len, bool may_wait)
 {
-	sector_t pos = bio->bi_iter.bi_sector + done;
+	sector_t pos = bio->bi_iter.bi_sector;
 	unsigned long n = pos >> area->chunk_shift;
 	bool write = op_is_write(bio_op(bio));
+	struct block_device *target = area->storage->target;
 	struct chunk *chunk;
 	sector_t at;
 
@@ -773,30 +842,27 @@ static int diff_area_image_segment(struct diff_area *area, struct bio *bio,
 			area->reads[diff_area_bucket(n)]++;
 			area->nr_clones++;
 			spin_unlock_irq(&area->lock);
-			diff_area_clone(area, bio, done, len, n, area->bdev, pos,
-					true);
+			diff_area_clone(area, bio, len, n, area->bdev, pos, true);
 			return 0;
 		}
-		if (chunk && chunk->state == CHUNK_STORED) {
+		if (chunk && chunk->state == CHUNK_STORED &&
+		    (target || may_wait)) {
 			at = chunk->storage_sector + pos -
 			     ((sector_t)n << area->chunk_shift);
-			if (area->storage->target) {
-				area->nr_clones++;
-				spin_unlock_irq(&area->lock);
-				diff_area_clone(area, bio, done, len, n,
-						area->storage->target, at,
-						false);
-				return 0;
-			}
+			area->nr_clones++;
 			spin_unlock_irq(&area->lock);
-			return diff_area_storage_io(area, bio, done, len, at,
-						    bvec);
+			if (!target)
+				return diff_area_file_io(area, bio, len, at);
+			diff_area_clone(area, bio, len, n, target, at, false);
+			return 0;
 		}
 		if (chunk && chunk->state == CHUNK_FAILED) {
 			spin_unlock_irq(&area->lock);
 			return -EIO;
 		}
 		spin_unlock_irq(&area->lock);
+		if (!may_wait)
+			return -EAGAIN;
 		if (!chunk) {
 			/* An image write lands in the chunk's copy. */
 			if (!diff_area_cow_chunk(area, n, NULL, true))
@@ -807,44 +873,56 @@ static int diff_area_image_segment(struct diff_area *area, struct bio *bio,
 	}
 }
 
-/* Serves a bio of the snapshot image, from the image's worker. */
-void diff_area_image_io(struct diff_area *area, struct bio *bio)
+/*
+ * Checks an image bio on entry and marks what it writes as changed.
+ * Returns false when the bio was ended here.
+ */
+bool diff_area_image_start(struct diff_area *area, struct bio *bio)
 {
 	sector_t sector = bio->bi_iter.bi_sector;
 	sector_t total = bio_sectors(bio);
-	struct bio_vec *bvec = NULL;
-	sector_t done = 0;
-	int err = 0;
 
 	if (bio_op(bio) != REQ_OP_READ && bio_op(bio) != REQ_OP_WRITE) {
 		bio->bi_status = BLK_STS_NOTSUPP;
-		goto out;
+		bio_endio(bio);
+		return false;
 	}
 	if (sector + total > area->capacity) {
 		bio->bi_status = BLK_STS_IOERR;
-		goto out;
-	}
-	bvec = kmalloc_array(max(bio_segments(bio), 1U), sizeof(*bvec),
-			     GFP_NOIO);
-	if (!bvec) {
-		bio->bi_status = BLK_STS_RESOURCE;
-		goto out;
+		bio_endio(bio);
+		return false;
 	}
 	if (op_is_write(bio_op(bio)))
 		cbt_map_mark_both(area->tracker->cbt_map, sector, total);
+	return true;
+}
 
-	while (done < total && !err) {
-		sector_t pos = sector + done;
+/*
+ * Serves an image bio from where it stands, chunk by chunk, advancing it
+ * past each part sent on: the submitter's context serves what needs no
+ * wait, the image's worker (@may_wait) the rest. Returns false, with the
+ * bio not ended, when the rest needs the worker.
+ */
+bool diff_area_image_io(struct diff_area *area, struct bio *bio,
+			bool may_wait)
+{
+	int err = 0;
+
+	while (bio->bi_iter.bi_size) {
+		sector_t pos = bio->bi_iter.bi_sector;
 		sector_t next = ((pos >> area->chunk_shift) + 1) <<
 				area->chunk_shift;
-		sector_t len = min(total - done, next - pos);
+		sector_t len = min_t(sector_t, bio_sectors(bio), next - pos);
 
-		err = diff_area_image_segment(area, bio, done, len, bvec);
-		done += len;
+		err = diff_area_image_segment(area, bio, len, may_wait);
+		if (err == -EAGAIN)
+			return false;
+		if (err) {
+			bio->bi_status = errno_to_blk_status(err);
+			break;
+		}
+		bio_advance(bio, len << SECTOR_SHIFT);
 	}
-	kfree(bvec);
-	if (err)
-		bio->bi_status = errno_to_blk_status(err);
-out:
 	bio_endio(bio);
+	return true;
 }

@@ -41,8 +41,8 @@ struct tracker;
  * @reads: image reads in flight to the original device, by chunk hash:
  *	the writes to a chunk whose old data was just read wait until no
  *	such read of its bucket remains, or the read could see new data.
- * @nr_clones: image bios in flight to the original device (the sum of
- *	@reads) or to a block device storage.
+ * @nr_clones: parts of image bios in flight to the original device (the
+ *	sum of @reads) or to the storage.
  * @parked: loaded chunks waiting for @reads of their bucket to drain.
  * @loaded: chunks whose old data came in, for @load_work.
  * @load_work: releases the writes of loaded chunks, queues them to store.
@@ -98,7 +98,9 @@ void diff_area_corrupt(struct diff_area *area, int err);
 int diff_area_error(struct diff_area *area);
 bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos);
 void diff_area_chunk_loaded(struct chunk *chunk);
-void diff_area_image_io(struct diff_area *area, struct bio *bio);
+bool diff_area_image_start(struct diff_area *area, struct bio *bio);
+bool diff_area_image_io(struct diff_area *area, struct bio *bio,
+			bool may_wait);
 
 static inline void diff_area_get(struct diff_area *area)
 {

@@ -79,6 +79,10 @@ struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
 			goto fail_storage;
 		storage->bdev = inode->i_sb->s_bdev;
 		storage->growable = true;
+		if (file->f_mode & FMODE_CAN_ODIRECT)
+			storage->dio_align = storage->bdev ?
+				bdev_logical_block_size(storage->bdev) :
+				PAGE_SIZE;
 		mutex_lock(&storage->lock);
 		ret = __diff_storage_grow(storage,
 					  min_t(sector_t, limit,
@@ -180,36 +184,97 @@ int diff_storage_alloc(struct diff_storage *storage, sector_t count,
 }
 
 /*
- * Synchronous I/O through the file's own methods, so a regular file and
- * a block device are served alike. Callers are workers that the write
- * path waits on: no allocation here may recurse into the block layer.
+ * Buffered and synchronous, through the file's own methods: for a file
+ * that takes no direct I/O, or a range it cannot take directly.
  */
-int diff_storage_rw(struct diff_storage *storage, bool write, sector_t sector,
-		    struct bio_vec *bvec, unsigned int nr, size_t bytes)
+static ssize_t diff_storage_buffered(struct diff_storage *storage, bool write,
+				     loff_t pos, struct iov_iter *iter)
 {
 	struct file *file = storage->file;
-	unsigned int noio_flags;
-	struct iov_iter iter;
 	struct kiocb kiocb;
 	ssize_t ret;
 
 	init_sync_kiocb(&kiocb, file);
-	kiocb.ki_pos = (loff_t)sector << SECTOR_SHIFT;
+	kiocb.ki_pos = pos;
 	/* The slots' offsets are ours, and the page cache takes any size. */
 	kiocb.ki_flags &= ~(IOCB_APPEND | IOCB_DIRECT);
-	iov_iter_bvec(&iter, write ? WRITE : READ, bvec, nr, bytes);
-
-	noio_flags = memalloc_noio_save();
 	if (write) {
 		file_start_write(file);
-		ret = file->f_op->write_iter(&kiocb, &iter);
+		ret = file->f_op->write_iter(&kiocb, iter);
 		file_end_write(file);
 	} else {
-		ret = file->f_op->read_iter(&kiocb, &iter);
+		ret = file->f_op->read_iter(&kiocb, iter);
 	}
-	memalloc_noio_restore(noio_flags);
+	return ret;
+}
 
-	if (ret == bytes)
-		return 0;
-	return ret < 0 ? ret : -EIO;
+static void diff_storage_finish(struct diff_storage_io *io, ssize_t ret)
+{
+	if (ret == io->bytes)
+		ret = 0;
+	else if (ret >= 0)
+		ret = -EIO;
+	io->done(io, ret);
+}
+
+static void diff_storage_complete(struct kiocb *iocb, long ret)
+{
+	struct diff_storage_io *io = container_of(iocb, struct diff_storage_io,
+						  iocb);
+
+	if (iocb->ki_flags & IOCB_WRITE)
+		kiocb_end_write(iocb);
+	diff_storage_finish(io, ret);
+}
+
+/*
+ * Reads or writes a file storage at @sector with the pages of @iter, which
+ * must stay until @io->done is called. Direct and asynchronous where the
+ * file and the alignment allow, like the loop driver: old data then
+ * neither passes through the page cache nor holds up the calling worker.
+ * Callers are workers that writes of the device wait on, so nothing
+ * allocated here may recurse into the block layer.
+ */
+void diff_storage_submit(struct diff_storage *storage,
+			 struct diff_storage_io *io, bool write, sector_t sector,
+			 struct iov_iter *iter)
+{
+	struct file *file = storage->file;
+	loff_t pos = (loff_t)sector << SECTOR_SHIFT;
+	struct kiocb *iocb = &io->iocb;
+	unsigned int noio_flags;
+	struct iov_iter saved;
+	ssize_t ret = -EINVAL;
+
+	io->bytes = iov_iter_count(iter);
+	noio_flags = memalloc_noio_save();
+	if (storage->dio_align &&
+	    !((pos | io->bytes | iov_iter_alignment(iter)) &
+	      (storage->dio_align - 1))) {
+		saved = *iter;
+		memset(iocb, 0, sizeof(*iocb));
+		iocb->ki_filp = file;
+		iocb->ki_pos = pos;
+		iocb->ki_flags = IOCB_DIRECT;
+		iocb->ki_complete = diff_storage_complete;
+		if (write) {
+			iocb->ki_flags |= IOCB_WRITE;
+			kiocb_start_write(iocb);
+			ret = file->f_op->write_iter(iocb, iter);
+		} else {
+			ret = file->f_op->read_iter(iocb, iter);
+		}
+		if (ret == -EIOCBQUEUED)
+			goto out;
+		if (write)
+			kiocb_end_write(iocb);
+		/* Refused before any I/O: the alignment of its own choosing. */
+		if (ret == -EINVAL)
+			*iter = saved;
+	}
+	if (ret == -EINVAL)
+		ret = diff_storage_buffered(storage, write, pos, iter);
+	diff_storage_finish(io, ret);
+out:
+	memalloc_noio_restore(noio_flags);
 }

@@ -4,10 +4,11 @@
 
 #include <linux/kref.h>
 #include <linux/mutex.h>
+#include <linux/fs.h>
 #include <linux/blk_types.h>
 
 struct event_queue;
-struct bio_vec;
+struct iov_iter;
 
 /**
  * struct diff_storage - Where a snapshot keeps the old data of its chunks.
@@ -25,6 +26,8 @@ struct bio_vec;
  * @filled: sectors handed out; slots are never reused while held.
  * @limit: the most sectors the storage may grow to.
  * @growable: a regular file, grown by fallocate().
+ * @dio_align: alignment of direct I/O to a file storage, in bytes; 0
+ *	when the file takes none.
  * @low_space_sent: the low space event was queued.
  */
 struct diff_storage {
@@ -38,7 +41,21 @@ struct diff_storage {
 	sector_t filled;
 	sector_t limit;
 	bool growable;
+	unsigned int dio_align;
 	bool low_space_sent;
+};
+
+/**
+ * struct diff_storage_io - One read or write of a file storage.
+ * @iocb: the direct I/O.
+ * @bytes: its size.
+ * @done: called once, when it finished, with 0 or an error; from any
+ *	context, interrupts included.
+ */
+struct diff_storage_io {
+	struct kiocb iocb;
+	size_t bytes;
+	void (*done)(struct diff_storage_io *io, int err);
 };
 
 struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
@@ -48,8 +65,9 @@ bool diff_storage_on_bdev(struct diff_storage *storage,
 			  struct block_device *bdev);
 int diff_storage_alloc(struct diff_storage *storage, sector_t count,
 		       sector_t *sector);
-int diff_storage_rw(struct diff_storage *storage, bool write, sector_t sector,
-		    struct bio_vec *bvec, unsigned int nr, size_t bytes);
+void diff_storage_submit(struct diff_storage *storage,
+			 struct diff_storage_io *io, bool write, sector_t sector,
+			 struct iov_iter *iter);
 
 static inline void diff_storage_get(struct diff_storage *storage)
 {

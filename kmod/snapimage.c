@@ -15,11 +15,15 @@
 
 static DEFINE_IDA(snapimage_ida);
 
+/* What needs no wait is sent on from here; the worker serves the rest. */
 static void snapimage_submit_bio(struct bio *bio)
 {
 	struct snapimage *image = bio->bi_bdev->bd_disk->private_data;
 	unsigned long flags;
 
+	if (!diff_area_image_start(image->area, bio) ||
+	    diff_area_image_io(image->area, bio, false))
+		return;
 	spin_lock_irqsave(&image->lock, flags);
 	bio_list_add(&image->queue, bio);
 	spin_unlock_irqrestore(&image->lock, flags);
@@ -34,16 +38,19 @@ static const struct block_device_operations snapimage_fops = {
 static void snapimage_work_fn(struct work_struct *work)
 {
 	struct snapimage *image = container_of(work, struct snapimage, work);
+	struct blk_plug plug;
 	struct bio *bio;
 
+	blk_start_plug(&plug);
 	for (;;) {
 		spin_lock_irq(&image->lock);
 		bio = bio_list_pop(&image->queue);
 		spin_unlock_irq(&image->lock);
 		if (!bio)
-			return;
-		diff_area_image_io(image->area, bio);
+			break;
+		diff_area_image_io(image->area, bio, true);
 	}
+	blk_finish_plug(&plug);
 }
 
 struct snapimage *snapimage_new(struct diff_area *area)

@@ -18,8 +18,8 @@ struct gendisk;
  * @added: @disk was added and must be deleted.
  * @lock: guards @queue.
  * @queue: bios waiting for @work.
- * @work: serves @queue; image I/O may wait for chunks and read the
- *	storage file, which the submitter's context must not.
+ * @work: serves @queue: the image bios that wait for a chunk or use a
+ *	file storage, which the submitter's context must not.
  */
 struct snapimage {
 	struct gendisk *disk;

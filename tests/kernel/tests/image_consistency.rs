@@ -1,6 +1,8 @@
 //! The image reads back exactly the device's content at take while
 //! concurrent random writes hit the device, for one device and for two
-//! devices in one snapshot; the device reads back exactly what was written.
+//! devices in one snapshot, with the difference storage on a block device
+//! and in an O_TMPFILE file (what the node plugin uses); the device reads
+//! back exactly what was written.
 
 #[macro_use]
 mod common;
@@ -16,11 +18,32 @@ use common::*;
 /// for more writers than CPUs.
 const WRITERS: u32 = 2;
 
-fn stress(devs: &[&Path], region_per_dev: u64) {
+/// Where the old data goes.
+#[derive(Clone, Copy)]
+enum Storage {
+    /// The storage disk itself, opened exclusively.
+    Disk,
+    /// An O_TMPFILE file in an ext4 made on the storage disk.
+    File,
+}
+
+fn stress(devs: &[&Path], region_per_dev: u64, kind: Storage) {
     let (ctl, disks) = setup();
     let total = stress_bytes();
-    let storage = open_excl(&disks.storage);
-    let limit = size_of(&storage) / SECTOR;
+    let (_fs, storage, limit) = match kind {
+        Storage::Disk => {
+            let storage = open_excl(&disks.storage);
+            let limit = size_of(&storage) / SECTOR;
+            (None, storage, limit)
+        }
+        Storage::File => {
+            let fs = TmpMount::ext4(&disks.storage);
+            let storage = tmpfile_in(&fs.path);
+            // What the file system can hold, less a margin for its metadata.
+            let limit = size_of(&open_rw(&disks.storage)) / SECTOR * 9 / 10;
+            (Some(fs), storage, limit)
+        }
+    };
 
     let files: Vec<File> = devs.iter().map(|p| open_direct(p)).collect();
     let blocks: Vec<u64> = files
@@ -142,12 +165,19 @@ fn stress(devs: &[&Path], region_per_dev: u64) {
 #[test]
 fn one_device_image_holds_content_at_take_under_random_writes() {
     let disks = disks();
-    stress(&[&disks.data_a], GIB);
+    stress(&[&disks.data_a], GIB, Storage::Disk);
+}
+
+#[test]
+fn image_in_file_storage_holds_content_at_take_under_random_writes() {
+    let disks = disks();
+    // Half the disk: the copies must fit the file system on the storage disk.
+    stress(&[&disks.data_a], GIB / 2, Storage::File);
 }
 
 #[test]
 fn two_devices_in_one_snapshot_hold_content_at_take_under_random_writes() {
     let disks = disks();
     // Half of each disk, so that copies of both fit the 1.5 GiB storage.
-    stress(&[&disks.data_a, &disks.data_b], GIB / 2);
+    stress(&[&disks.data_a, &disks.data_b], GIB / 2, Storage::Disk);
 }

@@ -9,28 +9,49 @@ use std::os::unix::fs::FileExt;
 use blksnap::Error;
 use common::*;
 
-#[test]
-fn image_writes_land_in_the_image_and_not_on_the_device() {
-    let (ctl, disks) = setup();
-    let storage = open_excl(&disks.storage);
+/// Image blocks 100..200 get write 5; then the device gets write 6 on
+/// 150..250, which the image must not see.
+fn image_writes_land_in(
+    ctl: &blksnap::Control,
+    disks: &Disks,
+    storage: &std::fs::File,
+    limit: u64,
+    what: &str,
+) {
     let dev = open_direct(&disks.data_a);
     let region = 64 * MIB / BLOCK;
     write_range(&dev, 0, region, |_| 0);
-    let _att = Attached::new(&ctl, &dev);
-    let (snap, images) = Snap::take(&ctl, &storage, size_of(&storage) / SECTOR, &[&dev]);
+    let _att = Attached::new(ctl, &dev);
+    let (snap, images) = Snap::take(ctl, storage, limit, &[&dev]);
     let image = open_direct(&images[0]);
 
-    // Image blocks 100..200 get write 5; then the device gets write 6 on
-    // 150..250, which the image must not see.
     write_range(&image, 100, 200, |_| 5);
     write_range(&dev, 150, 250, |_| 6);
     let in_image = |b: u64| if (100..200).contains(&b) { 5 } else { 0 };
     let on_dev = |b: u64| if (150..250).contains(&b) { 6 } else { 0 };
-    verify_range(&image, 0, region, in_image).unwrap_or_else(|e| panic!("image: {e}"));
-    verify_range(&dev, 0, region, on_dev).unwrap_or_else(|e| panic!("device: {e}"));
+    verify_range(&image, 0, region, in_image).unwrap_or_else(|e| panic!("{what}: image: {e}"));
+    verify_range(&dev, 0, region, on_dev).unwrap_or_else(|e| panic!("{what}: device: {e}"));
     drop(image);
     snap.destroy().expect("destroy");
-    verify_range(&dev, 0, region, on_dev).unwrap_or_else(|e| panic!("device after destroy: {e}"));
+    verify_range(&dev, 0, region, on_dev)
+        .unwrap_or_else(|e| panic!("{what}: device after destroy: {e}"));
+}
+
+#[test]
+fn image_writes_land_in_the_image_and_not_on_the_device() {
+    let (ctl, disks) = setup();
+    let storage = open_excl(&disks.storage);
+    image_writes_land_in(
+        &ctl,
+        &disks,
+        &storage,
+        size_of(&storage) / SECTOR,
+        "block device storage",
+    );
+    drop(storage);
+    let fs = TmpMount::ext4(&disks.storage);
+    let storage = tmpfile_in(&fs.path);
+    image_writes_land_in(&ctl, &disks, &storage, 256 * MIB / SECTOR, "file storage");
 }
 
 #[test]

@@ -37,15 +37,17 @@ CTL = os.environ.get("BLKSNAPCTL", os.path.join(ROOT, "target", "debug", "blksna
 MIB = 1 << 20
 SECTOR = 512
 
-# The workloads. Sequential ones cover [0, 256 MiB); random ones write
+# The workloads. Sequential ones cover [0, 2 GiB); random ones write
 # 8192 distinct 4 KiB blocks, in an order fixed by the seed, into
-# [256 MiB, 768 MiB), so the rewrite hits exactly the blocks (and chunks)
-# that the first write preserved; the image read covers [0, 512 MiB).
-SEQ_SIZE = 256 * MIB
-RAND_OFFSET = 256 * MIB
+# [2 GiB, 2.5 GiB), so the rewrite hits exactly the blocks (and chunks)
+# that the first write preserved; the image read covers [0, 2 GiB). Sized
+# so that the plain device, which the host's page cache serves at GiB/s,
+# still runs for a good fraction of a second.
+SEQ_SIZE = 2048 * MIB
+RAND_OFFSET = 2048 * MIB
 RAND_SPAN = 512 * MIB
 RAND_IO = 32 * MIB
-READ_SIZE = 512 * MIB
+READ_SIZE = 2048 * MIB
 DATA_USED = RAND_OFFSET + RAND_SPAN
 
 WORKLOADS = {
@@ -57,7 +59,11 @@ WORKLOADS = {
                          io_size=RAND_IO, randseed=4242),
     "image_read": dict(rw="read", bs="1M", iodepth=4, offset=0, size=READ_SIZE),
 }
-CONFIGS = ["plain", "tracking", "blksnap", "dm256", "dm64"]
+CONFIGS = ["plain", "tracking", "blksnap", "blksnap_file", "dm256", "dm64"]
+# blksnap with its difference storage in a file, as the node plugin keeps
+# it: O_TMPFILE in an ext4 made on the COW disk, mounted here.
+FILE_STORAGE_DIR = "/tmp/bench-storage"
+SNAPSHOTS = ("blksnap", "blksnap_file")
 DM_CHUNK_SECTORS = {"dm256": 512, "dm64": 128}
 
 
@@ -267,6 +273,7 @@ class Bench:
             "cpus": os.cpu_count(),
             "module_params": self.module_params(),
             "storage": "blksnap: the COW virtio disk as a block device opened O_EXCL; "
+                       "blksnap_file: an O_TMPFILE file in an ext4 on that disk; "
                        "dm-snapshot: the same disk as its persistent COW device",
             "runs": [],
             "take": {},
@@ -305,9 +312,9 @@ class Bench:
         proc = run(cmd, timeout=1800)
         wall = time.monotonic() - t0
         after = diskstats(watched)
-        # What the run left for later: blksnap writes its difference storage
-        # through the page cache, so part of a first write's cost is paid
-        # when that is written back. Timed here, reported beside the run.
+        # What the run left for later (dirty page cache of a storage that
+        # was written buffered, a device's write cache): part of a first
+        # write's cost paid after it. Timed here, reported beside the run.
         t1 = time.monotonic()
         flush_disks([self.data, self.cow])
         flush_s = time.monotonic() - t1
@@ -344,9 +351,14 @@ class Bench:
         ctl("detach", dev)
         self.attached.discard(dev)
 
-    def blksnap_snapshot(self, devs):
+    def blksnap_snapshot(self, devs, in_file=False):
+        # A file storage leaves room for its file system's metadata.
         limit = dev_size(self.cow) // SECTOR * SECTOR
-        sid = ctl("snapshot", "create", "--storage", self.cow, "--limit", str(limit))
+        where = ["--storage", self.cow]
+        if in_file:
+            limit = limit * 9 // 10 // SECTOR * SECTOR
+            where = ["--storage-dir", FILE_STORAGE_DIR]
+        sid = ctl("snapshot", "create", *where, "--limit", str(limit))
         self.snapshot_id = sid
         for d in devs:
             ctl("snapshot", "add", sid, d)
@@ -357,6 +369,17 @@ class Bench:
         if self.snapshot_id:
             sid, self.snapshot_id = self.snapshot_id, None
             ctl("snapshot", "destroy", sid)
+
+    def file_storage_mount(self):
+        os.makedirs(FILE_STORAGE_DIR, exist_ok=True)
+        # Inode tables and journal written now, not by a lazy-init thread
+        # during the runs.
+        run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", self.cow])
+        run(["mount", "-t", "ext4", self.cow, FILE_STORAGE_DIR])
+
+    def file_storage_umount(self):
+        if os.path.ismount(FILE_STORAGE_DIR):
+            run(["umount", FILE_STORAGE_DIR])
 
     def dm_create(self, chunk):
         zero(self.cow, 0, MIB)
@@ -380,7 +403,7 @@ class Bench:
                 dmsetup("remove", "--retry", n)
 
     def cleanup(self):
-        for f in (self.blksnap_destroy, self.dm_remove):
+        for f in (self.blksnap_destroy, self.file_storage_umount, self.dm_remove):
             try:
                 f()
             except StepError as e:
@@ -397,12 +420,14 @@ class Bench:
         extra = {}
         diag = rep < 0
         # What the snapshot must keep of the sequential range.
-        ref = digest(self.data, SEQ_SIZE) if config in ("blksnap", *DM_CHUNK_SECTORS) else None
+        ref = digest(self.data, SEQ_SIZE) if config in (*SNAPSHOTS, *DM_CHUNK_SECTORS) else None
         if config == "tracking":
             self.attach(self.data)
-        elif config == "blksnap":
+        elif config in SNAPSHOTS:
             self.attach(self.data)
-            _, took = self.blksnap_snapshot([self.data])
+            if config == "blksnap_file":
+                self.file_storage_mount()
+            _, took = self.blksnap_snapshot([self.data], in_file=config == "blksnap_file")
             extra["take_us"] = took["took_us"]
             info = ctl_json("snapshot", "info", self.data)
             if not info.get("image"):
@@ -427,7 +452,7 @@ class Bench:
                 self.res["runs"].append(r)
                 log(f"  rep {rep} {config:9s} {w:13s} {r['bw_mib_s']:8.1f} MiB/s "
                     f"{r['iops']:9.0f} IOPS  p99 {r['clat_us'].get('p99', 0):9.0f} us")
-            if config == "blksnap":
+            if config in SNAPSHOTS:
                 info = ctl_json("snapshot", "info", self.data)
                 if info.get("error"):
                     raise StepError(f"the snapshot was corrupted during the run: {info['error']}")
@@ -442,11 +467,12 @@ class Bench:
                     raise StepError(f"{config}: {read_target} does not hold the data of before "
                                     f"the snapshot (md5 {got} != {ref})")
         finally:
-            if config == "blksnap":
+            if config in SNAPSHOTS:
                 self.blksnap_destroy()
+                self.file_storage_umount()
             if config in DM_CHUNK_SECTORS:
                 self.dm_remove()
-            if config in ("tracking", "blksnap"):
+            if config in ("tracking", *SNAPSHOTS):
                 self.detach(self.data)
 
     # ---- sections ----------------------------------------------------------

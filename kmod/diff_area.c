@@ -18,15 +18,16 @@
  * struct diff_area_clone - Part of an image bio sent to another device.
  * @area: the device's copy-on-write state.
  * @parent: the image bio.
- * @chunk: the chunk.
- * @tracked: a read of the original device, counted in &diff_area.reads.
+ * @chunk: the first chunk it covers.
+ * @nr_reads: chunks counted in &diff_area.reads from @chunk on: those of
+ *	a read of the original device, none otherwise.
  * @bio: the clone.
  */
 struct diff_area_clone {
 	struct diff_area *area;
 	struct bio *parent;
 	unsigned long chunk;
-	bool tracked;
+	unsigned int nr_reads;
 	struct bio bio;
 };
 
@@ -692,23 +693,29 @@ void diff_area_stop(struct diff_area *area)
 	flush_work(&area->store_work);
 }
 
-static void diff_area_clone_done(struct diff_area *area, unsigned long n,
-				 bool tracked)
+static void diff_area_clone_done(struct diff_area *area, unsigned long first,
+				 unsigned int nr_reads)
 {
-	unsigned int bucket = diff_area_bucket(n);
 	struct chunk *chunk, *next;
+	bool release = false;
 	unsigned long flags;
+	unsigned int i, bucket;
 
 	spin_lock_irqsave(&area->lock, flags);
 	area->nr_clones--;
-	if (tracked && !--area->reads[bucket]) {
+	for (i = 0; i < nr_reads; i++) {
+		bucket = diff_area_bucket(first + i);
+		if (--area->reads[bucket])
+			continue;
 		list_for_each_entry_safe(chunk, next, &area->parked[bucket],
 					 link) {
 			list_del_init(&chunk->link);
 			llist_add(&chunk->llnode, &area->loaded);
+			release = true;
 		}
-		queue_work(blksnap_wq, &area->load_work);
 	}
+	if (release)
+		queue_work(blksnap_wq, &area->load_work);
 	/* Under the lock: diff_area_stop() may free the area right after. */
 	if (!area->nr_clones)
 		wake_up_all(&area->wq);
@@ -721,14 +728,14 @@ static void diff_area_clone_endio(struct bio *clone)
 						  struct diff_area_clone, bio);
 	struct diff_area *area = dc->area;
 	struct bio *parent = dc->parent;
-	unsigned long n = dc->chunk;
-	bool tracked = dc->tracked;
+	unsigned long first = dc->chunk;
+	unsigned int nr_reads = dc->nr_reads;
 
 	if (clone->bi_status)
 		parent->bi_status = clone->bi_status;
 	bio_put(clone);
 	bio_endio(parent);
-	diff_area_clone_done(area, n, tracked);
+	diff_area_clone_done(area, first, nr_reads);
 }
 
 /*
@@ -738,8 +745,8 @@ static void diff_area_clone_endio(struct bio *clone)
  */
 static void diff_area_clone(struct diff_area *area, struct bio *bio,
 			    sector_t len, unsigned long n,
-			    struct block_device *bdev, sector_t sector,
-			    bool tracked)
+			    unsigned int nr_reads, struct block_device *bdev,
+			    sector_t sector)
 {
 	struct diff_area_clone *dc;
 	struct bio *clone;
@@ -749,7 +756,7 @@ static void diff_area_clone(struct diff_area *area, struct bio *bio,
 	dc->area = area;
 	dc->parent = bio;
 	dc->chunk = n;
-	dc->tracked = tracked;
+	dc->nr_reads = nr_reads;
 	clone->bi_iter.bi_size = len << SECTOR_SHIFT;
 	clone->bi_iter.bi_sector = sector;
 	clone->bi_end_io = diff_area_clone_endio;
@@ -769,7 +776,7 @@ static void diff_area_file_io_done(struct diff_storage_io *io, int err)
 	if (err)
 		parent->bi_status = errno_to_blk_status(err);
 	bio_endio(parent);
-	diff_area_clone_done(area, 0, false);
+	diff_area_clone_done(area, 0, 0);
 }
 
 /*
@@ -787,7 +794,7 @@ static int diff_area_file_io(struct diff_area *area, struct bio *bio,
 
 	fio = kmalloc(sizeof(*fio), GFP_NOIO);
 	if (!fio) {
-		diff_area_clone_done(area, 0, false);
+		diff_area_clone_done(area, 0, 0);
 		return -ENOMEM;
 	}
 	fio->area = area;
@@ -814,23 +821,56 @@ static bool diff_area_chunk_settled(struct diff_area *area,
 }
 
 /*
- * Sends the next @len sectors of an image bio, all within one chunk, where
- * they are now. Without @may_wait (in ->submit_bio) only what goes on
- * without sleeping is sent and -EAGAIN means the rest is for the worker:
- * a chunk whose old data is on its way, a first image write to a chunk,
- * or a file storage.
+ * Extends the part of an image bio that starts in chunk @n and ends by
+ * @end over the chunks after @n whose data lies right after on the same
+ * device: not yet preserved ones (still on the original device), or for
+ * @stored ones, those stored in the slots following @n's. One bio then
+ * serves them, where the submitter's own bios would not have merged.
+ * Under the lock. Returns the number of chunks the part covers.
  */
-static int diff_area_image_segment(struct diff_area *area, struct bio *bio,
-				   sector_t len, bool may_wait)
+static unsigned int diff_area_extend(struct diff_area *area, unsigned long n,
+				     struct chunk *stored, sector_t end,
+				     sector_t *len)
+{
+	sector_t size = diff_area_chunk_sectors(area);
+	sector_t next_pos = (sector_t)(n + 1) << area->chunk_shift;
+	unsigned int nr = 1;
+	struct chunk *next;
+
+	while (next_pos < end) {
+		next = xa_load(&area->chunks, n + nr);
+		if (stored ? !next || next->state != CHUNK_STORED ||
+		    next->storage_sector != stored->storage_sector + nr * size :
+		    next && next->state != CHUNK_LOADING)
+			break;
+		*len += min(end - next_pos, size);
+		next_pos += size;
+		nr++;
+	}
+	return nr;
+}
+
+/*
+ * Sends the next sectors of an image bio where they are now, at least the
+ * rest of the current chunk, and sets @len to how many. Without @may_wait
+ * (in ->submit_bio) only what goes on without sleeping is sent and -EAGAIN
+ * means the rest is for the worker: a chunk whose old data is on its way,
+ * a first image write to a chunk, or a file storage.
+ */
+static int diff_area_image_part(struct diff_area *area, struct bio *bio,
+				bool may_wait, sector_t *len)
 {
 	sector_t pos = bio->bi_iter.bi_sector;
+	sector_t end = bio_end_sector(bio);
 	unsigned long n = pos >> area->chunk_shift;
 	bool write = op_is_write(bio_op(bio));
 	struct block_device *target = area->storage->target;
+	unsigned int nr, i;
 	struct chunk *chunk;
 	sector_t at;
 
 	for (;;) {
+		*len = min(end, (sector_t)(n + 1) << area->chunk_shift) - pos;
 		spin_lock_irq(&area->lock);
 		if (area->error) {
 			spin_unlock_irq(&area->lock);
@@ -839,21 +879,24 @@ static int diff_area_image_segment(struct diff_area *area, struct bio *bio,
 		chunk = xa_load(&area->chunks, n);
 		/* Until its writes are released the device has the old data. */
 		if (!write && (!chunk || chunk->state == CHUNK_LOADING)) {
-			area->reads[diff_area_bucket(n)]++;
+			nr = diff_area_extend(area, n, NULL, end, len);
+			for (i = 0; i < nr; i++)
+				area->reads[diff_area_bucket(n + i)]++;
 			area->nr_clones++;
 			spin_unlock_irq(&area->lock);
-			diff_area_clone(area, bio, len, n, area->bdev, pos, true);
+			diff_area_clone(area, bio, *len, n, nr, area->bdev, pos);
 			return 0;
 		}
 		if (chunk && chunk->state == CHUNK_STORED &&
 		    (target || may_wait)) {
+			diff_area_extend(area, n, chunk, end, len);
 			at = chunk->storage_sector + pos -
 			     ((sector_t)n << area->chunk_shift);
 			area->nr_clones++;
 			spin_unlock_irq(&area->lock);
 			if (!target)
-				return diff_area_file_io(area, bio, len, at);
-			diff_area_clone(area, bio, len, n, target, at, false);
+				return diff_area_file_io(area, bio, *len, at);
+			diff_area_clone(area, bio, *len, n, 0, target, at);
 			return 0;
 		}
 		if (chunk && chunk->state == CHUNK_FAILED) {
@@ -898,7 +941,7 @@ bool diff_area_image_start(struct diff_area *area, struct bio *bio)
 }
 
 /*
- * Serves an image bio from where it stands, chunk by chunk, advancing it
+ * Serves an image bio from where it stands, part by part, advancing it
  * past each part sent on: the submitter's context serves what needs no
  * wait, the image's worker (@may_wait) the rest. Returns false, with the
  * bio not ended, when the rest needs the worker.
@@ -909,12 +952,9 @@ bool diff_area_image_io(struct diff_area *area, struct bio *bio,
 	int err = 0;
 
 	while (bio->bi_iter.bi_size) {
-		sector_t pos = bio->bi_iter.bi_sector;
-		sector_t next = ((pos >> area->chunk_shift) + 1) <<
-				area->chunk_shift;
-		sector_t len = min_t(sector_t, bio_sectors(bio), next - pos);
+		sector_t len;
 
-		err = diff_area_image_segment(area, bio, len, may_wait);
+		err = diff_area_image_part(area, bio, may_wait, &len);
 		if (err == -EAGAIN)
 			return false;
 		if (err) {

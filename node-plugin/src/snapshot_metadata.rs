@@ -3,8 +3,9 @@
 //!
 //! Answers are VARIABLE_LENGTH tuples (adjacent changed blocks merged),
 //! ascending, streamed in messages of `max_results` tuples (the plugin's
-//! own batch when 0). The first message is sent even when there are no
-//! ranges, so that the client learns the volume's capacity.
+//! own batch when 0, never more than [`MAX_BATCH`]). The first message is
+//! sent even when there are no ranges, so that the client learns the
+//! volume's capacity.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +21,12 @@ use crate::Error;
 
 /// Tuples per message when the client leaves the choice to us.
 pub const DEFAULT_BATCH: usize = 1024;
+
+/// Most tuples per message, whatever `max_results` asks (the spec lets the
+/// plugin send fewer): a tuple encodes to at most 22 bytes, so a message
+/// stays under 1.5 MiB, inside the 4 MiB that gRPC receivers accept by
+/// default (Go's, so the snapshot-metadata sidecar's, and tonic's).
+pub const MAX_BATCH: usize = 1 << 16;
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -38,7 +45,7 @@ impl SnapshotMetadataService {
 fn batch(max_results: i32) -> Result<usize, Error> {
     match max_results {
         0 => Ok(DEFAULT_BATCH),
-        n if n > 0 => Ok(n as usize),
+        n if n > 0 => Ok((n as usize).min(MAX_BATCH)),
         _ => Err(Error::invalid("max_results", "must not be negative")),
     }
 }
@@ -430,5 +437,32 @@ mod tests {
         assert_eq!(messages(&empty, 5), vec![(7, vec![])]);
         assert!(batch(-1).is_err());
         assert_eq!(batch(0).expect("default"), DEFAULT_BATCH);
+        assert_eq!(batch(i32::MAX).expect("capped"), MAX_BATCH);
+    }
+
+    #[test]
+    fn messages_stay_within_the_receivers_limit_whatever_max_results_asks() {
+        use prost::Message as _;
+        // A delta as scattered as a 1 TiB map of 1 MiB blocks allows: every
+        // other block changed, 512Ki ranges at offsets near 2^40.
+        let page = MetadataPage {
+            capacity: 1 << 40,
+            ranges: (0..1u64 << 19)
+                .map(|i| (2 * i) << 20..(2 * i + 1) << 20)
+                .collect(),
+        };
+        let batch = batch(i32::MAX).expect("batch");
+        let mut tuples = 0;
+        for (capacity, block_metadata) in messages(&page, batch) {
+            tuples += block_metadata.len();
+            let m = csi::GetMetadataDeltaResponse {
+                block_metadata_type: csi::BlockMetadataType::VariableLength as i32,
+                volume_capacity_bytes: capacity,
+                block_metadata,
+            };
+            // gRPC's customary receive limit (Go's and tonic's default).
+            assert!(m.encoded_len() < 4 << 20, "{} bytes", m.encoded_len());
+        }
+        assert_eq!(tuples, page.ranges.len());
     }
 }

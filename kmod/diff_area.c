@@ -43,6 +43,25 @@ struct diff_area_file_io {
 	struct bio *parent;
 };
 
+/*
+ * Write pieces and image clones of every device. Clones are made in
+ * ->submit_bio, where waiting on the mempool needs a rescuer; one for the
+ * module, not a thread started at every take.
+ */
+static struct bio_set diff_area_bs;
+
+int diff_area_init(void)
+{
+	return bioset_init(&diff_area_bs, BIO_POOL_SIZE,
+			   offsetof(struct diff_area_clone, bio),
+			   BIOSET_NEED_RESCUER);
+}
+
+void diff_area_done(void)
+{
+	bioset_exit(&diff_area_bs);
+}
+
 static unsigned int diff_area_bucket(unsigned long chunk)
 {
 	return hash_long(chunk, ilog2(DIFF_AREA_READ_BUCKETS));
@@ -110,15 +129,9 @@ struct diff_area *diff_area_new(struct tracker *tracker,
 				 sizeof(unsigned long), GFP_KERNEL);
 	if (!area->cow_map)
 		goto fail_map;
-	/* Image clones are made in ->submit_bio, where a mempool wait needs a rescuer. */
-	ret = bioset_init(&area->bs, BIO_POOL_SIZE,
-			  offsetof(struct diff_area_clone, bio),
-			  BIOSET_NEED_RESCUER);
-	if (ret)
-		goto fail_bs;
 	ret = bioset_init(&area->load_bs, BIO_POOL_SIZE, 0, BIOSET_NEED_BVECS);
 	if (ret)
-		goto fail_load_bs;
+		goto fail_bs;
 
 	area->tracker = tracker_get(tracker);
 	area->storage = storage;
@@ -127,8 +140,6 @@ struct diff_area *diff_area_new(struct tracker *tracker,
 	event_queue_get(events);
 	return area;
 
-fail_load_bs:
-	bioset_exit(&area->bs);
 fail_bs:
 	kvfree(area->cow_map);
 fail_map:
@@ -147,7 +158,6 @@ static void diff_area_release(struct kref *kref)
 	xa_destroy(&area->chunks);
 	diff_buffer_pool_done(&area->pool);
 	bioset_exit(&area->load_bs);
-	bioset_exit(&area->bs);
 	kvfree(area->cow_map);
 	event_queue_put(area->events);
 	diff_storage_put(area->storage);
@@ -335,7 +345,7 @@ bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos)
 		if (pos + bio_sectors(bio) > chunk_end &&
 		    chunk_end < area->capacity) {
 			piece = bio_split(bio, chunk_end - pos, GFP_NOIO,
-					  &area->bs);
+					  &diff_area_bs);
 			if (IS_ERR_OR_NULL(piece)) {
 				/* Not splittable: hold it for its first chunk. */
 				piece = bio;
@@ -751,7 +761,7 @@ static void diff_area_clone(struct diff_area *area, struct bio *bio,
 	struct diff_area_clone *dc;
 	struct bio *clone;
 
-	clone = bio_alloc_clone(bdev, bio, GFP_NOIO, &area->bs);
+	clone = bio_alloc_clone(bdev, bio, GFP_NOIO, &diff_area_bs);
 	dc = container_of(clone, struct diff_area_clone, bio);
 	dc->area = area;
 	dc->parent = bio;

@@ -53,7 +53,6 @@ struct tracker;
  * @stopping: the snapshot is being destroyed: writes pass, nothing is
  *	stored.
  * @pool: buffers of the chunk size.
- * @bs: bios for write splits and image I/O clones.
  * @load_bs: bios for reading old data and storing it in a block device.
  */
 struct diff_area {
@@ -85,10 +84,11 @@ struct diff_area {
 	wait_queue_head_t wq;
 
 	struct diff_buffer_pool pool;
-	struct bio_set bs;
 	struct bio_set load_bs;
 };
 
+int diff_area_init(void);
+void diff_area_done(void);
 struct diff_area *diff_area_new(struct tracker *tracker,
 				struct diff_storage *storage,
 				struct event_queue *events);

@@ -16,6 +16,7 @@
 #include "include/uapi/linux/blksnap.h"
 #include "params.h"
 #include "cbt_map.h"
+#include "diff_area.h"
 #include "event_queue.h"
 #include "hook.h"
 #include "snapimage.h"
@@ -499,6 +500,9 @@ static int __init blksnap_init(void)
 				     0);
 	if (!blksnap_wq)
 		return -ENOMEM;
+	ret = diff_area_init();
+	if (ret)
+		goto fail_bs;
 	ret = hook_init();
 	if (ret)
 		goto fail_hook;
@@ -512,6 +516,8 @@ static int __init blksnap_init(void)
 fail_misc:
 	hook_done();
 fail_hook:
+	diff_area_done();
+fail_bs:
 	destroy_workqueue(blksnap_wq);
 	return ret;
 }
@@ -521,6 +527,7 @@ static void __exit blksnap_exit(void)
 {
 	misc_deregister(&ctl_misc);
 	hook_done();
+	diff_area_done();
 	destroy_workqueue(blksnap_wq);
 	snapimage_done();
 	pr_info("unloaded\n");

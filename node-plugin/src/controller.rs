@@ -1326,6 +1326,22 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_volume_whose_creation_did_not_finish_is_undone_at_start() {
+        let env = Env::new();
+        let id: VolumeId = new_volume(&env, "pvc", MIB).parse().expect("id");
+        let mut vol = env.plugin.volume(&id).expect("volume");
+        let file = env.plugin.device_of(&vol).expect("device");
+        // The process died while the volume was being made (its source
+        // being copied): the record still says so.
+        vol.creating = true;
+        env.plugin.state.put(&vol).expect("put");
+        let env = env.restart();
+        assert!(env.plugin.volume(&id).is_err(), "record removed");
+        assert!(!file.exists(), "storage removed");
+        new_volume(&env, "pvc", MIB);
+    }
+
+    #[tokio::test]
     async fn reboot_loses_snapshots_and_orphans_are_collected() {
         let env = Env::new();
         let v = new_volume(&env, "pvc", MIB);

@@ -198,12 +198,20 @@ impl Plugin {
         self.backend(vol.backend)?.device(vol)
     }
 
-    /// Brings the records in line with the kernel after a start: binds
-    /// and tracks every volume again, marks the snapshots the kernel no
+    /// Brings the records in line with the kernel after a start: undoes
+    /// volumes whose creation did not finish, binds and tracks every
+    /// other volume again, marks the snapshots the kernel no
     /// longer holds (or reports corrupted) as lost, destroys orphaned
     /// kernel snapshots if so configured, and starts the event watchers.
     pub fn recover(self: &Arc<Self>) -> Result<()> {
         let volumes: Vec<VolumeRecord> = self.state.read(|t| t.volumes.values().cloned().collect());
+        let (unfinished, volumes): (Vec<_>, Vec<_>) = volumes.into_iter().partition(|v| v.creating);
+        for vol in unfinished {
+            tracing::warn!(volume = %vol.local, name = %vol.name, "undoing a volume whose creation did not finish");
+            if let Err(e) = self.undo_volume(&vol) {
+                tracing::error!(volume = %vol.local, error = %e, "unfinished volume not undone");
+            }
+        }
         for vol in volumes {
             if let Err(e) = self.track(&vol) {
                 tracing::error!(volume = %vol.local, error = %e, "volume could not be tracked again");

@@ -194,6 +194,13 @@ pub struct VolumeRecord {
     /// before its first write); while the generation is unchanged, the
     /// blocks marked in the map are all that was ever written.
     pub full_history: Option<Uuid>,
+    /// Recorded as soon as the volume's storage exists and cleared when
+    /// the volume is complete: a record still creating at start is a
+    /// CreateVolume that never answered (the process died copying its
+    /// source), which recovery undoes instead of leaving storage nobody
+    /// owns, or a static device holding another volume's data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
 }
 
 impl VolumeRecord {
@@ -470,6 +477,7 @@ mod tests {
             source: Some(Source::Snapshot("s1:x".into())),
             created_unix: 5,
             full_history: Some(Uuid::new_v4()),
+            creating: false,
         };
         state.put(&v).expect("put");
 

@@ -108,14 +108,19 @@ impl Plugin {
             source: req.source.clone(),
             created_unix: now().0,
             full_history: None,
+            creating: true,
         };
-        let result = self.finish_volume(&mut vol, req, source_snapshot, source_volume);
+        let result = self
+            .state
+            .put(&vol)
+            .and_then(|()| self.finish_volume(&mut vol, req, source_snapshot, source_volume));
         if let Err(e) = result {
-            if let Err(cleanup) = self.discard_volume(&vol) {
+            if let Err(cleanup) = self.undo_volume(&vol) {
                 tracing::error!(volume = %vol.local, error = %cleanup, "half-made volume not removed");
             }
             return Err(e);
         }
+        vol.creating = false;
         self.state.put(&vol)?;
         tracing::info!(volume = %vol.local, name = %vol.name, capacity = vol.capacity, "volume created");
         Ok(vol)
@@ -159,6 +164,13 @@ impl Plugin {
     }
 
     /// Removes what a failed create made.
+    /// Removes a volume that was never handed out: its storage, then its
+    /// record.
+    pub(crate) fn undo_volume(&self, vol: &VolumeRecord) -> Result<()> {
+        self.discard_volume(vol)?;
+        self.state.remove::<VolumeRecord>(&vol.key())
+    }
+
     fn discard_volume(&self, vol: &VolumeRecord) -> Result<()> {
         let backend = self.backend(vol.backend)?;
         if let Ok(path) = backend.device(vol) {

@@ -16,9 +16,8 @@
 static DEFINE_IDA(snapimage_ida);
 
 /* What needs no wait is sent on from here; the worker serves the rest. */
-static void snapimage_submit_bio(struct bio *bio)
+static void snapimage_serve(struct snapimage *image, struct bio *bio)
 {
-	struct snapimage *image = bio->bi_bdev->bd_disk->private_data;
 	unsigned long flags;
 
 	if (!diff_area_image_start(image->area, bio) ||
@@ -28,6 +27,27 @@ static void snapimage_submit_bio(struct bio *bio)
 	bio_list_add(&image->queue, bio);
 	spin_unlock_irqrestore(&image->lock, flags);
 	queue_work(blksnap_wq, &image->work);
+}
+
+static void snapimage_submit_bio(struct bio *bio)
+{
+	struct snapimage *image = bio->bi_bdev->bd_disk->private_data;
+	unsigned long flags;
+
+	/*
+	 * Added while the take drains the devices: hold bios until it ends.
+	 * The acquire pairs with snapimage_go_live().
+	 */
+	if (unlikely(!smp_load_acquire(&image->live))) {
+		spin_lock_irqsave(&image->lock, flags);
+		if (!image->live) {
+			bio_list_add(&image->held, bio);
+			spin_unlock_irqrestore(&image->lock, flags);
+			return;
+		}
+		spin_unlock_irqrestore(&image->lock, flags);
+	}
+	snapimage_serve(image, bio);
 }
 
 static const struct block_device_operations snapimage_fops = {
@@ -53,6 +73,15 @@ static void snapimage_work_fn(struct work_struct *work)
 	blk_finish_plug(&plug);
 }
 
+static void snapimage_add_fn(struct work_struct *work)
+{
+	struct snapimage *image = container_of(work, struct snapimage,
+					       add_work);
+
+	image->add_ret = add_disk(image->disk);
+	image->added = !image->add_ret;
+}
+
 struct snapimage *snapimage_new(struct diff_area *area)
 {
 	struct block_device *bdev = area->bdev;
@@ -65,7 +94,9 @@ struct snapimage *snapimage_new(struct diff_area *area)
 		return ERR_PTR(-ENOMEM);
 	spin_lock_init(&image->lock);
 	bio_list_init(&image->queue);
+	bio_list_init(&image->held);
 	INIT_WORK(&image->work, snapimage_work_fn);
+	INIT_WORK(&image->add_work, snapimage_add_fn);
 
 	ret = ida_alloc(&snapimage_ida, GFP_KERNEL);
 	if (ret < 0)
@@ -98,26 +129,57 @@ fail_ida:
 	return ERR_PTR(ret);
 }
 
-int snapimage_add(struct snapimage *image)
+/*
+ * Adds the disk from a worker, so that its few milliseconds overlap the
+ * take's drain instead of following it. Nothing here waits for the
+ * devices being snapshotted.
+ */
+void snapimage_add_start(struct snapimage *image)
 {
-	int ret = add_disk(image->disk);
+	queue_work(system_unbound_wq, &image->add_work);
+}
 
-	if (ret) {
-		pr_err("cannot add %s: %d\n", image->disk->disk_name, ret);
-		return ret;
-	}
-	image->added = true;
-	return 0;
+int snapimage_add_wait(struct snapimage *image)
+{
+	flush_work(&image->add_work);
+	if (image->add_ret)
+		pr_err("cannot add %s: %d\n", image->disk->disk_name,
+		       image->add_ret);
+	return image->add_ret;
+}
+
+/* The snapshot is taken: serve the bios held so far and all after. */
+void snapimage_go_live(struct snapimage *image)
+{
+	struct bio_list held;
+	struct bio *bio;
+
+	spin_lock_irq(&image->lock);
+	held = image->held;
+	bio_list_init(&image->held);
+	/* Pairs with the submitter's acquire: the drain came before. */
+	smp_store_release(&image->live, true);
+	spin_unlock_irq(&image->lock);
+	while ((bio = bio_list_pop(&held)))
+		snapimage_serve(image, bio);
 }
 
 /*
- * After del_gendisk() no new bio enters; the worker finishes the queued
- * ones, which fail once the snapshot is gone.
+ * After del_gendisk() no new bio enters; bios held by a take that failed
+ * fail, and the worker finishes the queued ones, which fail once the
+ * snapshot is gone.
  */
 void snapimage_free(struct snapimage *image)
 {
+	struct bio *bio;
+
+	flush_work(&image->add_work);
 	if (image->added)
 		del_gendisk(image->disk);
+	while ((bio = bio_list_pop(&image->held))) {
+		bio->bi_status = BLK_STS_IOERR;
+		bio_endio(bio);
+	}
 	flush_work(&image->work);
 	put_disk(image->disk);
 	ida_free(&snapimage_ida, image->index);

@@ -247,11 +247,15 @@ int snapshot_take(const uuid_t *id)
 	ret = snapshot_prepare(snapshot);
 	if (ret)
 		goto fail;
+	list_for_each_entry(sd, &snapshot->devices, link)
+		snapimage_add_start(sd->image);
 	ret = snapshot_switch(snapshot);
 	if (ret)
 		goto fail;
+	list_for_each_entry(sd, &snapshot->devices, link)
+		snapimage_go_live(sd->image);
 	list_for_each_entry(sd, &snapshot->devices, link) {
-		ret = snapimage_add(sd->image);
+		ret = snapimage_add_wait(sd->image);
 		if (ret)
 			goto fail;
 	}

@@ -927,26 +927,20 @@ static int diff_area_image_part(struct diff_area *area, struct bio *bio,
 }
 
 /*
- * Checks an image bio on entry and marks what it writes as changed.
- * Returns false when the bio was ended here.
+ * Checks an image bio on entry and marks what it writes as changed; the
+ * block layer already ended bios past the image's end. Returns false when
+ * the bio was ended here.
  */
 bool diff_area_image_start(struct diff_area *area, struct bio *bio)
 {
-	sector_t sector = bio->bi_iter.bi_sector;
-	sector_t total = bio_sectors(bio);
-
 	if (bio_op(bio) != REQ_OP_READ && bio_op(bio) != REQ_OP_WRITE) {
 		bio->bi_status = BLK_STS_NOTSUPP;
 		bio_endio(bio);
 		return false;
 	}
-	if (sector + total > area->capacity) {
-		bio->bi_status = BLK_STS_IOERR;
-		bio_endio(bio);
-		return false;
-	}
 	if (op_is_write(bio_op(bio)))
-		cbt_map_mark_both(area->tracker->cbt_map, sector, total);
+		cbt_map_mark_both(area->tracker->cbt_map,
+				  bio->bi_iter.bi_sector, bio_sectors(bio));
 	return true;
 }
 

@@ -66,6 +66,9 @@ pub struct Plugin {
     /// kernel id, for the storage-used gauge (an unnamed file cannot be
     /// found again after a restart).
     storages: Mutex<HashMap<Uuid, File>>,
+    /// Held from choosing a new volume's storage until its record is
+    /// written, so that two creations never pick the same location.
+    placement: Mutex<()>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -119,6 +122,7 @@ impl Plugin {
             locks: Locks::new(),
             metrics,
             storages: Mutex::new(HashMap::new()),
+            placement: Mutex::new(()),
         })
     }
 
@@ -136,14 +140,41 @@ impl Plugin {
     /// still get on this node.
     pub fn available(&self, kind: Option<BackendKind>) -> Result<u64> {
         let kind = kind.unwrap_or(self.settings.default_backend);
-        let taken: BTreeSet<String> = self.state.read(|t| {
+        self.backend(kind)?.available(&self.taken(kind))
+    }
+
+    /// Locations of the recorded volumes of backend `kind`.
+    fn taken(&self, kind: BackendKind) -> BTreeSet<String> {
+        self.state.read(|t| {
             t.volumes
                 .values()
                 .filter(|v| v.backend == kind)
                 .map(|v| v.location.clone())
                 .collect()
-        });
-        self.backend(kind)?.available(&taken)
+        })
+    }
+
+    /// Makes the storage of new volume `local` and writes its record (made
+    /// by `record` from the local name, location and capacity), under one
+    /// lock: a location is taken from the moment it is chosen.
+    pub(crate) fn place_volume(
+        &self,
+        kind: BackendKind,
+        local: String,
+        size: u64,
+        record: impl FnOnce(String, String, u64) -> VolumeRecord,
+    ) -> Result<VolumeRecord> {
+        let backend = self.backend(kind)?;
+        let _placing = self.placement.lock().unwrap_or_else(|p| p.into_inner());
+        let made = backend.create(&local, size, &self.taken(kind))?;
+        let vol = record(local, made.location, made.capacity);
+        if let Err(e) = self.state.put(&vol) {
+            if let Err(cleanup) = backend.delete(&vol) {
+                tracing::error!(volume = %vol.local, error = %cleanup, "storage of an unrecorded volume not removed");
+            }
+            return Err(e);
+        }
+        Ok(vol)
     }
 
     pub(crate) fn kernel(&self) -> &dyn Kernel {

@@ -1,7 +1,6 @@
 //! Volume operations: create (empty, from a snapshot, from a volume),
 //! delete, expand.
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -88,33 +87,24 @@ impl Plugin {
         }
         let _source_guard = self.locks.try_lock(keys)?;
 
-        let backend = self.backend(backend_kind)?;
-        let local = self.new_local_name();
-        let taken: BTreeSet<String> = self.state.read(|t| {
-            t.volumes
-                .values()
-                .filter(|v| v.backend == backend_kind)
-                .map(|v| v.location.clone())
-                .collect()
-        });
         let size = req.required.max(source_size).max(1);
-        let made = backend.create(&local, size, &taken)?;
-        let mut vol = VolumeRecord {
-            local,
-            name: req.name.clone(),
-            backend: backend_kind,
-            location: made.location,
-            capacity: made.capacity,
-            source: req.source.clone(),
-            created_unix: now().0,
-            full_history: None,
-            creating: true,
-        };
-        let result = self
-            .state
-            .put(&vol)
-            .and_then(|()| self.finish_volume(&mut vol, req, source_snapshot, source_volume));
-        if let Err(e) = result {
+        let mut vol = self.place_volume(
+            backend_kind,
+            self.new_local_name(),
+            size,
+            |local, location, capacity| VolumeRecord {
+                local,
+                name: req.name.clone(),
+                backend: backend_kind,
+                location,
+                capacity,
+                source: req.source.clone(),
+                created_unix: now().0,
+                full_history: None,
+                creating: true,
+            },
+        )?;
+        if let Err(e) = self.finish_volume(&mut vol, req, source_snapshot, source_volume) {
             if let Err(cleanup) = self.undo_volume(&vol) {
                 tracing::error!(volume = %vol.local, error = %cleanup, "half-made volume not removed");
             }
@@ -290,14 +280,11 @@ impl Plugin {
         self.release_lost(&vol.local)?;
         // Grow first: a backend that cannot grow leaves tracking alone.
         let capacity = self.backend(vol.backend)?.expand(&vol, required)?;
-        let path = self.device_of(&vol)?;
-        let dev = open_device(&path)?;
+        let dev = open_device(&self.device_of(&vol)?)?;
         match self.kernel().detach(&dev) {
             Ok(()) | Err(blksnap::Error::NotAttached { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        // A fresh descriptor sees the new size.
-        let dev = open_device(&path)?;
         self.kernel().attach(&dev)?;
         if limit > 0 && capacity > limit {
             tracing::warn!(volume = %vol.local, capacity, limit, "volume grew past limit_bytes by rounding");

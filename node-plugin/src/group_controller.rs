@@ -195,6 +195,23 @@ mod tests {
             }))
             .await;
         assert_eq!(bad.err().map(|s| s.code()), Some(Code::InvalidArgument));
+        // The same group named as another node's: misrouted, refused, kept.
+        let mut foreign: crate::ids::GroupSnapshotId =
+            g.group_snapshot_id.parse().expect("group id");
+        foreign.node = "node-b".into();
+        let misrouted = env
+            .groups
+            .delete_volume_group_snapshot(Request::new(csi::DeleteVolumeGroupSnapshotRequest {
+                group_snapshot_id: foreign.to_string(),
+                snapshot_ids: ids.clone(),
+                ..Default::default()
+            }))
+            .await;
+        assert_eq!(
+            misrouted.err().map(|s| s.code()),
+            Some(Code::InvalidArgument)
+        );
+        assert!(!env.kernel.held().is_empty(), "the group is kept");
         env.groups
             .delete_volume_group_snapshot(Request::new(csi::DeleteVolumeGroupSnapshotRequest {
                 group_snapshot_id: g.group_snapshot_id.clone(),

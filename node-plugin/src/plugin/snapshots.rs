@@ -577,6 +577,7 @@ impl Plugin {
         let Ok(id) = text.parse::<GroupSnapshotId>() else {
             return Ok(());
         };
+        self.check_own_node("group_snapshot_id", "group snapshot", &id.node)?;
         let Some(g) = self.group_record(&id) else {
             return Ok(());
         };

@@ -45,7 +45,7 @@ use blksnap_node_plugin::kernel::Kernel;
 use blksnap_node_plugin::metrics::Metrics;
 use blksnap_node_plugin::plugin::{CreateVolume, Plugin, Settings};
 use blksnap_node_plugin::server::{self, NodeApi, RpcLogLayer};
-use blksnap_node_plugin::snapshot_metadata::{SnapshotMetadataService, DEFAULT_BATCH, MAX_BATCH};
+use blksnap_node_plugin::snapshot_metadata::{self, SnapshotMetadataService, DEFAULT_BATCH};
 use blksnap_node_plugin::state::{BackendKind, FsStore, State, VolumeRecord};
 use blksnap_node_plugin::{ranges, storage};
 use clap::Parser;
@@ -133,7 +133,7 @@ fn open_rw(path: &Path) -> Fallible<File> {
 #[derive(Serialize, Default)]
 struct LatencyCase {
     key: &'static str,
-    label: &'static str,
+    label: String,
     volumes: usize,
     capacity: u64,
     /// CreateSnapshot (or CreateVolumeGroupSnapshot) over the node API.
@@ -299,12 +299,7 @@ impl SnapshotMetadata for FixedBaseline {
         request: Request<csi::GetMetadataDeltaRequest>,
     ) -> Result<Response<Self::GetMetadataDeltaStream>, Status> {
         let r = request.into_inner();
-        let batch = match r.max_results {
-            0 => DEFAULT_BATCH,
-            n => usize::try_from(n)
-                .map_err(|_| Status::invalid_argument("max_results must not be negative"))?
-                .min(MAX_BATCH),
-        };
+        let batch = snapshot_metadata::batch(r.max_results).map_err(Status::from)?;
         let plugin = Arc::clone(&self.plugin);
         let page = server::blocking(move || {
             plugin.metadata_delta(
@@ -620,7 +615,7 @@ struct Case {
 impl Case {
     fn new(
         key: &'static str,
-        label: &'static str,
+        label: String,
         plugin: &Plugin,
         vols: &[VolumeRecord],
     ) -> Fallible<Case> {
@@ -635,7 +630,11 @@ impl Case {
                 .map(|v| plugin.volume_id(v).to_string())
                 .collect(),
             devices,
-            limit: storage::limit(&HashMap::new(), capacity, 50)?,
+            limit: storage::limit(
+                &HashMap::new(),
+                capacity,
+                plugin.settings.default_storage_percent,
+            )?,
             result: LatencyCase {
                 key,
                 label,
@@ -1259,15 +1258,23 @@ fn bench(args: &Args, out: &mut Results) -> Fallible<()> {
     }
 
     let mut cases = vec![
-        Case::new("pool", "pool volume (loop)", &plugin, &[pool])?,
-        Case::new("disk", "static device (virtio disk)", &plugin, &[disk])?,
+        Case::new("pool", "pool volume (loop)".into(), &plugin, &[pool])?,
+        Case::new(
+            "disk",
+            "static device (virtio disk)".into(),
+            &plugin,
+            &[disk],
+        )?,
         Case::new(
             "tib",
-            "static device (null_blk, 1% changed)",
+            format!(
+                "static device (null_blk, {}% changed)",
+                args.changed_percent
+            ),
             &plugin,
             &[tib],
         )?,
-        Case::new("group", "group of 3 pool volumes", &plugin, &members)?,
+        Case::new("group", "group of 3 pool volumes".into(), &plugin, &members)?,
     ];
     let timed = latency(
         t0,

@@ -42,7 +42,8 @@ impl SnapshotMetadataService {
     }
 }
 
-fn batch(max_results: i32) -> Result<usize, Error> {
+/// Tuples per message for a request's `max_results`.
+pub fn batch(max_results: i32) -> Result<usize, Error> {
     match max_results {
         0 => Ok(DEFAULT_BATCH),
         n if n > 0 => Ok((n as usize).min(MAX_BATCH)),
@@ -50,28 +51,39 @@ fn batch(max_results: i32) -> Result<usize, Error> {
     }
 }
 
-/// Splits a page into the messages of a stream.
-pub fn messages(page: &MetadataPage, batch: usize) -> Vec<(i64, Vec<csi::BlockMetadata>)> {
+/// Splits a page into the messages of a stream, each built only when the
+/// stream gets to it. An empty page is still one message: it tells the
+/// capacity.
+pub fn messages(
+    page: MetadataPage,
+    batch: usize,
+) -> impl Iterator<Item = (i64, Vec<csi::BlockMetadata>)> + Send + 'static {
     let capacity = i64::try_from(page.capacity).unwrap_or(i64::MAX);
-    let tuples: Vec<csi::BlockMetadata> = page
-        .ranges
-        .iter()
-        .map(|r| csi::BlockMetadata {
-            byte_offset: r.start as i64,
-            size_bytes: (r.end - r.start) as i64,
-        })
-        .collect();
-    if tuples.is_empty() {
-        return vec![(capacity, Vec::new())];
-    }
-    tuples
-        .chunks(batch.max(1))
-        .map(|c| (capacity, c.to_vec()))
-        .collect()
+    let batch = batch.max(1);
+    let ranges = page.ranges;
+    let count = ranges.len().div_ceil(batch).max(1);
+    (0..count).map(move |i| {
+        let part = &ranges[(i * batch).min(ranges.len())..((i + 1) * batch).min(ranges.len())];
+        let tuples = part
+            .iter()
+            .map(|r| csi::BlockMetadata {
+                byte_offset: r.start as i64,
+                size_bytes: (r.end - r.start) as i64,
+            })
+            .collect();
+        (capacity, tuples)
+    })
 }
 
-fn stream_of<T: Send + 'static>(items: Vec<T>) -> Stream_<T> {
-    Box::pin(tokio_stream::iter(items.into_iter().map(Ok)))
+/// The stream of a page's messages, as responses made by `response`.
+fn stream_of<T: Send + 'static>(
+    page: MetadataPage,
+    batch: usize,
+    response: impl Fn(i64, Vec<csi::BlockMetadata>) -> T + Send + 'static,
+) -> Stream_<T> {
+    Box::pin(tokio_stream::iter(
+        messages(page, batch).map(move |(capacity, tuples)| Ok(response(capacity, tuples))),
+    ))
 }
 
 #[tonic::async_trait]
@@ -88,15 +100,13 @@ impl SnapshotMetadata for SnapshotMetadataService {
         let plugin = Arc::clone(&self.plugin);
         let page =
             blocking(move || plugin.metadata_allocated(&r.snapshot_id, r.starting_offset)).await?;
-        let items = messages(&page, batch)
-            .into_iter()
-            .map(|(cap, tuples)| csi::GetMetadataAllocatedResponse {
+        Ok(Response::new(stream_of(page, batch, |cap, tuples| {
+            csi::GetMetadataAllocatedResponse {
                 block_metadata_type: csi::BlockMetadataType::VariableLength as i32,
                 volume_capacity_bytes: cap,
                 block_metadata: tuples,
-            })
-            .collect();
-        Ok(Response::new(stream_of(items)))
+            }
+        })))
     }
 
     async fn get_metadata_delta(
@@ -114,15 +124,13 @@ impl SnapshotMetadata for SnapshotMetadataService {
             )
         })
         .await?;
-        let items = messages(&page, batch)
-            .into_iter()
-            .map(|(cap, tuples)| csi::GetMetadataDeltaResponse {
+        Ok(Response::new(stream_of(page, batch, |cap, tuples| {
+            csi::GetMetadataDeltaResponse {
                 block_metadata_type: csi::BlockMetadataType::VariableLength as i32,
                 volume_capacity_bytes: cap,
                 block_metadata: tuples,
-            })
-            .collect();
-        Ok(Response::new(stream_of(items)))
+            }
+        })))
     }
 }
 
@@ -425,7 +433,7 @@ mod tests {
             capacity: 1 << 20,
             ranges: vec![0..10, 20..30, 40..50],
         };
-        let m = messages(&page, 2);
+        let m: Vec<_> = messages(page, 2).collect();
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].1.len(), 2);
         assert_eq!(m[1].1[0].byte_offset, 40);
@@ -434,7 +442,7 @@ mod tests {
             capacity: 7,
             ranges: vec![],
         };
-        assert_eq!(messages(&empty, 5), vec![(7, vec![])]);
+        assert_eq!(messages(empty, 5).collect::<Vec<_>>(), vec![(7, vec![])]);
         assert!(batch(-1).is_err());
         assert_eq!(batch(0).expect("default"), DEFAULT_BATCH);
         assert_eq!(batch(i32::MAX).expect("capped"), MAX_BATCH);
@@ -453,7 +461,8 @@ mod tests {
         };
         let batch = batch(i32::MAX).expect("batch");
         let mut tuples = 0;
-        for (capacity, block_metadata) in messages(&page, batch) {
+        let ranges = page.ranges.len();
+        for (capacity, block_metadata) in messages(page, batch) {
             tuples += block_metadata.len();
             let m = csi::GetMetadataDeltaResponse {
                 block_metadata_type: csi::BlockMetadataType::VariableLength as i32,
@@ -463,6 +472,6 @@ mod tests {
             // gRPC's customary receive limit (Go's and tonic's default).
             assert!(m.encoded_len() < 4 << 20, "{} bytes", m.encoded_len());
         }
-        assert_eq!(tuples, page.ranges.len());
+        assert_eq!(tuples, ranges);
     }
 }

@@ -1585,17 +1585,35 @@ pub(crate) mod tests {
             .expect("capacity")
             .into_inner();
         assert_eq!(elsewhere.available_capacity, 0);
-        assert_eq!(
-            code(
-                env.controller
-                    .get_capacity(Request::new(csi::GetCapacityRequest {
-                        parameters: HashMap::from([(PARAM_BACKEND.into(), "device".into())]),
-                        ..Default::default()
-                    }))
-                    .await
-            ),
-            Code::InvalidArgument
-        );
+        // A backend this node lacks has no room here; that is not an error.
+        let lacking = env
+            .controller
+            .get_capacity(Request::new(csi::GetCapacityRequest {
+                parameters: HashMap::from([(PARAM_BACKEND.into(), "device".into())]),
+                accessible_topology: Some(topology(NODE)),
+                ..Default::default()
+            }))
+            .await
+            .expect("capacity of a backend not configured")
+            .into_inner();
+        assert_eq!(lacking.available_capacity, 0);
+        assert_eq!(lacking.maximum_volume_size, Some(0));
+        for parameters in [
+            HashMap::from([(PARAM_BACKEND.into(), "tape".into())]),
+            HashMap::from([("colour".into(), "blue".into())]),
+        ] {
+            assert_eq!(
+                code(
+                    env.controller
+                        .get_capacity(Request::new(csi::GetCapacityRequest {
+                            parameters,
+                            ..Default::default()
+                        }))
+                        .await
+                ),
+                Code::InvalidArgument
+            );
+        }
         assert_eq!(
             code(
                 env.controller

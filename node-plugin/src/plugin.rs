@@ -137,10 +137,15 @@ impl Plugin {
     }
 
     /// Bytes a new volume of `kind` (the default backend if `None`) may
-    /// still get on this node.
+    /// still get on this node: none if the node does not have that backend,
+    /// which is an answer rather than an error because capacity tracking
+    /// asks every node about every StorageClass.
     pub fn available(&self, kind: Option<BackendKind>) -> Result<u64> {
         let kind = kind.unwrap_or(self.settings.default_backend);
-        self.backend(kind)?.available(&self.taken(kind))
+        match self.backends.get(&kind) {
+            Some(backend) => backend.available(&self.taken(kind)),
+            None => Ok(0),
+        }
     }
 
     /// Locations of the recorded volumes of backend `kind`.

@@ -35,18 +35,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blksnap::Control;
-use blksnap_node_plugin::backend::file_pool::FilePool;
-use blksnap_node_plugin::backend::raw_device::RawDevices;
-use blksnap_node_plugin::backend::{loop_device, Backend};
+use blksnap_node_plugin::backend;
 use blksnap_node_plugin::controller::ControllerService;
 use blksnap_node_plugin::group_controller::GroupControllerService;
 use blksnap_node_plugin::identity::IdentityService;
 use blksnap_node_plugin::kernel::Kernel;
-use blksnap_node_plugin::metrics::Metrics;
 use blksnap_node_plugin::plugin::{CreateVolume, Plugin, Settings};
 use blksnap_node_plugin::server::{self, NodeApi, RpcLogLayer};
 use blksnap_node_plugin::snapshot_metadata::{self, SnapshotMetadataService, DEFAULT_BATCH};
-use blksnap_node_plugin::state::{BackendKind, FsStore, State, VolumeRecord};
+use blksnap_node_plugin::state::{BackendKind, VolumeRecord};
 use blksnap_node_plugin::{ranges, storage};
 use clap::Parser;
 use csi::controller_client::ControllerClient;
@@ -60,6 +57,9 @@ use tokio::runtime::Runtime;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 use tonic::{Request, Response, Status};
+
+#[path = "../tests/guest/mod.rs"]
+mod guest;
 
 type Fallible<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -458,13 +458,14 @@ impl Guest {
     }
 
     fn plugin(&self) -> Fallible<Arc<Plugin>> {
-        let state = State::load(Box::new(FsStore::open(self.root.join("disk/state"))?))?;
-        let pool: Arc<dyn Backend> = Arc::new(FilePool::new(self.root.join("pool/volumes"))?);
-        let raw: Arc<dyn Backend> = Arc::new(RawDevices::new(&[
-            format!("disk-b={}", self.data_b.display()),
-            format!("tib={}", self.nullb().display()),
-        ])?);
-        let plugin = Arc::new(Plugin::new(
+        let backends = backend::configured(
+            Some(&self.root.join("pool/volumes")),
+            &[
+                format!("disk-b={}", self.data_b.display()),
+                format!("tib={}", self.nullb().display()),
+            ],
+        )?;
+        Ok(Plugin::start(
             Settings {
                 node_id: NODE.into(),
                 storage_dir: self.storage_dir(),
@@ -473,12 +474,9 @@ impl Guest {
                 collect_orphans: true,
             },
             Arc::clone(&self.control) as Arc<dyn Kernel>,
-            vec![pool, raw],
-            state,
-            Arc::new(Metrics::new()),
-        )?);
-        plugin.recover()?;
-        Ok(plugin)
+            backends,
+            &self.root.join("disk/state"),
+        )?)
     }
 }
 
@@ -487,52 +485,10 @@ fn path_str(p: &Path) -> Fallible<&str> {
         .ok_or_else(|| format!("{} is not UTF-8", p.display()).into())
 }
 
-fn unmount_under(root: &Path) {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = blksnap_node_plugin::mount::parse_mountinfo(&text)
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(root))
-        .collect();
-    points.sort();
-    for p in points.iter().rev() {
-        let _ = Command::new("umount").arg(p).status();
-    }
-}
-
 impl Drop for Guest {
     fn drop(&mut self) {
-        let control = &self.control;
-        for id in control.snapshot_collect().unwrap_or_default() {
-            let _ = control.snapshot_destroy(id);
-        }
-        let pool = self.root.join("pool");
-        for entry in std::fs::read_dir("/sys/block")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file"))
-            else {
-                continue;
-            };
-            if Path::new(backing.trim()).starts_with(&pool) {
-                let dev = PathBuf::from("/dev").join(entry.file_name());
-                if let Ok(f) = open_rw(&dev) {
-                    let _ = control.detach(&f);
-                }
-                let _ = loop_device::detach(&dev);
-            }
-        }
-        for dev in [self.data_b.as_path(), self.nullb()] {
-            if let Ok(f) = open_rw(dev) {
-                let _ = control.detach(&f);
-            }
-        }
+        guest::cleanup(&self.control, &self.root, &[&self.data_b, self.nullb()]);
         self.nullb = None;
-        unmount_under(&self.root);
     }
 }
 

@@ -5,9 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use blksnap_node_plugin::backend::file_pool::FilePool;
-use blksnap_node_plugin::backend::raw_device::RawDevices;
-use blksnap_node_plugin::backend::Backend;
+use blksnap_node_plugin::backend;
 use blksnap_node_plugin::config::{Config, LogFormat};
 use blksnap_node_plugin::controller::ControllerService;
 use blksnap_node_plugin::group_controller::GroupControllerService;
@@ -18,7 +16,6 @@ use blksnap_node_plugin::node::NodeService;
 use blksnap_node_plugin::plugin::{Plugin, Settings};
 use blksnap_node_plugin::server::{self, NodeApi};
 use blksnap_node_plugin::snapshot_metadata::SnapshotMetadataService;
-use blksnap_node_plugin::state::{FsStore, State};
 use blksnap_node_plugin::{Error, Result};
 use clap::Parser;
 use tokio::sync::watch;
@@ -52,19 +49,11 @@ fn run(config: Config) -> Result<()> {
         ko: config.module_path.clone(),
         params: config.module_params.clone(),
     })?;
-    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
-    if let Some(dir) = &config.pool_dir {
-        backends.push(Arc::new(FilePool::new(dir)?));
-    }
-    if !config.static_devices.is_empty() {
-        backends.push(Arc::new(RawDevices::new(&config.static_devices)?));
-    }
+    let backends = backend::configured(config.pool_dir.as_deref(), &config.static_devices)?;
     std::fs::create_dir_all(&config.storage_dir)
         .map_err(|e| Error::io("create", &config.storage_dir, e))?;
     let tls = server::tls_config(&config.tls_cert, &config.tls_key, &config.tls_client_ca)?;
-    let state = State::load(Box::new(FsStore::open(&config.state_dir)?))?;
-    let metrics = Arc::new(Metrics::new());
-    let plugin = Arc::new(Plugin::new(
+    let plugin = Plugin::start(
         Settings {
             node_id: config.node_id.clone(),
             storage_dir: config.storage_dir.clone(),
@@ -74,10 +63,9 @@ fn run(config: Config) -> Result<()> {
         },
         Arc::new(control),
         backends,
-        state,
-        Arc::clone(&metrics),
-    )?);
-    plugin.recover()?;
+        &config.state_dir,
+    )?;
+    let metrics = Arc::clone(&plugin.metrics);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

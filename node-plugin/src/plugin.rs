@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +24,7 @@ use crate::ids::VolumeId;
 use crate::kernel::Kernel;
 use crate::metrics::{Metrics, SnapshotLabels};
 use crate::state::{
-    BackendKind, GroupRecord, Lost, LostReason, SnapshotRecord, State, VolumeRecord,
+    BackendKind, FsStore, GroupRecord, Lost, LostReason, SnapshotRecord, State, VolumeRecord,
 };
 use crate::{Error, Result};
 
@@ -98,14 +98,25 @@ pub(crate) fn open_device(path: &std::path::Path) -> Result<File> {
 }
 
 impl Plugin {
-    /// A plugin over `kernel`, `backends` and the records in `state`.
-    /// Call [`Plugin::recover`] before serving.
-    pub fn new(
+    /// A plugin ready to serve: the records in `state_dir` loaded, and
+    /// brought in line with `kernel` and `backends` (see `recover`).
+    pub fn start(
+        settings: Settings,
+        kernel: Arc<dyn Kernel>,
+        backends: Vec<Arc<dyn Backend>>,
+        state_dir: &Path,
+    ) -> Result<Arc<Self>> {
+        let state = State::load(Box::new(FsStore::open(state_dir)?))?;
+        let plugin = Arc::new(Plugin::new(settings, kernel, backends, state)?);
+        plugin.recover()?;
+        Ok(plugin)
+    }
+
+    fn new(
         settings: Settings,
         kernel: Arc<dyn Kernel>,
         backends: Vec<Arc<dyn Backend>>,
         state: State,
-        metrics: Arc<Metrics>,
     ) -> Result<Self> {
         crate::ids::check_node(&settings.node_id)?;
         let backends: BTreeMap<_, _> = backends.into_iter().map(|b| (b.kind(), b)).collect();
@@ -120,7 +131,7 @@ impl Plugin {
             backends,
             state,
             locks: Locks::new(),
-            metrics,
+            metrics: Arc::new(Metrics::new()),
             storages: Mutex::new(HashMap::new()),
             placement: Mutex::new(()),
         })
@@ -239,7 +250,7 @@ impl Plugin {
     /// other volume again, marks the snapshots the kernel no
     /// longer holds (or reports corrupted) as lost, destroys orphaned
     /// kernel snapshots if so configured, and starts the event watchers.
-    pub fn recover(self: &Arc<Self>) -> Result<()> {
+    fn recover(self: &Arc<Self>) -> Result<()> {
         let volumes: Vec<VolumeRecord> = self.state.read(|t| t.volumes.values().cloned().collect());
         let (unfinished, volumes): (Vec<_>, Vec<_>) = volumes.into_iter().partition(|v| v.creating);
         for vol in unfinished {

@@ -27,11 +27,10 @@ use crate::backend::{file_pool, Backend, Provisioned};
 use crate::controller::ControllerService;
 use crate::group_controller::GroupControllerService;
 use crate::kernel::Kernel;
-use crate::metrics::Metrics;
 use crate::node::NodeService;
 use crate::plugin::{Plugin, Settings};
 use crate::snapshot_metadata::SnapshotMetadataService;
-use crate::state::{BackendKind, FsStore, State, VolumeRecord};
+use crate::state::{BackendKind, VolumeRecord};
 use crate::{Error, Result};
 
 /// Tracking block size of the fake.
@@ -378,30 +377,22 @@ impl Env {
         for d in ["state", "pool", "diff"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
         }
-        let state = State::load(Box::new(
-            FsStore::open(dir.path().join("state")).expect("store"),
-        ))
-        .expect("state");
         let backend: Arc<dyn Backend> = Arc::new(FileBackend {
             dir: dir.path().join("pool"),
         });
-        let plugin = Arc::new(
-            Plugin::new(
-                Settings {
-                    node_id: NODE.into(),
-                    storage_dir: dir.path().join("diff"),
-                    default_storage_percent: 50,
-                    default_backend: BackendKind::Pool,
-                    collect_orphans: true,
-                },
-                Arc::clone(&kernel) as Arc<dyn Kernel>,
-                vec![backend],
-                state,
-                Arc::new(Metrics::new()),
-            )
-            .expect("plugin"),
-        );
-        plugin.recover().expect("recover");
+        let plugin = Plugin::start(
+            Settings {
+                node_id: NODE.into(),
+                storage_dir: dir.path().join("diff"),
+                default_storage_percent: 50,
+                default_backend: BackendKind::Pool,
+                collect_orphans: true,
+            },
+            Arc::clone(&kernel) as Arc<dyn Kernel>,
+            vec![backend],
+            &dir.path().join("state"),
+        )
+        .expect("plugin");
         Env {
             controller: ControllerService::new(Arc::clone(&plugin)),
             groups: GroupControllerService::new(Arc::clone(&plugin)),

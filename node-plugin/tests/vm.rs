@@ -20,14 +20,15 @@ use std::process::Command;
 use std::sync::Arc;
 
 use blksnap::Control;
-use blksnap_node_plugin::backend::file_pool::FilePool;
-use blksnap_node_plugin::backend::raw_device::RawDevices;
-use blksnap_node_plugin::backend::{loop_device, Backend};
+use blksnap_node_plugin::backend::{self, loop_device};
 use blksnap_node_plugin::kernel::Kernel;
-use blksnap_node_plugin::metrics::Metrics;
 use blksnap_node_plugin::plugin::{CreateVolume, Plugin, Settings};
-use blksnap_node_plugin::state::{BackendKind, FsStore, LostReason, Source, State, VolumeRecord};
+use blksnap_node_plugin::state::{BackendKind, LostReason, Source, VolumeRecord};
 use blksnap_node_plugin::{ranges, Error};
+
+mod guest;
+
+use guest::cleanup;
 
 const MIB: u64 = 1 << 20;
 const NODE: &str = "vm-node";
@@ -65,46 +66,6 @@ struct World {
     storage: PathBuf,
 }
 
-fn unmount_all_under(root: &Path) {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let mut points: Vec<PathBuf> = blksnap_node_plugin::mount::parse_mountinfo(&text)
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(root))
-        .collect();
-    points.sort();
-    for p in points.iter().rev() {
-        let _ = Command::new("umount").arg(p).status();
-    }
-}
-
-/// Leaves the module and disks as a test found them: no snapshots, no
-/// tracking, no loop devices on the pool, nothing mounted.
-fn cleanup(control: &Control, root: &Path, data_b: &Path) {
-    for id in control.snapshot_collect().expect("collect") {
-        let _ = control.snapshot_destroy(id);
-    }
-    unmount_all_under(root);
-    let pool = root.join("pool");
-    for entry in std::fs::read_dir("/sys/block").expect("sysfs").flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else {
-            continue;
-        };
-        if Path::new(backing.trim()).starts_with(&pool) {
-            let dev = PathBuf::from("/dev").join(&name);
-            if let Ok(f) = OpenOptions::new().read(true).write(true).open(&dev) {
-                let _ = control.detach(&f);
-            }
-            let _ = loop_device::detach(&dev);
-        }
-    }
-    if let Ok(f) = OpenOptions::new().read(true).write(true).open(data_b) {
-        let _ = control.detach(&f);
-    }
-    unmount_all_under(root);
-}
-
 impl World {
     fn new() -> World {
         assert!(nix::unistd::geteuid().is_root(), "run as root in the VM");
@@ -112,7 +73,7 @@ impl World {
         let d = disks();
         let control = Arc::new(Control::open().expect("blksnap.ko loaded"));
         let root = PathBuf::from("/tmp/blksnap-plugin-vm");
-        cleanup(&control, &root, &d[1]);
+        cleanup(&control, &root, &[&d[1]]);
         let _ = std::fs::remove_dir_all(&root);
         for sub in ["pool", "diff", "state"] {
             std::fs::create_dir_all(root.join(sub)).expect("mkdir");
@@ -145,31 +106,24 @@ impl World {
     /// Starts (or restarts) the plugin on the same state and kernel.
     fn start(&mut self) {
         self.plugin = None;
-        let state = State::load(Box::new(
-            FsStore::open(self.root.join("state")).expect("store"),
-        ))
-        .expect("state");
-        let pool: Arc<dyn Backend> =
-            Arc::new(FilePool::new(self.root.join("pool/volumes")).expect("pool"));
-        let raw: Arc<dyn Backend> =
-            Arc::new(RawDevices::new(&[format!("disk-b={}", self.data_b.display())]).expect("raw"));
-        let plugin = Arc::new(
-            Plugin::new(
-                Settings {
-                    node_id: NODE.into(),
-                    storage_dir: self.storage.clone(),
-                    default_storage_percent: 50,
-                    default_backend: BackendKind::Pool,
-                    collect_orphans: true,
-                },
-                Arc::clone(&self.control) as Arc<dyn Kernel>,
-                vec![pool, raw],
-                state,
-                Arc::new(Metrics::new()),
-            )
-            .expect("plugin"),
-        );
-        plugin.recover().expect("recover");
+        let backends = backend::configured(
+            Some(&self.root.join("pool/volumes")),
+            &[format!("disk-b={}", self.data_b.display())],
+        )
+        .expect("backends");
+        let plugin = Plugin::start(
+            Settings {
+                node_id: NODE.into(),
+                storage_dir: self.storage.clone(),
+                default_storage_percent: 50,
+                default_backend: BackendKind::Pool,
+                collect_orphans: true,
+            },
+            Arc::clone(&self.control) as Arc<dyn Kernel>,
+            backends,
+            &self.root.join("state"),
+        )
+        .expect("plugin");
         self.plugin = Some(plugin);
     }
 
@@ -224,7 +178,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.plugin = None;
-        cleanup(&self.control, &self.root, &self.data_b);
+        cleanup(&self.control, &self.root, &[&self.data_b]);
     }
 }
 
@@ -759,7 +713,7 @@ fn after_a_reboot_loops_are_bound_again_and_old_snapshots_are_lost() {
     // What a reboot leaves: no kernel snapshots, no trackers, no loop
     // devices; the pool files and the plugin's records stay.
     w.plugin = None;
-    cleanup(&w.control, &w.root.join("none"), &w.data_b);
+    cleanup(&w.control, &w.root.join("none"), &[&w.data_b]);
     let file = w.root.join("pool/volumes").join(&vol.location);
     for dev in loop_device::find(&file).expect("sysfs") {
         {

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::state::{BackendKind, VolumeRecord};
 use crate::{Error, Result};
@@ -57,6 +58,22 @@ pub trait Backend: Send + Sync {
 
     /// Bytes a new volume may still get.
     fn available(&self, taken: &BTreeSet<String>) -> Result<u64>;
+}
+
+/// The backends a node is given: the pool in `pool_dir`, if any, and the
+/// static devices (`NAME=PATH`), if any.
+pub fn configured(
+    pool_dir: Option<&Path>,
+    static_devices: &[String],
+) -> Result<Vec<Arc<dyn Backend>>> {
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    if let Some(dir) = pool_dir {
+        backends.push(Arc::new(file_pool::FilePool::new(dir)?));
+    }
+    if !static_devices.is_empty() {
+        backends.push(Arc::new(raw_device::RawDevices::new(static_devices)?));
+    }
+    Ok(backends)
 }
 
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);

@@ -279,8 +279,9 @@ impl Plugin {
             if rec.lost.is_some() {
                 continue;
             }
+            let id = self.snapshot_id(&rec);
             let checked = if held.contains(&rec.kernel) {
-                self.refresh(&rec).map(drop)
+                self.refresh(rec).map(drop)
             } else {
                 self.mark_lost(
                     rec.kernel,
@@ -291,7 +292,7 @@ impl Plugin {
             // One unreadable volume must not keep the node from serving
             // the others; the snapshot is checked again when used.
             if let Err(e) = checked {
-                tracing::error!(snapshot = %self.snapshot_id(&rec), error = %e, "snapshot not checked");
+                tracing::error!(snapshot = %id, error = %e, "snapshot not checked");
             }
         }
         for id in held.difference(&referenced) {
@@ -353,14 +354,15 @@ impl Plugin {
 
     /// Checks a held snapshot with the kernel and records it as lost if
     /// the kernel reports it corrupted or no longer has its image. Returns
-    /// the record as it is now.
-    pub(crate) fn refresh(&self, rec: &SnapshotRecord) -> Result<SnapshotRecord> {
+    /// the record as it is now. Takes the record, as callers have just
+    /// read it, to spare a copy of its change map.
+    pub(crate) fn refresh(&self, rec: SnapshotRecord) -> Result<SnapshotRecord> {
         if rec.lost.is_some() {
-            return Ok(rec.clone());
+            return Ok(rec);
         }
         let vol = self.state.read(|t| t.volumes.get(&rec.volume).cloned());
         let Some(vol) = vol else {
-            return Ok(rec.clone());
+            return Ok(rec);
         };
         let path = self.device_of(&vol)?;
         let dev = open_device(&path)?;
@@ -387,12 +389,13 @@ impl Plugin {
         match lost {
             Some((reason, detail)) => {
                 self.mark_lost(rec.kernel, reason, &detail)?;
+                let key = rec.key();
                 Ok(self
                     .state
-                    .read(|t| t.snapshots.get(&rec.key()).cloned())
-                    .unwrap_or_else(|| rec.clone()))
+                    .read(|t| t.snapshots.get(&key).cloned())
+                    .unwrap_or(rec))
             }
-            None => Ok(rec.clone()),
+            None => Ok(rec),
         }
     }
 

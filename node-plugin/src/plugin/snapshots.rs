@@ -324,7 +324,7 @@ impl Plugin {
                     name: name.to_owned(),
                 });
             }
-            let rec = self.refresh(&rec)?;
+            let rec = self.refresh(rec)?;
             if let Some(lost) = &rec.lost {
                 return Err(Error::Unavailable(format!(
                     "snapshot {name:?} is lost ({}): {}",
@@ -442,8 +442,10 @@ impl Plugin {
         };
         let more = all.len() > max;
         all.truncate(max);
-        let page: Vec<SnapshotRecord> =
-            all.iter().map(|r| self.refresh(r)).collect::<Result<_>>()?;
+        let page: Vec<SnapshotRecord> = all
+            .into_iter()
+            .map(|r| self.refresh(r))
+            .collect::<Result<_>>()?;
         let next = match (more, page.last()) {
             (true, Some(last)) => URL_SAFE_NO_PAD.encode(last.key()),
             _ => String::new(),
@@ -520,7 +522,7 @@ impl Plugin {
                 .cloned()
                 .collect()
         });
-        members.iter().map(|r| self.refresh(r)).collect()
+        members.into_iter().map(|r| self.refresh(r)).collect()
     }
 
     fn check_member_ids(&self, g: &GroupRecord, snapshot_ids: &[String]) -> Result<()> {
@@ -614,7 +616,7 @@ impl Plugin {
         let rec = self
             .snapshot_record(&id)
             .ok_or_else(|| Error::not_found("snapshot", text))?;
-        let rec = self.refresh(&rec)?;
+        let rec = self.refresh(rec)?;
         if let Some(lost) = &rec.lost {
             return Err(Error::Unavailable(format!(
                 "snapshot {text} is lost ({}): {}",

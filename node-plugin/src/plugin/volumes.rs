@@ -327,7 +327,7 @@ impl Plugin {
         let rec = self
             .snapshot_record(&id)
             .ok_or_else(|| Error::not_found("snapshot", text))?;
-        let rec = self.refresh(&rec)?;
+        let rec = self.refresh(rec)?;
         if let Some(lost) = &rec.lost {
             return Err(Error::Unavailable(format!(
                 "snapshot {text} is lost ({}): {}",

@@ -68,10 +68,10 @@ impl Backend for FilePool {
         BackendKind::Pool
     }
 
-    fn create(&self, local: &str, size: u64, _taken: &BTreeSet<String>) -> Result<Provisioned> {
+    fn create(&self, local: &str, size: u64, taken: &BTreeSet<String>) -> Result<Provisioned> {
         let capacity = round_up(size.max(GRANULE), GRANULE)
             .ok_or_else(|| Error::OutOfRange(format!("{size} bytes is too large")))?;
-        let available = self.available(_taken)?;
+        let available = self.available(taken)?;
         if capacity > available {
             return Err(Error::Exhausted(format!(
                 "the pool has {available} bytes free, {capacity} wanted"

@@ -5,7 +5,8 @@
 //! certificate signed by the configured CA, or the TLS handshake fails
 //! before any call is read.
 //!
-//! [`RpcLogLayer`] logs and times every call by method and status code.
+//! [`RpcLogLayer`] logs and times every call by method and status code,
+//! when the call ends: a stream, when its last message is sent.
 //! It sees only the HTTP/2 request head (the method path) and the response
 //! status, never a message body, where the CSI `secrets` maps travel, and
 //! never a metadata value, so it cannot log a secret.
@@ -27,7 +28,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::controller::ControllerService;
 use crate::group_controller::GroupControllerService;
 use crate::identity::IdentityService;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RpcTimer};
 use crate::node::NodeService;
 use crate::snapshot_metadata::SnapshotMetadataService;
 use crate::{Error, Result};
@@ -126,16 +127,107 @@ pub struct RpcLog<S> {
     surface: &'static str,
 }
 
-fn status_of<B>(response: &http::Response<B>) -> tonic::Code {
-    // Errors come as trailers-only responses, with the status in the
-    // headers; a response without one is a success whose status follows
-    // in the trailers.
-    response
-        .headers()
+/// The status code in `grpc-status`, if the headers carry one.
+fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
-        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+        .map(tonic::Code::from_i32)
+}
+
+/// One call in flight, logged and timed once its status is known.
+struct Call {
+    surface: &'static str,
+    method: &'static str,
+    timer: RpcTimer,
+    start: Instant,
+}
+
+impl Call {
+    fn ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+
+    fn end(mut self, code: tonic::Code) {
+        self.timer.code(code);
+        let (surface, method, ms) = (self.surface, self.method, self.ms());
+        let code_name = crate::metrics::code_name(code);
+        match code {
+            tonic::Code::Ok => tracing::debug!(surface, method, ms, "call"),
+            tonic::Code::Internal | tonic::Code::Unknown => {
+                tracing::error!(surface, method, code = code_name, ms, "call")
+            }
+            _ => tracing::info!(surface, method, code = code_name, ms, "call"),
+        }
+    }
+
+    /// Ends a call that failed below gRPC, with no status sent.
+    fn failed(mut self, error: &dyn std::fmt::Display) {
+        self.timer.code(tonic::Code::Internal);
+        let (surface, method, ms) = (self.surface, self.method, self.ms());
+        tracing::warn!(surface, method, error = %error, ms, "call failed in transport");
+    }
+}
+
+/// A response body that ends its [`Call`] when the status comes: in the
+/// trailers after the last message, so that a stream failing after its
+/// first message is logged with its error, not with the OK of its
+/// headers.
+pub struct LoggedBody<B> {
+    inner: B,
+    /// `None` once the call is logged.
+    call: Option<Call>,
+}
+
+impl<B> LoggedBody<B> {
+    fn end(&mut self, code: tonic::Code) {
+        if let Some(call) = self.call.take() {
+            call.end(code);
+        }
+    }
+}
+
+impl<B> http_body::Body for LoggedBody<B>
+where
+    B: http_body::Body<Error = tonic::Status> + Unpin,
+{
+    type Data = B::Data;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_in) {
+                    self.end(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => self.end(status.code()),
+            // gRPC always ends with trailers; a body without them failed.
+            Poll::Ready(None) => self.end(tonic::Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for LoggedBody<B> {
+    fn drop(&mut self) {
+        // The client went away before the status was sent.
+        self.end(tonic::Code::Cancelled);
+    }
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for RpcLog<S>
@@ -144,9 +236,9 @@ where
     S::Future: Send + 'static,
     S::Error: std::fmt::Display,
 {
-    type Response = S::Response;
+    type Response = http::Response<LoggedBody<RB>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -154,30 +246,32 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method_label(request.uri().path());
-        let surface = self.surface;
-        let mut timer = self.metrics.time(method);
-        let start = Instant::now();
+        let call = Call {
+            surface: self.surface,
+            method,
+            timer: self.metrics.time(method),
+            start: Instant::now(),
+        };
         let future = self.inner.call(request);
         Box::pin(async move {
-            let result = future.await;
-            let code = match &result {
-                Ok(response) => status_of(response),
-                Err(_) => tonic::Code::Internal,
-            };
-            timer.code(code);
-            let ms = start.elapsed().as_secs_f64() * 1000.0;
-            let code_name = crate::metrics::code_name(code);
-            match (&result, code) {
-                (Err(e), _) => {
-                    tracing::warn!(surface, method, error = %e, ms, "call failed in transport")
+            match future.await {
+                Err(e) => {
+                    call.failed(&e);
+                    Err(e)
                 }
-                (Ok(_), tonic::Code::Ok) => tracing::debug!(surface, method, ms, "call"),
-                (Ok(_), tonic::Code::Internal | tonic::Code::Unknown) => {
-                    tracing::error!(surface, method, code = code_name, ms, "call")
+                Ok(response) => {
+                    // An error before any message comes as a trailers-only
+                    // response, with the status in the headers.
+                    let call = match status_in(response.headers()) {
+                        Some(code) => {
+                            call.end(code);
+                            None
+                        }
+                        None => Some(call),
+                    };
+                    Ok(response.map(|inner| LoggedBody { inner, call }))
                 }
-                (Ok(_), _) => tracing::info!(surface, method, code = code_name, ms, "call"),
             }
-            result
         })
     }
 }
@@ -278,13 +372,127 @@ mod tests {
     }
 
     #[test]
-    fn status_is_read_from_trailers_only_responses() {
-        let ok = http::Response::new(());
-        assert_eq!(status_of(&ok), tonic::Code::Ok);
-        let mut err = http::Response::new(());
-        err.headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("10"));
-        assert_eq!(status_of(&err), tonic::Code::Aborted);
+    fn status_is_read_from_grpc_status() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(status_in(&headers), None);
+        headers.insert("grpc-status", http::HeaderValue::from_static("10"));
+        assert_eq!(status_in(&headers), Some(tonic::Code::Aborted));
+    }
+
+    type Messages<T> =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
+
+    /// SnapshotMetadata whose Allocated fails at once and whose Delta
+    /// fails after its first message.
+    struct FailingMidStream;
+
+    #[tonic::async_trait]
+    impl csi::snapshot_metadata_server::SnapshotMetadata for FailingMidStream {
+        type GetMetadataAllocatedStream = Messages<csi::GetMetadataAllocatedResponse>;
+        type GetMetadataDeltaStream = Messages<csi::GetMetadataDeltaResponse>;
+
+        async fn get_metadata_allocated(
+            &self,
+            _request: tonic::Request<csi::GetMetadataAllocatedRequest>,
+        ) -> Result<tonic::Response<Self::GetMetadataAllocatedStream>, tonic::Status> {
+            Err(tonic::Status::not_found("no such snapshot"))
+        }
+
+        async fn get_metadata_delta(
+            &self,
+            _request: tonic::Request<csi::GetMetadataDeltaRequest>,
+        ) -> Result<tonic::Response<Self::GetMetadataDeltaStream>, tonic::Status> {
+            Ok(tonic::Response::new(Box::pin(tokio_stream::iter([
+                Ok(csi::GetMetadataDeltaResponse::default()),
+                Err(tonic::Status::internal("change map unreadable")),
+            ]))))
+        }
+    }
+
+    /// Log lines, captured.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_failing_after_its_first_message_is_logged_with_its_code() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let _logging = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            Server::builder()
+                .layer(RpcLogLayer::new(Arc::clone(&metrics), "test"))
+                .add_service(csi::snapshot_metadata_server::SnapshotMetadataServer::new(
+                    FailingMidStream,
+                ))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = csi::snapshot_metadata_client::SnapshotMetadataClient::new(channel);
+
+        let mut delta = client
+            .get_metadata_delta(csi::GetMetadataDeltaRequest::default())
+            .await
+            .expect("the stream starts")
+            .into_inner();
+        assert!(delta.message().await.expect("first message").is_some());
+        let failed = delta.message().await.expect_err("then the error");
+        assert_eq!(failed.code(), tonic::Code::Internal);
+        let refused = client
+            .get_metadata_allocated(csi::GetMetadataAllocatedRequest::default())
+            .await
+            .expect_err("refused at once");
+        assert_eq!(refused.code(), tonic::Code::NotFound);
+
+        let text = metrics.encode();
+        for (method, code) in [
+            ("GetMetadataDelta", "Internal"),
+            ("GetMetadataAllocated", "NotFound"),
+        ] {
+            let sample = format!(
+                r#"blksnap_csi_rpc_duration_seconds_count{{method="{method}",code="{code}"}} 1"#
+            );
+            assert!(text.contains(&sample), "no {sample} in {text}");
+        }
+        assert!(!text.contains(r#"code="OK""#), "{text}");
+        let lines = String::from_utf8(log.0.lock().expect("log buffer").clone()).expect("utf-8");
+        let delta_lines: Vec<&str> = lines
+            .lines()
+            .filter(|l| l.contains(r#"method="GetMetadataDelta""#))
+            .collect();
+        assert_eq!(delta_lines.len(), 1, "{lines}");
+        assert!(
+            delta_lines[0].contains("ERROR") && delta_lines[0].contains(r#"code="Internal""#),
+            "{lines}"
+        );
+        let _ = stop.send(());
+        server.await.expect("join").expect("served");
     }
 
     /// Certificates for the mutual TLS tests, made with rcgen.

@@ -86,6 +86,16 @@ static __always_inline void blksnap_ftrace_set_ip(struct ftrace_regs *fregs,
 	instruction_pointer_set(ftrace_get_regs(fregs), ip);
 #endif
 }
+
+/* The traced call's first argument, where the saved registers tell it. */
+#if defined(BLKSNAP_HAVE_FTRACE_REGS_GET_ARGUMENT)
+#define BLKSNAP_HAVE_FTRACE_ARG0 1
+#define blksnap_ftrace_arg0(fregs) ftrace_regs_get_argument(fregs, 0)
+#elif defined(CONFIG_X86_64) && defined(CONFIG_DYNAMIC_FTRACE_WITH_ARGS)
+/* Before 6.5 x86 kept the argument registers in a pt_regs it shared. */
+#define BLKSNAP_HAVE_FTRACE_ARG0 1
+#define blksnap_ftrace_arg0(fregs) regs_get_kernel_argument(&(fregs)->regs, 0)
+#endif
 #endif
 
 #endif /* __BLKSNAP_COMPAT_H */

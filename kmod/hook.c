@@ -16,18 +16,11 @@
 #include "tracker.h"
 
 /*
- * Every task running a diverted call holds this, even while it sleeps in
- * the original function: module exit waits for them to leave its text.
+ * Every task running a diverted del_gendisk() holds this, even while it
+ * sleeps in the original: module exit waits for them to leave its text. A
+ * diverted submit_bio_noacct() holds tracker_srcu the same way.
  */
 DEFINE_STATIC_SRCU(hook_srcu);
-
-static void hook_submit_bio_noacct(struct bio *bio)
-{
-	int idx = srcu_read_lock(&hook_srcu);
-
-	tracker_submit_bio(bio);
-	srcu_read_unlock(&hook_srcu, idx);
-}
 
 static void hook_del_gendisk(struct gendisk *disk)
 {
@@ -42,12 +35,15 @@ static void hook_del_gendisk(struct gendisk *disk)
  * struct hook - One diverted kernel function.
  * @name: the function's symbol.
  * @target: the module's replacement, with the same signature.
+ * @wants: if set, whether a call, by its first argument, must go to
+ *	@target; called with preemption off, it must not sleep.
  * @ops: the ftrace registration.
  * @registered: @ops is live.
  */
 struct hook {
 	const char *name;
 	unsigned long target;
+	bool (*wants)(const void *arg);
 	struct ftrace_ops ops;
 	bool registered;
 };
@@ -59,14 +55,25 @@ static void notrace hook_redirect(unsigned long ip, unsigned long parent_ip,
 {
 	struct hook *hook = container_of(ops, struct hook, ops);
 
-	if (!within_module(parent_ip, THIS_MODULE))
-		blksnap_ftrace_set_ip(fregs, hook->target);
+	if (within_module(parent_ip, THIS_MODULE))
+		return;
+#ifdef BLKSNAP_HAVE_FTRACE_ARG0
+	/*
+	 * Deciding here spares the calls that need nothing (reads, writes to
+	 * untracked disks) a second pass through ftrace when the replacement
+	 * calls the original.
+	 */
+	if (hook->wants && !hook->wants((const void *)blksnap_ftrace_arg0(fregs)))
+		return;
+#endif
+	blksnap_ftrace_set_ip(fregs, hook->target);
 }
 
 static struct hook hooks[] = {
 	{
 		.name = "submit_bio_noacct",
-		.target = (unsigned long)hook_submit_bio_noacct,
+		.target = (unsigned long)tracker_submit_bio,
+		.wants = tracker_wants,
 	},
 	{
 		.name = "del_gendisk",
@@ -108,6 +115,7 @@ void hook_done(void)
 		hooks[i].registered = false;
 	}
 	/* Tasks inside a diverted call, possibly asleep in the original. */
+	synchronize_srcu(&tracker_srcu);
 	synchronize_srcu(&hook_srcu);
 	/* Tasks preempted between srcu_read_unlock() and their return. */
 	synchronize_rcu_tasks();

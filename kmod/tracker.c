@@ -27,9 +27,9 @@ DEFINE_SRCU(tracker_srcu);
 #define TRACKER_HASH_BITS 6
 /* Trackers by disk; written under ctl_mutex, read under tracker_srcu. */
 static struct hlist_head tracker_table[1 << TRACKER_HASH_BITS];
-static unsigned int tracker_count;
 
-static struct hlist_head *tracker_bucket(struct gendisk *disk)
+/* Inlined: tracker_wants() runs inside ftrace and must make no traced call. */
+static __always_inline struct hlist_head *tracker_bucket(struct gendisk *disk)
 {
 	return &tracker_table[hash_ptr(disk, TRACKER_HASH_BITS)];
 }
@@ -73,7 +73,8 @@ static bool tracker_write(struct bio *bio)
 	 * A split remainder of a partition's bio carries absolute sectors
 	 * and was seen whole before the split.
 	 */
-	if (bio_flagged(bio, BIO_REMAPPED) || !bio_sectors(bio))
+	if (!op_is_write(bio_op(bio)) || bio_flagged(bio, BIO_REMAPPED) ||
+	    !bio_sectors(bio))
 		return false;
 	tracker = tracker_lookup(bio, &pos);
 	if (!tracker)
@@ -96,15 +97,25 @@ static bool tracker_write(struct bio *bio)
 	return area && diff_area_write(area, bio, pos);
 }
 
+/*
+ * Whether a bio must come to tracker_submit_bio(): a write to a disk that
+ * has a tracker in its bucket. Called by ftrace for every bio, with
+ * preemption off, so it only reads the bucket's head. A write that finds
+ * it empty is not seen, like any write submitted before the attach.
+ */
+bool notrace tracker_wants(const void *arg)
+{
+	const struct bio *bio = arg;
+
+	return op_is_write(bio_op(bio)) &&
+	       !hlist_empty(tracker_bucket(bio->bi_bdev->bd_disk));
+}
+
+/* In place of submit_bio_noacct(), for the bios tracker_wants() chose. */
 void tracker_submit_bio(struct bio *bio)
 {
-	int idx;
+	int idx = srcu_read_lock(&tracker_srcu);
 
-	if (!op_is_write(bio_op(bio)) || !READ_ONCE(tracker_count)) {
-		submit_bio_noacct(bio);
-		return;
-	}
-	idx = srcu_read_lock(&tracker_srcu);
 	if (!tracker_write(bio))
 		submit_bio_noacct(bio);
 	srcu_read_unlock(&tracker_srcu, idx);
@@ -208,7 +219,6 @@ int tracker_attach(struct file *file)
 	if (ret)
 		goto fail_freeze;
 	hlist_add_head_rcu(&tracker->link, tracker_bucket(bdev->bd_disk));
-	WRITE_ONCE(tracker_count, tracker_count + 1);
 	blksnap_bdev_thaw(bdev);
 
 	__module_get(THIS_MODULE);
@@ -228,7 +238,6 @@ static void __tracker_remove(struct tracker *tracker)
 {
 	lockdep_assert_held(&ctl_mutex);
 	hlist_del_init_rcu(&tracker->link);
-	WRITE_ONCE(tracker_count, tracker_count - 1);
 	synchronize_srcu(&tracker_srcu);
 	/* Whatever a take left held is submitted before the tracker goes. */
 	flush_work(&tracker->work);
@@ -258,7 +267,7 @@ void tracker_disk_removed(struct gendisk *disk)
 	struct tracker *tracker;
 	struct hlist_node *next;
 
-	if (!READ_ONCE(tracker_count))
+	if (hlist_empty(tracker_bucket(disk)))
 		return;
 	mutex_lock(&ctl_mutex);
 	hlist_for_each_entry_safe(tracker, next, tracker_bucket(disk), link) {

@@ -50,6 +50,7 @@ extern struct mutex ctl_mutex;
 extern struct srcu_struct tracker_srcu;
 extern struct workqueue_struct *blksnap_wq;
 
+bool tracker_wants(const void *arg);
 void tracker_submit_bio(struct bio *bio);
 void tracker_disk_removed(struct gendisk *disk);
 

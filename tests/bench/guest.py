@@ -276,6 +276,7 @@ class Bench:
                        "blksnap_file: an O_TMPFILE file in an ext4 on that disk; "
                        "dm-snapshot: the same disk as its persistent COW device",
             "runs": [],
+            "paired": [],
             "take": {},
             "memory": {},
             "diagnosis": {},
@@ -500,6 +501,65 @@ class Bench:
                 except (StepError, subprocess.TimeoutExpired) as e:
                     self.error(f"rep {rep} {config}", e)
                     self.cleanup()
+
+    # The paired section's workloads per group: a write, its rewrite under
+    # a snapshot, and (seq only) a read of the device or the image.
+    PAIRED = {
+        "seq": {"write": "seq_first", "rewrite": "seq_rewrite", "read": "image_read"},
+        "rand": {"write": "rand_first", "rewrite": "rand_rewrite"},
+    }
+
+    def paired(self):
+        """Rounds for the ratios that should come out near 1, where the
+        spread between passes of the throughput section is larger than the
+        difference sought. Each round runs one group's workloads on the
+        plain device, with tracking only, and under a fresh snapshot (first
+        write, rewrite of the same blocks, image read), back to back, every
+        other round in the reverse order; a ratio is taken within its round,
+        so a slow spell of the host moves both sides of it."""
+        for rnd in range(self.args.pair_reps):
+            for group in self.PAIRED:
+                steps = ["plain", "tracking", "blksnap"]
+                if rnd % 2:
+                    steps.reverse()
+                try:
+                    for step in steps:
+                        self.paired_step(group, step, rnd)
+                except (StepError, subprocess.TimeoutExpired) as e:
+                    self.error(f"paired round {rnd} {group}", e)
+                    self.cleanup()
+
+    def paired_step(self, group, step, rnd):
+        w = self.PAIRED[group]
+
+        def record(kind, dev):
+            workload = w["write"] if kind == "first" else w[kind]
+            r = self.fio(dev, workload)
+            r.update(group=group, config=step, kind=kind, round=rnd)
+            self.res["paired"].append(r)
+            log(f"  round {rnd} {group:4s} {step:8s} {kind:7s} {r['bw_mib_s']:8.1f} MiB/s")
+
+        if step != "plain":
+            self.attach(self.data)
+        try:
+            if step != "blksnap":
+                for kind in ("write", "read"):
+                    if kind in w:
+                        record(kind, self.data)
+                return
+            self.blksnap_snapshot([self.data])
+            record("first", self.data)
+            record("rewrite", self.data)
+            info = ctl_json("snapshot", "info", self.data)
+            if "read" in w:
+                record("read", info["image"])
+                info = ctl_json("snapshot", "info", self.data)
+            if info.get("error"):
+                raise StepError(f"the snapshot was corrupted during the round: {info['error']}")
+        finally:
+            self.blksnap_destroy()
+            if step != "plain":
+                self.detach(self.data)
 
     def diagnose(self):
         """One extra, unscored pass with the stack sampler on the first writes."""
@@ -741,7 +801,8 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--take-reps", type=int, default=5)
-    p.add_argument("--sections", default="throughput,take_latency,memory,diagnose")
+    p.add_argument("--pair-reps", type=int, default=9)
+    p.add_argument("--sections", default="throughput,paired,take_latency,memory,diagnose")
     p.add_argument("data")
     p.add_argument("smalls", nargs=3)
     p.add_argument("cow")

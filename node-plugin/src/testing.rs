@@ -9,7 +9,7 @@
 //! [`FileBackend`] hands out plain sparse files as "devices". Everything
 //! that depends on what blksnap.ko does (images, copy-on-write, real change
 //! maps, restore, group takes, overflow) is tested against the real module
-//! in the VM harness (`tests/vm_plugin.rs`).
+//! in the VM harness (`tests/vm.rs`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};

@@ -301,8 +301,8 @@ class Bench:
 
     # ---- fio -------------------------------------------------------------
 
-    def fio(self, dev, workload):
-        opts = WORKLOADS[workload]
+    def fio(self, dev, workload, loops=1):
+        opts = dict(WORKLOADS[workload], loops=loops)
         cmd = ["fio", "--name=bench", f"--filename={dev}", "--direct=1", "--ioengine=libaio",
                "--output-format=json", "--thread", "--group_reporting"]
         cmd += [f"--{k}={v}" for k, v in opts.items()]
@@ -508,18 +508,22 @@ class Bench:
         "seq": {"write": "seq_first", "rewrite": "seq_rewrite", "read": "image_read"},
         "rand": {"write": "rand_first", "rewrite": "rand_rewrite"},
     }
+    # Passes over the range of the sequential runs that may repeat (all but
+    # a first write), so that each lasts seconds rather than under one.
+    PAIRED_SEQ_LOOPS = 3
 
     def paired(self):
         """Rounds for the ratios that should come out near 1, where the
         spread between passes of the throughput section is larger than the
         difference sought. Each round runs one group's workloads on the
-        plain device, with tracking only, and under a fresh snapshot (first
-        write, rewrite of the same blocks, image read), back to back, every
-        other round in the reverse order; a ratio is taken within its round,
-        so a slow spell of the host moves both sides of it."""
+        plain device twice (the second, "plain_again", measures how far two
+        runs of the same thing land apart), with tracking only, and under a
+        fresh snapshot (first write, rewrite of the same blocks, image
+        read), back to back, every other round in the reverse order; a
+        ratio is taken within its round."""
         for rnd in range(self.args.pair_reps):
             for group in self.PAIRED:
-                steps = ["plain", "tracking", "blksnap"]
+                steps = ["plain", "plain_again", "tracking", "blksnap"]
                 if rnd % 2:
                     steps.reverse()
                 try:
@@ -534,12 +538,13 @@ class Bench:
 
         def record(kind, dev):
             workload = w["write"] if kind == "first" else w[kind]
-            r = self.fio(dev, workload)
+            loops = self.PAIRED_SEQ_LOOPS if group == "seq" and kind != "first" else 1
+            r = self.fio(dev, workload, loops)
             r.update(group=group, config=step, kind=kind, round=rnd)
             self.res["paired"].append(r)
-            log(f"  round {rnd} {group:4s} {step:8s} {kind:7s} {r['bw_mib_s']:8.1f} MiB/s")
+            log(f"  round {rnd} {group:4s} {step:11s} {kind:7s} {r['bw_mib_s']:8.1f} MiB/s")
 
-        if step != "plain":
+        if step == "tracking" or step == "blksnap":
             self.attach(self.data)
         try:
             if step != "blksnap":
@@ -558,7 +563,7 @@ class Bench:
                 raise StepError(f"the snapshot was corrupted during the round: {info['error']}")
         finally:
             self.blksnap_destroy()
-            if step != "plain":
+            if self.data in self.attached:
                 self.detach(self.data)
 
     def diagnose(self):

@@ -4,6 +4,7 @@
 #include <linux/blkdev.h>
 #include <linux/sched.h>
 #include <linux/hash.h>
+#include <linux/list_sort.h>
 #include <linux/uio.h>
 #include "include/uapi/linux/blksnap.h"
 #include "params.h"
@@ -617,6 +618,18 @@ static int diff_area_store_file(struct diff_area *area,
 }
 
 /*
+ * A batch's chunks go to their slots in device order, whatever order their
+ * old data was read in: an image read over neighbouring chunks then finds
+ * them in neighbouring slots and goes out as one bio.
+ */
+static int diff_area_chunk_cmp(void *priv, const struct list_head *a,
+			       const struct list_head *b)
+{
+	return list_entry(a, struct chunk, link)->number >
+	       list_entry(b, struct chunk, link)->number;
+}
+
+/*
  * Takes up to chunk_maximum_in_queue chunks at a time off the store queue
  * and writes each batch to consecutive slots. Batches are in flight
  * together; the worker does not wait for them (only a file that takes no
@@ -649,6 +662,7 @@ static void diff_area_store_fn(struct work_struct *work)
 			list_move_tail(area->store_queue.next, &sb->chunks);
 			sb->nr++;
 		}
+		list_sort(NULL, &sb->chunks, diff_area_chunk_cmp);
 		skip = area->error || area->stopping;
 		spin_unlock_irq(&area->lock);
 

@@ -3,7 +3,8 @@
 
 Runs inside the VM with blksnap.ko loaded (tests/vm/run --exec), as root:
 
-    guest.py --out DIR --reps N DATA SMALL1 SMALL2 SMALL3 COW
+    guest.py --out DIR [--reps N] [--pair-reps N] [--take-reps N]
+             [--sections LIST] DATA SMALL1 SMALL2 SMALL3 COW
 
 DATA is the device under test; SMALL1..3 only join it for the four-device
 take; COW is the difference storage of both blksnap (a block device opened
@@ -12,8 +13,8 @@ at a time so both get the same backing. Everything on these disks is
 destroyed.
 
 Writes DIR/results.json with every fio run (throughput, latency
-percentiles, per-disk I/O counts), the take latencies and the memory
-deltas. A section that cannot run is recorded under "errors" with the
+percentiles, per-disk I/O counts) of the throughput and paired sections,
+the take latencies and the memory deltas. A section that cannot run is recorded under "errors" with the
 reason, the others go on, and the exit status is then 1.
 
 Python 3 standard library only; fio, dmsetup and blksnapctl do the work.

@@ -153,15 +153,9 @@ impl Plugin {
         Ok(())
     }
 
-    /// Removes what a failed create made.
-    /// Removes a volume that was never handed out: its storage, then its
-    /// record.
+    /// Removes a volume that was never handed out: its tracking, its
+    /// storage, then its record.
     pub(crate) fn undo_volume(&self, vol: &VolumeRecord) -> Result<()> {
-        self.discard_volume(vol)?;
-        self.state.remove::<VolumeRecord>(&vol.key())
-    }
-
-    fn discard_volume(&self, vol: &VolumeRecord) -> Result<()> {
         let backend = self.backend(vol.backend)?;
         if let Ok(path) = backend.device(vol) {
             if let Ok(dev) = open_device(&path) {
@@ -171,7 +165,8 @@ impl Plugin {
                 }
             }
         }
-        backend.delete(vol)
+        backend.delete(vol)?;
+        self.state.remove::<VolumeRecord>(&vol.key())
     }
 
     fn new_local_name(&self) -> String {

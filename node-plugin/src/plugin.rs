@@ -170,20 +170,15 @@ impl Plugin {
         })
     }
 
-    /// Makes the storage of new volume `local` and writes its record (made
-    /// by `record` from the local name, location and capacity), under one
-    /// lock: a location is taken from the moment it is chosen.
-    pub(crate) fn place_volume(
-        &self,
-        kind: BackendKind,
-        local: String,
-        size: u64,
-        record: impl FnOnce(String, String, u64) -> VolumeRecord,
-    ) -> Result<VolumeRecord> {
-        let backend = self.backend(kind)?;
+    /// Makes the storage of new volume `vol` (at least `size` bytes), sets
+    /// its location and capacity and writes its record, under one lock: a
+    /// location is taken from the moment it is chosen.
+    pub(crate) fn place_volume(&self, mut vol: VolumeRecord, size: u64) -> Result<VolumeRecord> {
+        let backend = self.backend(vol.backend)?;
         let _placing = self.placement.lock().unwrap_or_else(|p| p.into_inner());
-        let made = backend.create(&local, size, &self.taken(kind))?;
-        let vol = record(local, made.location, made.capacity);
+        let made = backend.create(&vol.local, size, &self.taken(vol.backend))?;
+        vol.location = made.location;
+        vol.capacity = made.capacity;
         if let Err(e) = self.state.put(&vol) {
             if let Err(cleanup) = backend.delete(&vol) {
                 tracing::error!(volume = %vol.local, error = %cleanup, "storage of an unrecorded volume not removed");

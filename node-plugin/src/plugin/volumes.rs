@@ -89,20 +89,19 @@ impl Plugin {
 
         let size = req.required.max(source_size).max(1);
         let mut vol = self.place_volume(
-            backend_kind,
-            self.new_local_name(),
-            size,
-            |local, location, capacity| VolumeRecord {
-                local,
+            VolumeRecord {
+                local: self.new_local_name(),
                 name: req.name.clone(),
                 backend: backend_kind,
-                location,
-                capacity,
+                // Set by the backend.
+                location: String::new(),
+                capacity: 0,
                 source: req.source.clone(),
                 created_unix: now().0,
                 full_history: None,
                 creating: true,
             },
+            size,
         )?;
         if let Err(e) = self.finish_volume(&mut vol, req, source_snapshot, source_volume) {
             if let Err(cleanup) = self.undo_volume(&vol) {

@@ -153,6 +153,11 @@ impl RpcTimer {
     pub fn code(&mut self, code: tonic::Code) {
         self.code = code_name(code);
     }
+
+    /// Time since the call started.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.start.elapsed()
+    }
 }
 
 impl Drop for RpcTimer {

@@ -18,7 +18,6 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use csi_proto::csi::v1 as csi;
 use tokio::net::{TcpListener, UnixListener};
@@ -141,12 +140,11 @@ struct Call {
     surface: &'static str,
     method: &'static str,
     timer: RpcTimer,
-    start: Instant,
 }
 
 impl Call {
     fn ms(&self) -> f64 {
-        self.start.elapsed().as_secs_f64() * 1000.0
+        self.timer.elapsed().as_secs_f64() * 1000.0
     }
 
     fn end(mut self, code: tonic::Code) {
@@ -250,7 +248,6 @@ where
             surface: self.surface,
             method,
             timer: self.metrics.time(method),
-            start: Instant::now(),
         };
         let future = self.inner.call(request);
         Box::pin(async move {

@@ -29,7 +29,6 @@ use std::io::Write as _;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +41,9 @@ use blksnap_node_plugin::identity::IdentityService;
 use blksnap_node_plugin::kernel::Kernel;
 use blksnap_node_plugin::plugin::{CreateVolume, Plugin, Settings};
 use blksnap_node_plugin::server::{self, NodeApi, RpcLogLayer};
-use blksnap_node_plugin::snapshot_metadata::{self, SnapshotMetadataService, DEFAULT_BATCH};
+use blksnap_node_plugin::snapshot_metadata::{
+    self, MetadataStream, SnapshotMetadataService, DEFAULT_BATCH,
+};
 use blksnap_node_plugin::state::{BackendKind, VolumeRecord};
 use blksnap_node_plugin::{ranges, storage};
 use clap::Parser;
@@ -54,7 +55,7 @@ use csi_proto::csi::v1 as csi;
 use prost::Message as _;
 use serde::Serialize;
 use tokio::runtime::Runtime;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 use tonic::{Request, Response, Status};
 
@@ -271,8 +272,6 @@ impl Pki {
 
 // ---------------------------------------------------------------------------
 // The FIXED_LENGTH baseline.
-
-type MetadataStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The comparison, not a feature: the plugin's own delta (the same call,
 /// so the same ranges and the same work to find them), reported the way a

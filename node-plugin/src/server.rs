@@ -355,6 +355,7 @@ pub async fn serve_node_api(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot_metadata::MetadataStream;
 
     #[test]
     fn method_labels_come_from_a_fixed_set() {
@@ -376,17 +377,14 @@ mod tests {
         assert_eq!(status_in(&headers), Some(tonic::Code::Aborted));
     }
 
-    type Messages<T> =
-        Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
-
     /// SnapshotMetadata whose Allocated fails at once and whose Delta
     /// fails after its first message.
     struct FailingMidStream;
 
     #[tonic::async_trait]
     impl csi::snapshot_metadata_server::SnapshotMetadata for FailingMidStream {
-        type GetMetadataAllocatedStream = Messages<csi::GetMetadataAllocatedResponse>;
-        type GetMetadataDeltaStream = Messages<csi::GetMetadataDeltaResponse>;
+        type GetMetadataAllocatedStream = MetadataStream<csi::GetMetadataAllocatedResponse>;
+        type GetMetadataDeltaStream = MetadataStream<csi::GetMetadataDeltaResponse>;
 
         async fn get_metadata_allocated(
             &self,

@@ -28,7 +28,8 @@ pub const DEFAULT_BATCH: usize = 1024;
 /// default (Go's, so the snapshot-metadata sidecar's, and tonic's).
 pub const MAX_BATCH: usize = 1 << 16;
 
-type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+/// The response stream of both calls.
+pub type MetadataStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The SnapshotMetadata service.
 #[derive(Debug, Clone)]
@@ -80,7 +81,7 @@ fn stream_of<T: Send + 'static>(
     page: MetadataPage,
     batch: usize,
     response: impl Fn(i64, Vec<csi::BlockMetadata>) -> T + Send + 'static,
-) -> Stream_<T> {
+) -> MetadataStream<T> {
     Box::pin(tokio_stream::iter(
         messages(page, batch).map(move |(capacity, tuples)| Ok(response(capacity, tuples))),
     ))
@@ -88,8 +89,8 @@ fn stream_of<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl SnapshotMetadata for SnapshotMetadataService {
-    type GetMetadataAllocatedStream = Stream_<csi::GetMetadataAllocatedResponse>;
-    type GetMetadataDeltaStream = Stream_<csi::GetMetadataDeltaResponse>;
+    type GetMetadataAllocatedStream = MetadataStream<csi::GetMetadataAllocatedResponse>;
+    type GetMetadataDeltaStream = MetadataStream<csi::GetMetadataDeltaResponse>;
 
     async fn get_metadata_allocated(
         &self,

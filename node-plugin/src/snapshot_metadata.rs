@@ -64,7 +64,7 @@ pub fn messages(
     let ranges = page.ranges;
     let count = ranges.len().div_ceil(batch).max(1);
     (0..count).map(move |i| {
-        let part = &ranges[(i * batch).min(ranges.len())..((i + 1) * batch).min(ranges.len())];
+        let part = &ranges[i * batch..((i + 1) * batch).min(ranges.len())];
         let tuples = part
             .iter()
             .map(|r| csi::BlockMetadata {

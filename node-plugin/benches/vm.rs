@@ -104,21 +104,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn run(program: &str, args: &[&str]) -> Fallible<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
-    }
-    Ok(())
-}
-
 fn open_rw(path: &Path) -> Fallible<File> {
     OpenOptions::new()
         .read(true)
@@ -353,10 +338,10 @@ impl NullBlk {
     fn new() -> Fallible<NullBlk> {
         let cfg = Path::new("/sys/kernel/config");
         if !cfg.join("nullb").is_dir() {
-            run("modprobe", &["null_blk", "nr_devices=0"])?;
+            guest::run("modprobe", &["null_blk", "nr_devices=0"])?;
             // The guest does not mount configfs by itself.
             if !cfg.join("nullb").is_dir() {
-                run("mount", &["-t", "configfs", "none", "/sys/kernel/config"])?;
+                guest::run("mount", &["-t", "configfs", "none", "/sys/kernel/config"])?;
             }
         }
         let dir = cfg.join("nullb").join(NULLB);
@@ -414,11 +399,7 @@ impl Guest {
         if !nix::unistd::geteuid().is_root() {
             return Err("run as root in the VM (tests/bench/plugin)".into());
         }
-        let list = std::env::var("BLKSNAP_TEST_DISKS")?;
-        let disks: Vec<PathBuf> = list.split_whitespace().map(PathBuf::from).collect();
-        if disks.len() < 3 {
-            return Err(format!("need data A, data B and storage disks: {list}").into());
-        }
+        let disks = guest::disks()?;
         let _ = Command::new("modprobe").arg("loop").status();
         let control = Arc::new(Control::open()?);
         let root = PathBuf::from(ROOT);
@@ -435,9 +416,7 @@ impl Guest {
         // The pool on data A; difference storage and the plugin's records
         // on the storage disk, so that record fsyncs cost what a disk costs.
         for (dev, dir) in [(&disks[0], "pool"), (&disks[2], "disk")] {
-            let dev = dev.to_str().ok_or("disk path is not UTF-8")?;
-            run("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", dev])?;
-            run("mount", &[dev, path_str(&guest.root.join(dir))?])?;
+            guest::mkfs_mount(dev, &guest.root.join(dir))?;
         }
         for sub in ["disk/diff", "disk/state", "disk/tls"] {
             std::fs::create_dir_all(guest.root.join(sub))?;
@@ -477,11 +456,6 @@ impl Guest {
             &self.root.join("disk/state"),
         )?)
     }
-}
-
-fn path_str(p: &Path) -> Fallible<&str> {
-    p.to_str()
-        .ok_or_else(|| format!("{} is not UTF-8", p.display()).into())
 }
 
 impl Drop for Guest {

@@ -28,32 +28,13 @@ use blksnap_node_plugin::{ranges, Error};
 
 mod guest;
 
-use guest::cleanup;
+use guest::{cleanup, mkfs_mount};
 
 const MIB: u64 = 1 << 20;
 const NODE: &str = "vm-node";
 
 fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn disks() -> Vec<PathBuf> {
-    let list = std::env::var("BLKSNAP_TEST_DISKS")
-        .expect("BLKSNAP_TEST_DISKS is not set: run node-plugin/tests/run-vm");
-    let d: Vec<PathBuf> = list.split_whitespace().map(PathBuf::from).collect();
-    assert!(
-        d.len() >= 3,
-        "need data A, data B and storage disks: {list}"
-    );
-    d
+    guest::run(program, args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A plugin over the real module and disks.
@@ -70,7 +51,7 @@ impl World {
     fn new() -> World {
         assert!(nix::unistd::geteuid().is_root(), "run as root in the VM");
         let _ = Command::new("modprobe").arg("loop").status();
-        let d = disks();
+        let d = guest::disks().unwrap_or_else(|e| panic!("{e} (node-plugin/tests/run-vm)"));
         let control = Arc::new(Control::open().expect("blksnap.ko loaded"));
         let root = PathBuf::from("/tmp/blksnap-plugin-vm");
         cleanup(&control, &root, &[&d[1]]);
@@ -79,9 +60,7 @@ impl World {
             std::fs::create_dir_all(root.join(sub)).expect("mkdir");
         }
         for (dev, dir) in [(&d[0], "pool"), (&d[2], "diff")] {
-            let dev = dev.to_str().expect("utf-8");
-            run("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", dev]);
-            run("mount", &[dev, root.join(dir).to_str().expect("utf-8")]);
+            mkfs_mount(dev, &root.join(dir)).unwrap_or_else(|e| panic!("{e}"));
         }
         run(
             "mount",
@@ -773,13 +752,11 @@ fn difference_storage_on_the_snapshotted_device_is_refused() {
     let mut w = World::new();
     let vol = w.create("pvc-st", 64 * MIB, None, Some(BackendKind::Device));
     let dev = w.p().device_of(&vol).expect("device");
-    let dev = dev.to_str().expect("utf-8");
     // The operator points the storage directory at a file system on the
     // very device that becomes a volume.
     let mnt = w.root.join("state/on-volume");
     std::fs::create_dir_all(&mnt).expect("mkdir");
-    run("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", dev]);
-    run("mount", &[dev, mnt.to_str().expect("utf-8")]);
+    mkfs_mount(&dev, &mnt).unwrap_or_else(|e| panic!("{e}"));
     w.storage = mnt.clone();
     w.start();
     let r = w

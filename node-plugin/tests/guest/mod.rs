@@ -1,6 +1,7 @@
-//! Cleanup of the VM guest, shared by the VM tests (`tests/vm.rs`) and the
-//! VM benchmark (`benches/vm.rs`, which includes this file by path): the
-//! library has no place for it, as it only undoes what those runs set up.
+//! Setup and cleanup of the VM guest, shared by the VM tests
+//! (`tests/vm.rs`) and the VM benchmark (`benches/vm.rs`, which includes
+//! this file by path): the library has no place for it, as it only
+//! prepares and undoes what those runs use.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,45 @@ use std::process::Command;
 
 use blksnap::Control;
 use blksnap_node_plugin::backend::loop_device;
+
+/// Runs a command; fails with its stderr if it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// The harness's scratch disks (`BLKSNAP_TEST_DISKS`): data A, data B and
+/// storage, at least.
+pub fn disks() -> Result<Vec<PathBuf>, String> {
+    let list = std::env::var("BLKSNAP_TEST_DISKS")
+        .map_err(|_| "BLKSNAP_TEST_DISKS is not set: run through the VM harness")?;
+    let disks: Vec<PathBuf> = list.split_whitespace().map(PathBuf::from).collect();
+    if disks.len() < 3 {
+        return Err(format!("need data A, data B and storage disks: {list}"));
+    }
+    Ok(disks)
+}
+
+/// A fresh ext4 on `dev`, mounted at `dir`.
+pub fn mkfs_mount(dev: &Path, dir: &Path) -> Result<(), String> {
+    let utf8 = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{} is not UTF-8", p.display()))
+    };
+    let dev = utf8(dev)?;
+    run("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", &dev])?;
+    run("mount", &[&dev, &utf8(dir)?])
+}
 
 /// Unmounts everything mounted under `root`, deepest first.
 fn unmount_under(root: &Path) {

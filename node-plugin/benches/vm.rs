@@ -580,7 +580,7 @@ impl Case {
 
     fn grpc(&mut self, rt: &Runtime, s: &mut Served, name: &str) -> Fallible<()> {
         let t0 = Instant::now();
-        if self.group() {
+        let t1 = if self.group() {
             let g = rt
                 .block_on(s.groups.create_volume_group_snapshot(
                     csi::CreateVolumeGroupSnapshotRequest {
@@ -602,8 +602,7 @@ impl Case {
                     ..Default::default()
                 },
             ))?;
-            self.result.grpc_create_ms.push(ms(t1 - t0));
-            self.result.grpc_delete_ms.push(ms(t1.elapsed()));
+            t1
         } else {
             let snap = rt
                 .block_on(s.controller.create_snapshot(csi::CreateSnapshotRequest {
@@ -622,9 +621,10 @@ impl Case {
                 snapshot_id: snap.snapshot_id,
                 ..Default::default()
             }))?;
-            self.result.grpc_create_ms.push(ms(t1 - t0));
-            self.result.grpc_delete_ms.push(ms(t1.elapsed()));
-        }
+            t1
+        };
+        self.result.grpc_create_ms.push(ms(t1 - t0));
+        self.result.grpc_delete_ms.push(ms(t1.elapsed()));
         Ok(())
     }
 

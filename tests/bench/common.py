@@ -24,3 +24,13 @@ def resolve_abi(spec):
     except OSError:
         return None
     return next((a for a in abis if a == spec or re.match(re.escape(spec) + r"\.\d", a)), None)
+
+
+def print_rows(cols, lines):
+    """A table: the column heads, a rule, the lines, each column as wide
+    as its widest cell."""
+    widths = [max(len(cols[i]), *(len(line[i]) for line in lines)) for i in range(len(cols))]
+    print("  ".join(h.ljust(w) for h, w in zip(cols, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())

@@ -402,9 +402,11 @@ impl Controller for ControllerService {
         let source = parse_volume(&r.source_volume_id)?;
         let plugin = Arc::clone(&self.plugin);
         let rec = blocking(move || plugin.create_snapshot(&r.name, &source, &r.parameters)).await?;
-        Ok(Response::new(csi::CreateSnapshotResponse {
+        let mut response = Response::new(csi::CreateSnapshotResponse {
             snapshot: Some(csi_snapshot(&self.plugin, &rec)),
-        }))
+        });
+        annotate_lost(&self.plugin, &mut response, std::slice::from_ref(&rec));
+        Ok(response)
     }
 
     async fn delete_snapshot(
@@ -784,7 +786,7 @@ pub(crate) mod tests {
                         ..volume_request("pvc-1", MIB)
                     }
                 }),
-                Code::Unavailable,
+                Code::FailedPrecondition,
             ),
             (
                 "source snapshot larger than the limit",
@@ -1004,7 +1006,7 @@ pub(crate) mod tests {
                     new_snapshot(e, "snap-1", &v);
                     snapshot_request("snap-2", &v)
                 }),
-                Code::ResourceExhausted,
+                Code::FailedPrecondition,
             ),
             (
                 "after the held one is deleted",
@@ -1029,17 +1031,6 @@ pub(crate) mod tests {
                     snapshot_request("snap", &v)
                 }),
                 Code::Aborted,
-            ),
-            (
-                "replay of a lost snapshot",
-                setup!(|e| {
-                    let v = new_volume(e, "pvc", MIB);
-                    let s = new_snapshot(e, "snap", &v);
-                    let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
-                    e.kernel.corrupt(id.kernel);
-                    snapshot_request("snap", &v)
-                }),
-                Code::Unavailable,
             ),
             (
                 "bad storage parameter",
@@ -1374,15 +1365,15 @@ pub(crate) mod tests {
         );
         // The volume is tracked again and can be snapshotted anew.
         new_snapshot(&env, "snap-2", &v);
-        assert_eq!(
-            code(
-                env.controller
-                    .create_snapshot(Request::new(snapshot_request("snap", &v)))
-                    .await
-            ),
-            Code::Unavailable,
-            "the lost one is never served"
-        );
+        let replay = env
+            .controller
+            .create_snapshot(Request::new(snapshot_request("snap", &v)))
+            .await
+            .expect("the lost one, answered")
+            .into_inner()
+            .snapshot
+            .expect("snapshot");
+        assert!(!replay.ready_to_use, "the lost one is never served");
     }
 
     #[tokio::test]
@@ -1647,5 +1638,52 @@ pub(crate) mod tests {
         ] {
             assert!(kinds.contains(&(want as i32)), "{want:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_second_snapshot_of_a_volume_gets_a_final_code_that_says_why() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", MIB);
+        let first = new_snapshot(&env, "snap-1", &v);
+        let refused = env
+            .controller
+            .create_snapshot(Request::new(snapshot_request("snap-2", &v)))
+            .await
+            .expect_err("one snapshot per volume");
+        // Not RESOURCE_EXHAUSTED: csi-snapshotter retries that without end,
+        // and the VolumeSnapshot cannot be deleted meanwhile.
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(
+            refused.message().contains("one snapshot per volume")
+                && refused.message().contains(&first.snapshot_id),
+            "{}",
+            refused.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replayed_create_of_a_lost_snapshot_returns_it_not_ready() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", MIB);
+        let s = new_snapshot(&env, "snap", &v);
+        let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+        env.kernel.corrupt(id.kernel);
+        // The first answer was lost on the way; the sidecar asks again.
+        let replay = env
+            .controller
+            .create_snapshot(Request::new(snapshot_request("snap", &v)))
+            .await
+            .expect("answered, not UNAVAILABLE");
+        let reason = replay
+            .metadata()
+            .get(LOST_METADATA)
+            .expect("reason metadata")
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert_eq!(reason, format!("{} overflow", s.snapshot_id));
+        let got = replay.into_inner().snapshot.expect("snapshot");
+        assert_eq!(got.snapshot_id, s.snapshot_id);
+        assert!(!got.ready_to_use);
     }
 }

@@ -292,7 +292,7 @@ mod tests {
                     new_snapshot(e, "s", &a);
                     create(&[a, new_volume(e, "b", MIB)], "g")
                 }),
-                Code::ResourceExhausted,
+                Code::FailedPrecondition,
             ),
         ];
         for (name, setup, want) in cases {

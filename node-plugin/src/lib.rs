@@ -75,18 +75,21 @@ pub enum Error {
     /// A paging token this plugin did not hand out.
     #[error("invalid starting_token {0:?}")]
     BadToken(String),
-    /// No room: pool space, a free static device, or the kernel's one
-    /// snapshot per device.
+    /// No room: pool space, a free static device, difference storage.
     #[error("{0}")]
     Exhausted(String),
     /// A capacity or offset outside what the object supports.
     #[error("{0}")]
     OutOfRange(String),
-    /// The object is in a state that does not allow the call.
+    /// The object is in a state that does not allow the call, and will not
+    /// change by itself (a lost snapshot, a volume that holds its one
+    /// snapshot): a final code, which the sidecars do not retry.
     #[error("{0}")]
     Precondition(String),
-    /// The object exists but cannot be served now (a snapshot the kernel
-    /// lost after a reboot or an overflow).
+    /// Cannot be served now: a static device that is missing (it may come
+    /// back), or a snapshot the metadata calls cannot serve (the spec's
+    /// answer for a snapshot that is not ready; the snapshot-metadata
+    /// sidecar passes it to the backup client, which does not retry).
     #[error("{0}")]
     Unavailable(String),
     /// A call this plugin does not offer.

@@ -239,6 +239,17 @@ pub struct Lost {
     pub detail: String,
 }
 
+impl Lost {
+    /// Why snapshot `id` cannot be used, for an error message.
+    pub fn message(&self, id: &str) -> String {
+        format!(
+            "snapshot {id} is lost ({}): {}",
+            self.reason.as_str(),
+            self.detail
+        )
+    }
+}
+
 /// A snapshot of one volume, as cut by the kernel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRecord {

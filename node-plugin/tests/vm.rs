@@ -733,7 +733,7 @@ fn after_a_reboot_loops_are_bound_again_and_old_snapshots_are_lost() {
             backend: None,
             source: Some(Source::Snapshot(before.clone())),
         }),
-        Err(Error::Unavailable(_))
+        Err(Error::Precondition(_))
     ));
     // A new snapshot works; a delta from before the reboot is refused (the
     // tracker's new generation), so a backup tool falls back to a full one.

@@ -3,7 +3,9 @@
 //!
 //! blksnap holds at most one snapshot per device at a time, so a volume
 //! whose snapshot the kernel still holds cannot be snapshotted again until
-//! that one is deleted (`RESOURCE_EXHAUSTED`). Deltas do not need the base
+//! that one is deleted (`FAILED_PRECONDITION`, a final code: the sidecar
+//! would retry RESOURCE_EXHAUSTED without end, and its VolumeSnapshot could
+//! not be deleted meanwhile). Deltas do not need the base
 //! snapshot to be held: the target's change map, frozen at take and kept in
 //! its record, marks every block written since any earlier snapshot number
 //! of the same generation.
@@ -67,9 +69,9 @@ fn map_take_error(e: blksnap::Error) -> Error {
         Some(nix::errno::Errno::ENOSPC) => {
             Error::Exhausted(format!("no space for the difference storage: {e}"))
         }
-        Some(nix::errno::Errno::EBUSY) => {
-            Error::Exhausted(format!("a volume is already in a kernel snapshot: {e}"))
-        }
+        Some(nix::errno::Errno::EBUSY) => Error::Precondition(format!(
+            "a volume is already in a kernel snapshot, and blksnap keeps one snapshot per volume: {e}"
+        )),
         _ => Error::Kernel(e),
     }
 }
@@ -142,12 +144,12 @@ impl Plugin {
             .state
             .read(|t| t.volumes.get(&rec.volume).cloned())
             .ok_or_else(|| {
-                Error::Unavailable(format!("the volume of snapshot {} is gone", rec.kernel))
+                Error::Precondition(format!("the volume of snapshot {} is gone", rec.kernel))
             })?;
         let dev = open_device(&self.device_of(&vol)?)?;
         let info = self.kernel().snapshot_info(&dev)?;
         info.image_path().ok_or_else(|| {
-            Error::Unavailable(format!(
+            Error::Precondition(format!(
                 "snapshot {} has no image in the kernel",
                 rec.kernel
             ))
@@ -165,7 +167,7 @@ impl Plugin {
     ) -> Result<(Vec<SnapshotRecord>, File, u64, Taken<'_>)> {
         for v in vols {
             if let Some(s) = self.held_snapshot_of(&v.local) {
-                return Err(Error::Exhausted(format!(
+                return Err(Error::Precondition(format!(
                     "volume {} holds snapshot {}; blksnap keeps one snapshot per volume at a time, delete it first",
                     self.volume_id(v),
                     self.snapshot_id(&s)
@@ -301,7 +303,9 @@ impl Plugin {
         Ok(())
     }
 
-    /// CreateSnapshot: idempotent by name.
+    /// CreateSnapshot: idempotent by name. A replay for a snapshot that
+    /// was lost since returns it not ready (the spec's answer for a
+    /// snapshot that is not usable), which the sidecar can delete.
     pub fn create_snapshot(
         self: &Arc<Self>,
         name: &str,
@@ -324,15 +328,7 @@ impl Plugin {
                     name: name.to_owned(),
                 });
             }
-            let rec = self.refresh(rec)?;
-            if let Some(lost) = &rec.lost {
-                return Err(Error::Unavailable(format!(
-                    "snapshot {name:?} is lost ({}): {}",
-                    lost.reason.as_str(),
-                    lost.detail
-                )));
-            }
-            return Ok(rec);
+            return self.refresh(rec);
         }
         let vol = self.volume(source)?;
         let (records, file, limit, taken) =
@@ -618,11 +614,7 @@ impl Plugin {
             .ok_or_else(|| Error::not_found("snapshot", text))?;
         let rec = self.refresh(rec)?;
         if let Some(lost) = &rec.lost {
-            return Err(Error::Unavailable(format!(
-                "snapshot {text} is lost ({}): {}",
-                lost.reason.as_str(),
-                lost.detail
-            )));
+            return Err(Error::Unavailable(lost.message(text)));
         }
         Ok((id, rec))
     }

@@ -315,7 +315,9 @@ pub(crate) fn copy_ranges(
 }
 
 impl Plugin {
-    /// The snapshot a CreateVolume source names, ready to be read.
+    /// The snapshot a CreateVolume source names, ready to be read. A lost
+    /// one never becomes readable again: a final code, not one the
+    /// provisioner retries.
     fn snapshot_for_use(&self, text: &str) -> Result<SnapshotRecord> {
         let id: SnapshotId = text.parse()?;
         let rec = self
@@ -323,11 +325,7 @@ impl Plugin {
             .ok_or_else(|| Error::not_found("snapshot", text))?;
         let rec = self.refresh(rec)?;
         if let Some(lost) = &rec.lost {
-            return Err(Error::Unavailable(format!(
-                "snapshot {text} is lost ({}): {}",
-                lost.reason.as_str(),
-                lost.detail
-            )));
+            return Err(Error::Precondition(lost.message(text)));
         }
         Ok(rec)
     }

@@ -88,6 +88,29 @@ pub(crate) fn now() -> (i64, i32) {
     (d.as_secs() as i64, d.subsec_nanos() as i32)
 }
 
+/// Why a snapshot whose copy-on-write failed with `errno` is lost.
+fn corrupted(errno: Errno) -> (LostReason, String) {
+    if errno == Errno::ENOSPC {
+        (
+            LostReason::Overflow,
+            "the difference storage overflowed".to_owned(),
+        )
+    } else {
+        (
+            LostReason::IoError,
+            format!("copy-on-write failed: {errno}"),
+        )
+    }
+}
+
+/// What the kernel holds of a snapshot record on its volume's device.
+enum Held {
+    /// The device's image is the record's snapshot.
+    Image(PathBuf),
+    /// The record's snapshot is gone or unreadable.
+    Lost(LostReason, String),
+}
+
 /// Opens a block device for the kernel commands and I/O.
 pub(crate) fn open_device(path: &std::path::Path) -> Result<File> {
     OpenOptions::new()
@@ -347,50 +370,83 @@ impl Plugin {
         Ok(())
     }
 
-    /// Checks a held snapshot with the kernel and records it as lost if
-    /// the kernel reports it corrupted or no longer has its image. Returns
-    /// the record as it is now. Takes the record, as callers have just
-    /// read it, to spare a copy of its change map.
+    /// What the kernel holds of `rec` on `dev`. The device is in one
+    /// snapshot at a time, and its change-map coordinates name its last
+    /// take: only while they are the record's is the device's image the
+    /// record's snapshot rather than a later one of the same volume.
+    fn held(&self, rec: &SnapshotRecord, dev: &File) -> Result<Held> {
+        let forgot = |detail: &str| Ok(Held::Lost(LostReason::KernelForgot, detail.to_owned()));
+        let cbt = match self.kernel.cbt_info(dev) {
+            Ok(i) => i,
+            Err(blksnap::Error::NotAttached { .. }) => {
+                return forgot("the volume is no longer tracked")
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if (cbt.generation_id, cbt.changes_number) != (rec.generation, rec.number) {
+            return forgot("the kernel released it: the volume was snapshotted since");
+        }
+        let info = match self.kernel.snapshot_info(dev) {
+            Ok(i) => i,
+            Err(blksnap::Error::NotAttached { .. }) => {
+                return forgot("the volume is no longer tracked")
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(errno) = info.error {
+            let (reason, detail) = corrupted(errno);
+            return Ok(Held::Lost(reason, detail));
+        }
+        match info.image_path() {
+            Some(path) => Ok(Held::Image(path)),
+            None => forgot("the kernel no longer holds its image"),
+        }
+    }
+
+    /// Checks `rec`'s snapshot with the kernel and records it as lost if
+    /// it is gone or unreadable; `None` for a record whose volume is gone
+    /// (a lost snapshot outlives its volume).
+    fn check_held(&self, rec: &SnapshotRecord) -> Result<Option<Held>> {
+        let Some(vol) = self.state.read(|t| t.volumes.get(&rec.volume).cloned()) else {
+            return Ok(None);
+        };
+        let dev = open_device(&self.device_of(&vol)?)?;
+        let held = self.held(rec, &dev)?;
+        if let Held::Lost(reason, detail) = &held {
+            self.mark_lost(rec.kernel, *reason, detail)?;
+        }
+        Ok(Some(held))
+    }
+
+    /// Checks a held snapshot with the kernel (see `check_held`) and
+    /// returns the record as it is now. Takes the record, as callers have
+    /// just read it, to spare a copy of its change map.
     pub(crate) fn refresh(&self, rec: SnapshotRecord) -> Result<SnapshotRecord> {
         if rec.lost.is_some() {
             return Ok(rec);
         }
-        let vol = self.state.read(|t| t.volumes.get(&rec.volume).cloned());
-        let Some(vol) = vol else {
+        let Some(Held::Lost(..)) = self.check_held(&rec)? else {
             return Ok(rec);
         };
-        let path = self.device_of(&vol)?;
-        let dev = open_device(&path)?;
-        let info = match self.kernel.snapshot_info(&dev) {
-            Ok(i) => i,
-            Err(blksnap::Error::NotAttached { .. }) => blksnap::SnapshotInfo {
-                error: None,
-                image: None,
-            },
-            Err(e) => return Err(e.into()),
-        };
-        let lost = match (info.error, info.image) {
-            (Some(Errno::ENOSPC), _) => Some((
-                LostReason::Overflow,
-                "the difference storage overflowed".to_owned(),
-            )),
-            (Some(e), _) => Some((LostReason::IoError, format!("copy-on-write failed: {e}"))),
-            (None, None) => Some((
-                LostReason::KernelForgot,
-                "the kernel no longer holds its image".to_owned(),
-            )),
-            (None, Some(_)) => None,
-        };
-        match lost {
-            Some((reason, detail)) => {
-                self.mark_lost(rec.kernel, reason, &detail)?;
-                let key = rec.key();
-                Ok(self
-                    .state
-                    .read(|t| t.snapshots.get(&key).cloned())
-                    .unwrap_or(rec))
+        let key = rec.key();
+        Ok(self
+            .state
+            .read(|t| t.snapshots.get(&key).cloned())
+            .unwrap_or(rec))
+    }
+
+    /// Path of the image of a held snapshot: the record's own, never that
+    /// of a snapshot taken of the volume since.
+    pub(crate) fn image_of(&self, rec: &SnapshotRecord) -> Result<PathBuf> {
+        let id = self.snapshot_id(rec).to_string();
+        match self.check_held(rec)? {
+            Some(Held::Image(path)) => Ok(path),
+            Some(Held::Lost(reason, detail)) => {
+                Err(Error::Precondition(Lost { reason, detail }.message(&id)))
             }
-            None => Ok(rec),
+            None => Err(Error::Precondition(format!(
+                "the volume of snapshot {id} is gone"
+            ))),
         }
     }
 
@@ -507,17 +563,7 @@ impl Plugin {
                 Ok(None) => {}
                 Ok(Some(Event::Corrupted { errno, .. })) => {
                     self.metrics.overflow_events.inc();
-                    let (reason, detail) = if errno == Errno::ENOSPC {
-                        (
-                            LostReason::Overflow,
-                            "the difference storage overflowed".to_owned(),
-                        )
-                    } else {
-                        (
-                            LostReason::IoError,
-                            format!("copy-on-write failed: {errno}"),
-                        )
-                    };
+                    let (reason, detail) = corrupted(errno);
                     if let Err(e) = self.mark_lost(kernel, reason, &detail) {
                         tracing::error!(kernel_snapshot = %kernel, error = %e, "cannot record the loss");
                     }

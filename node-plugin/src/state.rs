@@ -303,8 +303,13 @@ pub struct GroupRecord {
 
 impl GroupRecord {
     pub fn key(&self) -> String {
-        self.kernel.simple().to_string()
+        group_key(self.kernel)
     }
+}
+
+/// The record key of the group snapshot in kernel snapshot `kernel`.
+pub fn group_key(kernel: Uuid) -> String {
+    kernel.simple().to_string()
 }
 
 mod map_text {

@@ -13,7 +13,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -136,24 +135,6 @@ impl Plugin {
             self.destroy_kernel(k)?;
         }
         Ok(())
-    }
-
-    /// Path of the image of a held snapshot.
-    pub(crate) fn image_of(&self, rec: &SnapshotRecord) -> Result<PathBuf> {
-        let vol = self
-            .state
-            .read(|t| t.volumes.get(&rec.volume).cloned())
-            .ok_or_else(|| {
-                Error::Precondition(format!("the volume of snapshot {} is gone", rec.kernel))
-            })?;
-        let dev = open_device(&self.device_of(&vol)?)?;
-        let info = self.kernel().snapshot_info(&dev)?;
-        info.image_path().ok_or_else(|| {
-            Error::Precondition(format!(
-                "snapshot {} has no image in the kernel",
-                rec.kernel
-            ))
-        })
     }
 
     /// Takes one kernel snapshot of `vols` and returns a record per volume
@@ -380,7 +361,7 @@ impl Plugin {
         if let Some(g) = rec.group {
             if self
                 .state
-                .read(|t| t.groups.contains_key(&g.simple().to_string()))
+                .read(|t| t.groups.contains_key(&state::group_key(g)))
             {
                 return Err(Error::Precondition(format!(
                     "snapshot {text} belongs to a group snapshot; delete the group"
@@ -552,7 +533,7 @@ impl Plugin {
             return None;
         }
         self.state
-            .read(|t| t.groups.get(&id.kernel.simple().to_string()).cloned())
+            .read(|t| t.groups.get(&state::group_key(id.kernel)).cloned())
     }
 
     /// GetVolumeGroupSnapshot.
@@ -576,10 +557,14 @@ impl Plugin {
             return Ok(());
         };
         self.check_own_node("group_snapshot_id", "group snapshot", &id.node)?;
+        // Guarded before it is looked up, so that what is deleted is what
+        // was checked.
+        let _guard = self
+            .locks
+            .try_lock([snapshot_key(&state::group_key(id.kernel))])?;
         let Some(g) = self.group_record(&id) else {
             return Ok(());
         };
-        let _guard = self.locks.try_lock([snapshot_key(&g.key())])?;
         self.check_member_ids(&g, snapshot_ids)?;
         self.destroy_kernel(g.kernel)?;
         let keys: Vec<String> = self.state.read(|t| {

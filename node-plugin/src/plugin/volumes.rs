@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{now, open_device, Plugin};
 use crate::guard::{name_key, snapshot_key, volume_key};
 use crate::ids::{SnapshotId, VolumeId};
-use crate::state::{BackendKind, SnapshotRecord, Source, VolumeRecord};
+use crate::state::{self, BackendKind, SnapshotRecord, Source, VolumeRecord};
 use crate::{Error, Result};
 
 /// Copy unit of restores and clones.
@@ -55,16 +55,26 @@ impl Plugin {
             });
         }
 
-        // The source decides the minimum size and is held while copied.
-        let (source_snapshot, source_volume) = match &req.source {
-            None => (None, None),
+        // The source decides the minimum size. Its guard is taken before
+        // it is looked up and held until it is copied: a DeleteSnapshot
+        // and a CreateSnapshot of its volume in between would leave this
+        // call with the record of a snapshot the kernel no longer holds.
+        // A snapshot's kernel snapshot is guarded too, as
+        // DeleteVolumeGroupSnapshot guards a group's.
+        let (source_snapshot, source_volume, _source_guard) = match &req.source {
+            None => (None, None, None),
             Some(Source::Snapshot(text)) => {
-                let rec = self.snapshot_for_use(text)?;
-                (Some(rec), None)
+                let id: SnapshotId = text.parse()?;
+                let guard = self.locks.try_lock([
+                    snapshot_key(&state::snapshot_key(id.kernel, &id.volume)),
+                    snapshot_key(&state::group_key(id.kernel)),
+                ])?;
+                (Some(self.snapshot_for_use(&id, text)?), None, Some(guard))
             }
             Some(Source::Volume(text)) => {
                 let id: VolumeId = text.parse()?;
-                (None, Some(self.volume(&id)?))
+                let guard = self.locks.try_lock([volume_key(&id.local)])?;
+                (None, Some(self.volume(&id)?), Some(guard))
             }
         };
         let source_size = source_snapshot
@@ -78,15 +88,6 @@ impl Plugin {
                 req.limit
             )));
         }
-        let mut keys = vec![];
-        if let Some(s) = &source_snapshot {
-            keys.push(snapshot_key(&s.key()));
-        }
-        if let Some(v) = &source_volume {
-            keys.push(volume_key(&v.local));
-        }
-        let _source_guard = self.locks.try_lock(keys)?;
-
         let size = req.required.max(source_size).max(1);
         let mut vol = self.place_volume(
             VolumeRecord {
@@ -318,10 +319,9 @@ impl Plugin {
     /// The snapshot a CreateVolume source names, ready to be read. A lost
     /// one never becomes readable again: a final code, not one the
     /// provisioner retries.
-    fn snapshot_for_use(&self, text: &str) -> Result<SnapshotRecord> {
-        let id: SnapshotId = text.parse()?;
+    fn snapshot_for_use(&self, id: &SnapshotId, text: &str) -> Result<SnapshotRecord> {
         let rec = self
-            .snapshot_record(&id)
+            .snapshot_record(id)
             .ok_or_else(|| Error::not_found("snapshot", text))?;
         let rec = self.refresh(rec)?;
         if let Some(lost) = &rec.lost {

@@ -1686,4 +1686,39 @@ pub(crate) mod tests {
         assert_eq!(got.snapshot_id, s.snapshot_id);
         assert!(!got.ready_to_use);
     }
+
+    #[tokio::test]
+    async fn one_unreadable_volume_does_not_fail_the_listing() {
+        let env = Env::new();
+        let a = new_volume(&env, "pvc-a", MIB);
+        let b = new_volume(&env, "pvc-b", MIB);
+        let sa = new_snapshot(&env, "snap-a", &a);
+        let sb = new_snapshot(&env, "snap-b", &b);
+        // b's device cannot be opened any more (a static device unplugged).
+        let vol_b = env.plugin.volume(&b.parse().expect("id")).expect("b");
+        std::fs::remove_file(env.plugin.device_of(&vol_b).expect("device")).expect("remove");
+        let all = list(&env, csi::ListSnapshotsRequest::default())
+            .await
+            .expect("the others are listed")
+            .into_inner();
+        let mut seen: Vec<(String, bool)> = all
+            .entries
+            .iter()
+            .map(|e| {
+                let s = e.snapshot.as_ref().expect("snapshot");
+                (s.snapshot_id.clone(), s.ready_to_use)
+            })
+            .collect();
+        seen.sort();
+        let mut want = vec![(sa.snapshot_id.clone(), true), (sb.snapshot_id, true)];
+        want.sort();
+        assert_eq!(seen, want, "b as recorded, a checked");
+        env.controller
+            .get_snapshot(Request::new(csi::GetSnapshotRequest {
+                snapshot_id: sa.snapshot_id,
+                ..Default::default()
+            }))
+            .await
+            .expect("get a");
+    }
 }

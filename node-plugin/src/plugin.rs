@@ -297,20 +297,14 @@ impl Plugin {
             if rec.lost.is_some() {
                 continue;
             }
-            let id = self.snapshot_id(&rec);
-            let checked = if held.contains(&rec.kernel) {
-                self.refresh(rec).map(drop)
-            } else {
-                self.mark_lost(
-                    rec.kernel,
-                    LostReason::KernelForgot,
-                    "the kernel no longer holds it (node rebooted or module reloaded)",
-                )
-            };
-            // One unreadable volume must not keep the node from serving
-            // the others; the snapshot is checked again when used.
-            if let Err(e) = checked {
-                tracing::error!(snapshot = %id, error = %e, "snapshot not checked");
+            if held.contains(&rec.kernel) {
+                self.checked(rec);
+            } else if let Err(e) = self.mark_lost(
+                rec.kernel,
+                LostReason::KernelForgot,
+                "the kernel no longer holds it (node rebooted or module reloaded)",
+            ) {
+                tracing::error!(snapshot = %self.snapshot_id(&rec), error = %e, "loss not recorded");
             }
         }
         for id in held.difference(&referenced) {

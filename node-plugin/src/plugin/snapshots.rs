@@ -384,6 +384,20 @@ impl Plugin {
         Ok(())
     }
 
+    /// `rec` checked with the kernel (see `refresh`), or as recorded when
+    /// the check itself fails (its volume's device cannot be opened, say):
+    /// one unreadable volume must not fail a listing of all the others.
+    /// The snapshot is checked again when it is used.
+    pub(crate) fn checked(&self, rec: SnapshotRecord) -> SnapshotRecord {
+        match self.refresh(rec.clone()) {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::error!(snapshot = %self.snapshot_id(&rec), error = %e, "snapshot not checked");
+                rec
+            }
+        }
+    }
+
     /// ListSnapshots: records in key order, after the token's key, at most
     /// `max_entries` (0: all). Unknown filters give an empty list.
     pub fn list_snapshots(&self, f: &SnapshotFilter) -> Result<(Vec<SnapshotRecord>, String)> {
@@ -419,10 +433,7 @@ impl Plugin {
         };
         let more = all.len() > max;
         all.truncate(max);
-        let page: Vec<SnapshotRecord> = all
-            .into_iter()
-            .map(|r| self.refresh(r))
-            .collect::<Result<_>>()?;
+        let page: Vec<SnapshotRecord> = all.into_iter().map(|r| self.checked(r)).collect();
         let next = match (more, page.last()) {
             (true, Some(last)) => URL_SAFE_NO_PAD.encode(last.key()),
             _ => String::new(),
@@ -499,7 +510,7 @@ impl Plugin {
                 .cloned()
                 .collect()
         });
-        members.into_iter().map(|r| self.refresh(r)).collect()
+        Ok(members.into_iter().map(|r| self.checked(r)).collect())
     }
 
     fn check_member_ids(&self, g: &GroupRecord, snapshot_ids: &[String]) -> Result<()> {

@@ -344,4 +344,62 @@ mod tests {
             .await
             .expect("unknown group: OK");
     }
+
+    /// The process died after the members' records were written and
+    /// before the group's, which is the commit point of a group take.
+    fn half_made_group(env: &Env) -> Vec<SnapshotRecord> {
+        let vols = vec![new_volume(env, "a", MIB), new_volume(env, "b", MIB)];
+        let (g, members) = env
+            .plugin
+            .create_group("g1", &vols, &Default::default())
+            .expect("group");
+        env.plugin
+            .state
+            .remove::<GroupRecord>(&g.key())
+            .expect("remove");
+        members
+    }
+
+    #[tokio::test]
+    async fn deleting_one_member_of_a_half_made_group_keeps_the_kernel_snapshot() {
+        let env = Env::new();
+        let members = half_made_group(&env);
+        let id = |m: &SnapshotRecord| env.plugin.snapshot_id(m).to_string();
+        env.plugin
+            .delete_snapshot(&id(&members[0]))
+            .expect("delete one member");
+        assert_eq!(env.kernel.held(), vec![members[0].kernel], "still used");
+        let (left, _) = env
+            .plugin
+            .list_snapshots(&Default::default())
+            .expect("list");
+        assert_eq!(left.len(), 1);
+        assert!(left[0].lost.is_none(), "the other member is still served");
+        env.plugin
+            .delete_snapshot(&id(&members[1]))
+            .expect("delete the last member");
+        assert!(env.kernel.held().is_empty(), "released with the last one");
+    }
+
+    #[tokio::test]
+    async fn a_half_made_group_is_undone_at_start() {
+        let env = Env::new();
+        let members = half_made_group(&env);
+        let env = env.restart();
+        assert!(env.kernel.held().is_empty(), "kernel snapshot released");
+        let (left, _) = env
+            .plugin
+            .list_snapshots(&Default::default())
+            .expect("list");
+        assert!(left.is_empty(), "member records removed: {left:?}");
+        // The sidecar's retry makes the group anew.
+        let vols: Vec<String> = members
+            .iter()
+            .map(|m| format!("v1:{}:{NODE}", m.volume))
+            .collect();
+        env.groups
+            .create_volume_group_snapshot(Request::new(create(&vols, "g1")))
+            .await
+            .expect("retried create");
+    }
 }

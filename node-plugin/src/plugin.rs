@@ -24,7 +24,8 @@ use crate::ids::VolumeId;
 use crate::kernel::Kernel;
 use crate::metrics::{Metrics, SnapshotLabels};
 use crate::state::{
-    BackendKind, FsStore, GroupRecord, Lost, LostReason, SnapshotRecord, State, VolumeRecord,
+    group_key, BackendKind, FsStore, GroupRecord, Lost, LostReason, SnapshotRecord, State,
+    VolumeRecord,
 };
 use crate::{Error, Result};
 
@@ -280,6 +281,32 @@ impl Plugin {
         for vol in volumes {
             if let Err(e) = self.track(&vol) {
                 tracing::error!(volume = %vol.local, error = %e, "volume could not be tracked again");
+            }
+        }
+
+        // A group take commits with its group record, written after its
+        // members' (and removed before them by a delete): members without
+        // it are a CreateVolumeGroupSnapshot that never answered, or a
+        // delete cut short. Undone: one member's DeleteSnapshot would
+        // otherwise destroy what the others name, and a retried create
+        // makes the group anew.
+        let unfinished: BTreeMap<Uuid, Vec<String>> = self.state.read(|t| {
+            let mut groups: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
+            for s in t.snapshots.values() {
+                if let Some(g) = s.group.filter(|g| !t.groups.contains_key(&group_key(*g))) {
+                    groups.entry(g).or_default().push(s.key());
+                }
+            }
+            groups
+        });
+        for (kernel, keys) in unfinished {
+            tracing::warn!(kernel_snapshot = %kernel, "undoing a group snapshot whose creation or deletion did not finish");
+            let undone = self.destroy_kernel(kernel).and_then(|()| {
+                keys.iter()
+                    .try_for_each(|k| self.state.remove::<SnapshotRecord>(k))
+            });
+            if let Err(e) = undone {
+                tracing::error!(kernel_snapshot = %kernel, error = %e, "unfinished group snapshot not undone");
             }
         }
 

@@ -368,14 +368,23 @@ impl Plugin {
                 )));
             }
         }
-        self.destroy_kernel(rec.kernel)?;
+        // A kernel snapshot that other records still name (the members of
+        // a group whose group record is missing) goes with the last of them.
+        let shared = self.state.read(|t| {
+            t.snapshots
+                .values()
+                .any(|s| s.kernel == rec.kernel && s.key() != key)
+        });
+        if !shared {
+            self.destroy_kernel(rec.kernel)?;
+        }
         self.state.remove::<SnapshotRecord>(&key)?;
         self.update_gauges();
         tracing::info!(snapshot = text, "snapshot deleted");
         Ok(())
     }
 
-    fn destroy_kernel(&self, kernel: Uuid) -> Result<()> {
+    pub(crate) fn destroy_kernel(&self, kernel: Uuid) -> Result<()> {
         match self.kernel().snapshot_destroy(blksnap::SnapshotId(kernel)) {
             Ok(()) | Err(blksnap::Error::NoSuchSnapshot { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -578,6 +587,9 @@ impl Plugin {
         };
         self.check_member_ids(&g, snapshot_ids)?;
         self.destroy_kernel(g.kernel)?;
+        // The group record goes first: members left without it are undone
+        // at start, so a crash half way still ends in a complete delete.
+        self.state.remove::<GroupRecord>(&g.key())?;
         let keys: Vec<String> = self.state.read(|t| {
             t.snapshots
                 .values()
@@ -588,7 +600,6 @@ impl Plugin {
         for k in keys {
             self.state.remove::<SnapshotRecord>(&k)?;
         }
-        self.state.remove::<GroupRecord>(&g.key())?;
         self.update_gauges();
         tracing::info!(group = text, "group snapshot deleted");
         Ok(())

@@ -440,8 +440,7 @@ impl Plugin {
     }
 
     /// Checks a held snapshot with the kernel (see `check_held`) and
-    /// returns the record as it is now. Takes the record, as callers have
-    /// just read it, to spare a copy of its change map.
+    /// returns the record as it is now.
     pub(crate) fn refresh(&self, rec: SnapshotRecord) -> Result<SnapshotRecord> {
         if rec.lost.is_some() {
             return Ok(rec);

@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -268,9 +268,10 @@ pub struct SnapshotRecord {
     pub generation: Uuid,
     pub number: u8,
     pub block_size: u32,
-    /// The change map frozen at take, one byte per tracking block.
+    /// The change map frozen at take, one byte per tracking block (up to
+    /// some MiB): shared, not copied, by every copy of the record.
     #[serde(with = "map_text")]
-    pub map: Vec<u8>,
+    pub map: Arc<[u8]>,
     /// Byte ranges that may hold data in this snapshot, computed at take.
     pub allocated: Vec<Range<u64>>,
     /// Difference storage limit in bytes.
@@ -313,6 +314,8 @@ pub fn group_key(kernel: Uuid) -> String {
 }
 
 mod map_text {
+    use std::sync::Arc;
+
     use serde::{Deserialize, Deserializer, Serializer};
 
     /// Longest map the kernel makes (`u32` block count).
@@ -322,9 +325,10 @@ mod map_text {
         s.serialize_str(&crate::ranges::encode_map(map))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[u8]>, D::Error> {
         let text = String::deserialize(d)?;
         crate::ranges::decode_map(&text, MAX)
+            .map(Arc::from)
             .ok_or_else(|| serde::de::Error::custom("malformed change map"))
     }
 }
@@ -377,6 +381,11 @@ impl Record for GroupRecord {
 /// The tables in memory over a [`Store`].
 pub struct State {
     store: Box<dyn Store>,
+    /// Held by a change from its write to the store until memory has it:
+    /// changes reach memory in the order the store has them.
+    writing: Mutex<()>,
+    /// The tables; held only to read or to apply a change already stored,
+    /// never across the store's write and fsyncs.
     tables: Mutex<Tables>,
 }
 
@@ -412,6 +421,7 @@ impl State {
         load_table::<GroupRecord>(store.as_ref(), &mut tables)?;
         Ok(State {
             store,
+            writing: Mutex::new(()),
             tables: Mutex::new(tables),
         })
     }
@@ -421,6 +431,10 @@ impl State {
         // changed: every change is one insert or remove after the store
         // has it.
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads the tables.
@@ -435,17 +449,17 @@ impl State {
             key: key.clone(),
             reason: e.to_string(),
         })?;
-        let mut tables = self.lock();
+        let _writing = self.lock_writing();
         self.store.write(T::TABLE, &key, Some(&bytes))?;
-        T::table(&mut tables).insert(key, record.clone());
+        T::table(&mut self.lock()).insert(key, record.clone());
         Ok(())
     }
 
     /// Removes the record `key` of `T`'s table (absent is fine).
     pub fn remove<T: Record>(&self, key: &str) -> Result<()> {
-        let mut tables = self.lock();
+        let _writing = self.lock_writing();
         self.store.write(T::TABLE, key, None)?;
-        T::table(&mut tables).remove(key);
+        T::table(&mut self.lock()).remove(key);
         Ok(())
     }
 }
@@ -471,7 +485,7 @@ mod tests {
             generation: Uuid::new_v4(),
             number: 3,
             block_size: 65536,
-            map: vec![0, 0, 1, 3, 3, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            map: vec![0, 0, 1, 3, 3, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0].into(),
             allocated: std::iter::once(0..4096).collect(),
             storage_limit: 1 << 20,
             lost: None,
@@ -551,5 +565,69 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    /// A store whose writes wait until released, as an fsync on a busy
+    /// disk does.
+    struct SlowStore {
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Store for SlowStore {
+        fn load(&self, _table: Table) -> Result<Vec<(String, Vec<u8>)>> {
+            Ok(Vec::new())
+        }
+        fn write(&self, _table: Table, _key: &str, _value: Option<&[u8]>) -> Result<()> {
+            self.entered.send(()).expect("entered");
+            self.release
+                .lock()
+                .expect("release")
+                .recv()
+                .expect("released");
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn readers_do_not_wait_for_a_write_to_reach_the_disk() {
+        use std::sync::mpsc::{channel, sync_channel};
+        use std::time::Duration;
+        let (entered, in_write) = sync_channel(1);
+        let (release, released) = channel();
+        let state = Arc::new(
+            State::load(Box::new(SlowStore {
+                entered,
+                release: Mutex::new(released),
+            }))
+            .expect("load"),
+        );
+        let writer = {
+            let state = Arc::clone(&state);
+            std::thread::spawn(move || state.put(&snapshot("vol-w")).expect("put"))
+        };
+        in_write.recv().expect("the put is writing");
+        let (done, read) = channel();
+        {
+            let state = Arc::clone(&state);
+            std::thread::spawn(move || {
+                let _ = done.send(state.read(|t| t.snapshots.len()));
+            });
+        }
+        let seen = read.recv_timeout(Duration::from_secs(5));
+        release.send(()).expect("release");
+        writer.join().expect("writer");
+        assert_eq!(seen, Ok(0), "a read waited for the write");
+        assert_eq!(state.read(|t| t.snapshots.len()), 1);
+    }
+
+    #[test]
+    fn copies_of_a_record_share_its_change_map() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State::load(Box::new(FsStore::open(dir.path()).expect("open"))).expect("load");
+        let s = snapshot("vol-m");
+        state.put(&s).expect("put");
+        let listed: Vec<SnapshotRecord> = state.read(|t| t.snapshots.values().cloned().collect());
+        assert!(Arc::ptr_eq(&listed[0].map, &s.map), "the map was copied");
     }
 }

@@ -235,7 +235,7 @@ impl Plugin {
                 generation: info.generation_id,
                 number: info.changes_number,
                 block_size: bs,
-                map,
+                map: map.into(),
                 allocated,
                 storage_limit: limit,
                 lost: None,

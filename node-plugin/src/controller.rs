@@ -156,11 +156,18 @@ pub fn annotate_lost<T>(plugin: &Plugin, response: &mut Response<T>, recs: &[Sna
     }
 }
 
-fn csi_volume(
-    plugin: &Plugin,
-    vol: &VolumeRecord,
-    source: Option<csi::VolumeContentSource>,
-) -> csi::Volume {
+fn csi_volume(plugin: &Plugin, vol: &VolumeRecord) -> csi::Volume {
+    use csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    let source = vol.source.as_ref().map(|s| csi::VolumeContentSource {
+        r#type: Some(match s {
+            Source::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                snapshot_id: id.clone(),
+            }),
+            Source::Volume(id) => Type::Volume(VolumeSource {
+                volume_id: id.clone(),
+            }),
+        }),
+    });
     csi::Volume {
         capacity_bytes: i64::try_from(vol.capacity).unwrap_or(i64::MAX),
         volume_id: plugin.volume_id(vol).to_string(),
@@ -269,7 +276,7 @@ impl Controller for ControllerService {
         let plugin = Arc::clone(&self.plugin);
         let vol = blocking(move || plugin.create_volume(&req)).await?;
         Ok(Response::new(csi::CreateVolumeResponse {
-            volume: Some(csi_volume(&self.plugin, &vol, r.volume_content_source)),
+            volume: Some(csi_volume(&self.plugin, &vol)),
         }))
     }
 
@@ -334,9 +341,24 @@ impl Controller for ControllerService {
 
     async fn list_volumes(
         &self,
-        _request: Request<csi::ListVolumesRequest>,
+        request: Request<csi::ListVolumesRequest>,
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        Err(Error::Unsupported("ListVolumes").into())
+        let r = request.into_inner();
+        let plugin = Arc::clone(&self.plugin);
+        let (vols, next_token) =
+            blocking(move || plugin.list_volumes(r.max_entries, &r.starting_token)).await?;
+        Ok(Response::new(csi::ListVolumesResponse {
+            entries: vols
+                .iter()
+                .map(|v| csi::list_volumes_response::Entry {
+                    volume: Some(csi_volume(&self.plugin, v)),
+                    // Neither LIST_VOLUMES_PUBLISHED_NODES nor
+                    // VOLUME_CONDITION is offered.
+                    status: None,
+                })
+                .collect(),
+            next_token,
+        }))
     }
 
     async fn get_capacity(
@@ -375,6 +397,8 @@ impl Controller for ControllerService {
             Cap::CreateDeleteVolume,
             Cap::CreateDeleteSnapshot,
             Cap::ListSnapshots,
+            Cap::GetSnapshot,
+            Cap::ListVolumes,
             Cap::CloneVolume,
             Cap::ExpandVolume,
             Cap::GetCapacity,
@@ -1547,14 +1571,6 @@ pub(crate) mod tests {
                 want
             );
         }
-        assert_eq!(
-            code(
-                env.controller
-                    .list_volumes(Request::new(csi::ListVolumesRequest::default()))
-                    .await
-            ),
-            Code::Unimplemented
-        );
         let here = env
             .controller
             .get_capacity(Request::new(csi::GetCapacityRequest {
@@ -1632,6 +1648,8 @@ pub(crate) mod tests {
             Cap::CreateDeleteVolume,
             Cap::CreateDeleteSnapshot,
             Cap::ListSnapshots,
+            Cap::GetSnapshot,
+            Cap::ListVolumes,
             Cap::CloneVolume,
             Cap::ExpandVolume,
             Cap::GetCapacity,
@@ -1720,5 +1738,109 @@ pub(crate) mod tests {
             }))
             .await
             .expect("get a");
+    }
+
+    async fn list_vols(
+        env: &Env,
+        max_entries: i32,
+        starting_token: &str,
+    ) -> Result<csi::ListVolumesResponse, Status> {
+        env.controller
+            .list_volumes(Request::new(csi::ListVolumesRequest {
+                max_entries,
+                starting_token: starting_token.into(),
+            }))
+            .await
+            .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn list_volumes_pages_through_the_finished_volumes() {
+        let env = Env::new();
+        let mut ids: Vec<String> = (0..5)
+            .map(|i| new_volume(&env, &format!("pvc-{i}"), MIB))
+            .collect();
+        let s = new_snapshot(&env, "snap", &ids[0]);
+        // A restored volume (the stand-ins have no images to copy).
+        let restored_id = new_volume(&env, "restored", MIB);
+        let mut restored = env
+            .plugin
+            .volume(&restored_id.parse().expect("id"))
+            .expect("volume");
+        restored.source = Some(Source::Snapshot(s.snapshot_id.clone()));
+        env.plugin.state.put(&restored).expect("put");
+        ids.push(restored_id);
+        // A volume still being made is not one yet.
+        let mut unfinished = restored.clone();
+        unfinished.local = "0000000000000000".into();
+        unfinished.name = "unfinished".into();
+        unfinished.creating = true;
+        env.plugin.state.put(&unfinished).expect("put");
+
+        let all = list_vols(&env, 0, "").await.expect("all");
+        assert!(all.next_token.is_empty());
+        let mut listed: Vec<String> = all
+            .entries
+            .iter()
+            .map(|e| e.volume.as_ref().expect("volume").volume_id.clone())
+            .collect();
+        listed.sort();
+        ids.sort();
+        assert_eq!(listed, ids);
+        let r = all
+            .entries
+            .iter()
+            .filter_map(|e| e.volume.clone())
+            .find(|v| v.volume_id == env.plugin.volume_id(&restored).to_string())
+            .expect("restored listed");
+        assert_eq!(r.capacity_bytes, restored.capacity as i64);
+        assert_eq!(r.accessible_topology, vec![topology(NODE)]);
+        assert_eq!(
+            r.content_source.and_then(|c| c.r#type).map(|t| match t {
+                csi::volume_content_source::Type::Snapshot(s) => s.snapshot_id,
+                csi::volume_content_source::Type::Volume(v) => v.volume_id,
+            }),
+            Some(s.snapshot_id.clone())
+        );
+
+        // Pages of 2; the last volume of a page is deleted before the next
+        // call, and its token still works.
+        let first = list_vols(&env, 2, "").await.expect("page 1");
+        assert_eq!(first.entries.len(), 2);
+        assert!(!first.next_token.is_empty());
+        let last = first.entries[1]
+            .volume
+            .as_ref()
+            .expect("v")
+            .volume_id
+            .clone();
+        env.plugin.delete_volume(&last).expect("delete");
+        let mut seen: Vec<String> = first
+            .entries
+            .iter()
+            .map(|e| e.volume.as_ref().expect("v").volume_id.clone())
+            .collect();
+        let mut token = first.next_token;
+        while !token.is_empty() {
+            let page = list_vols(&env, 2, &token).await.expect("next page");
+            assert!(page.entries.len() <= 2);
+            seen.extend(
+                page.entries
+                    .iter()
+                    .map(|e| e.volume.as_ref().expect("v").volume_id.clone()),
+            );
+            token = page.next_token;
+        }
+        seen.sort();
+        assert_eq!(seen, ids, "every volume once");
+
+        for (max, token, want) in [
+            (0, "garbage!", Code::Aborted),
+            (0, "Zm9v.", Code::Aborted),
+            (0, "10", Code::Aborted),
+            (-1, "", Code::InvalidArgument),
+        ] {
+            assert_eq!(code(list_vols(&env, max, token).await), want, "{token:?}");
+        }
     }
 }

@@ -264,9 +264,9 @@ mod tests {
                 Code::NotFound,
             ),
             (
-                "malformed volume",
+                "volume id not ours",
                 Box::new(|_e| create(&["x".into()], "g")),
-                Code::InvalidArgument,
+                Code::NotFound,
             ),
             (
                 "volume of another node",
@@ -318,7 +318,9 @@ mod tests {
         let env = Env::new();
         for (id, want) in [
             (String::new(), Code::InvalidArgument),
-            ("x".to_owned(), Code::InvalidArgument),
+            // Not our id: no such group here (DeleteVolumeGroupSnapshot
+            // answers OK for it).
+            ("x".to_owned(), Code::NotFound),
         ] {
             let got = env
                 .groups

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use blksnap::Event;
 use nix::errno::Errno;
 use uuid::Uuid;
@@ -110,6 +112,63 @@ enum Held {
     Image(PathBuf),
     /// The record's snapshot is gone or unreadable.
     Lost(LostReason, String),
+}
+
+/// The page a List call asks for: the records after the key its
+/// `starting_token` names (the last key of the page before, so a record
+/// deleted in between does not spoil the token), at most `max_entries`
+/// of them (0: all).
+pub(crate) struct Paging {
+    after: Option<String>,
+    max: usize,
+}
+
+impl Paging {
+    /// Checks the request's paging fields; `valid_key` tells a key of the
+    /// listed table, so a token this plugin did not hand out is refused.
+    pub(crate) fn new(
+        max_entries: i32,
+        starting_token: &str,
+        valid_key: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
+        let max = match usize::try_from(max_entries) {
+            Ok(0) => usize::MAX,
+            Ok(n) => n,
+            Err(_) => return Err(Error::invalid("max_entries", "must not be negative")),
+        };
+        if starting_token.is_empty() {
+            return Ok(Paging { after: None, max });
+        }
+        let key = URL_SAFE_NO_PAD
+            .decode(starting_token)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|key| valid_key(key))
+            .ok_or_else(|| Error::BadToken(starting_token.to_owned()))?;
+        Ok(Paging {
+            after: Some(key),
+            max,
+        })
+    }
+
+    /// The page of `items`, which are in key order, and the token of the
+    /// next page (empty after the last).
+    pub(crate) fn apply<T>(
+        &self,
+        mut items: Vec<T>,
+        key: impl Fn(&T) -> String,
+    ) -> (Vec<T>, String) {
+        if let Some(after) = &self.after {
+            items.retain(|i| key(i) > *after);
+        }
+        let more = items.len() > self.max;
+        items.truncate(self.max);
+        let next = match (more, items.last()) {
+            (true, Some(last)) => URL_SAFE_NO_PAD.encode(key(last)),
+            _ => String::new(),
+        };
+        (items, next)
+    }
 }
 
 /// Opens a block device for the kernel commands and I/O.

@@ -277,20 +277,20 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (
-                "malformed base",
+                "base id not ours",
                 "x".into(),
                 s2.clone(),
                 0,
                 0,
-                Code::InvalidArgument,
+                Code::NotFound,
             ),
             (
-                "malformed target",
+                "target id not ours",
                 s1.clone(),
                 "x".into(),
                 0,
                 0,
-                Code::InvalidArgument,
+                Code::NotFound,
             ),
             (
                 "deleted target",
@@ -411,7 +411,7 @@ mod tests {
         }
         for (id, off, want) in [
             (String::new(), 0, Code::InvalidArgument),
-            ("x".to_owned(), 0, Code::InvalidArgument),
+            ("x".to_owned(), 0, Code::NotFound),
             (s.clone(), 4 * MIB, Code::OutOfRange),
             (s.clone(), -5, Code::InvalidArgument),
         ] {

@@ -15,11 +15,9 @@ use std::fs::File;
 use std::ops::Range;
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use uuid::Uuid;
 
-use super::{now, open_device, Plugin};
+use super::{now, open_device, Paging, Plugin};
 use crate::guard::{name_key, snapshot_key, volume_key};
 use crate::ids::{GroupSnapshotId, SnapshotId, VolumeId};
 use crate::state::{self, GroupRecord, SnapshotRecord, VolumeRecord};
@@ -410,14 +408,7 @@ impl Plugin {
     /// ListSnapshots: records in key order, after the token's key, at most
     /// `max_entries` (0: all). Unknown filters give an empty list.
     pub fn list_snapshots(&self, f: &SnapshotFilter) -> Result<(Vec<SnapshotRecord>, String)> {
-        if f.max_entries < 0 {
-            return Err(Error::invalid("max_entries", "must not be negative"));
-        }
-        let after = if f.starting_token.is_empty() {
-            None
-        } else {
-            Some(decode_token(&f.starting_token)?)
-        };
+        let paging = Paging::new(f.max_entries, &f.starting_token, is_snapshot_key)?;
         let mut all: Vec<SnapshotRecord> = if !f.snapshot_id.is_empty() {
             match f.snapshot_id.parse::<SnapshotId>() {
                 Ok(id) => self.snapshot_record(&id).into_iter().collect(),
@@ -432,22 +423,8 @@ impl Plugin {
                 _ => all.clear(),
             }
         }
-        if let Some(after) = &after {
-            all.retain(|s| s.key() > *after);
-        }
-        let max = if f.max_entries == 0 {
-            usize::MAX
-        } else {
-            f.max_entries as usize
-        };
-        let more = all.len() > max;
-        all.truncate(max);
-        let page: Vec<SnapshotRecord> = all.into_iter().map(|r| self.checked(r)).collect();
-        let next = match (more, page.last()) {
-            (true, Some(last)) => URL_SAFE_NO_PAD.encode(last.key()),
-            _ => String::new(),
-        };
-        Ok((page, next))
+        let (page, next) = paging.apply(all, SnapshotRecord::key);
+        Ok((page.into_iter().map(|r| self.checked(r)).collect(), next))
     }
 
     /// CreateVolumeGroupSnapshot: one kernel snapshot over all volumes.
@@ -459,7 +436,10 @@ impl Plugin {
     ) -> Result<(GroupRecord, Vec<SnapshotRecord>)> {
         let mut vids = Vec::with_capacity(volume_ids.len());
         for text in volume_ids {
-            let id: VolumeId = text.parse()?;
+            // An id that is not ours names no volume here.
+            let id: VolumeId = text
+                .parse()
+                .map_err(|_| Error::not_found("volume", text.as_str()))?;
             if id.node != self.settings.node_id {
                 return Err(Error::invalid(
                     "source_volume_ids",
@@ -556,15 +536,16 @@ impl Plugin {
             .read(|t| t.groups.get(&state::group_key(id.kernel)).cloned())
     }
 
-    /// GetVolumeGroupSnapshot.
+    /// GetVolumeGroupSnapshot. An id that is not ours names no group here.
     pub fn get_group(
         &self,
         text: &str,
         snapshot_ids: &[String],
     ) -> Result<(GroupRecord, Vec<SnapshotRecord>)> {
-        let id: GroupSnapshotId = text.parse()?;
-        let g = self
-            .group_record(&id)
+        let g = text
+            .parse::<GroupSnapshotId>()
+            .ok()
+            .and_then(|id| self.group_record(&id))
             .ok_or_else(|| Error::not_found("group snapshot", text))?;
         self.check_member_ids(&g, snapshot_ids)?;
         let members = self.group_members(&g)?;
@@ -610,12 +591,10 @@ impl Plugin {
         if text.is_empty() {
             return Err(Error::Missing(field));
         }
-        let id: SnapshotId = text.parse().map_err(|_| {
-            Error::invalid(
-                field,
-                format!("{text:?} is not a snapshot id of this driver"),
-            )
-        })?;
+        // An id that is not ours names no snapshot here.
+        let id: SnapshotId = text
+            .parse()
+            .map_err(|_| Error::not_found("snapshot", text))?;
         let rec = self
             .snapshot_record(&id)
             .ok_or_else(|| Error::not_found("snapshot", text))?;
@@ -647,12 +626,9 @@ impl Plugin {
         if base_text.is_empty() {
             return Err(Error::Missing("base_snapshot_id"));
         }
-        let base: SnapshotId = base_text.parse().map_err(|_| {
-            Error::invalid(
-                "base_snapshot_id",
-                format!("{base_text:?} is not a snapshot id of this driver"),
-            )
-        })?;
+        let base: SnapshotId = base_text
+            .parse()
+            .map_err(|_| Error::not_found("snapshot", base_text))?;
         let (target, rec) = self.servable("target_snapshot_id", target_text)?;
         if base.volume != target.volume || base.node != target.node {
             return Err(Error::invalid(
@@ -702,19 +678,10 @@ fn check_offset(starting_offset: i64, capacity: u64) -> Result<u64> {
     Ok(from)
 }
 
-fn decode_token(token: &str) -> Result<String> {
-    let bad = || Error::BadToken(token.to_owned());
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let key = String::from_utf8(bytes).map_err(|_| bad())?;
-    // A snapshot key: 32 hex digits, a dot, a volume name.
-    match key.split_once('.') {
-        Some((k, v))
-            if k.len() == 32
-                && k.bytes().all(|b| b.is_ascii_hexdigit())
-                && crate::ids::is_local_name(v) =>
-        {
-            Ok(key)
-        }
-        _ => Err(bad()),
-    }
+/// Whether `key` is a snapshot record's: 32 hex digits, a dot, a volume
+/// name.
+fn is_snapshot_key(key: &str) -> bool {
+    key.split_once('.').is_some_and(|(k, v)| {
+        k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()) && crate::ids::is_local_name(v)
+    })
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{now, open_device, Plugin};
+use super::{now, open_device, Paging, Plugin};
 use crate::guard::{name_key, snapshot_key, volume_key};
 use crate::ids::{SnapshotId, VolumeId};
 use crate::state::{self, BackendKind, SnapshotRecord, Source, VolumeRecord};
@@ -248,6 +248,25 @@ impl Plugin {
         self.state.remove::<VolumeRecord>(&vol.local)?;
         tracing::info!(volume = %vol.local, "volume deleted");
         Ok(())
+    }
+
+    /// ListVolumes: the volumes in key order, paged like ListSnapshots. A
+    /// volume still being made is left out: its id is not handed out
+    /// until its CreateVolume answers.
+    pub fn list_volumes(
+        &self,
+        max_entries: i32,
+        starting_token: &str,
+    ) -> Result<(Vec<VolumeRecord>, String)> {
+        let paging = Paging::new(max_entries, starting_token, crate::ids::is_local_name)?;
+        let volumes = self.state.read(|t| {
+            t.volumes
+                .values()
+                .filter(|v| !v.creating)
+                .cloned()
+                .collect()
+        });
+        Ok(paging.apply(volumes, VolumeRecord::key))
     }
 
     /// Grows a volume to at least `required` bytes; returns its capacity.

@@ -396,11 +396,8 @@ impl Plugin {
         for id in held.difference(&referenced) {
             if self.settings.collect_orphans {
                 tracing::warn!(kernel_snapshot = %id, "destroying a kernel snapshot no record references");
-                match self.kernel.snapshot_destroy(blksnap::SnapshotId(*id)) {
-                    Ok(()) | Err(blksnap::Error::NoSuchSnapshot { .. }) => {}
-                    Err(e) => {
-                        tracing::error!(kernel_snapshot = %id, error = %e, "orphan not destroyed")
-                    }
+                if let Err(e) = self.destroy_kernel(*id) {
+                    tracing::error!(kernel_snapshot = %id, error = %e, "orphan not destroyed");
                 }
             } else {
                 tracing::warn!(kernel_snapshot = %id, "kernel snapshot no record references (left alone)");
@@ -430,6 +427,27 @@ impl Plugin {
         Ok(())
     }
 
+    /// Attaches change tracking to `dev`; a tracker already attached is
+    /// kept.
+    pub(crate) fn attach(&self, dev: &File) -> Result<()> {
+        match self.kernel.attach(dev) {
+            Ok(()) | Err(blksnap::Error::AlreadyAttached { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Detaches change tracking from `dev`; none attached is fine. A
+    /// device in a kernel snapshot keeps its tracker.
+    pub(crate) fn detach(&self, dev: &File) -> Result<()> {
+        match self.kernel.detach(dev) {
+            Ok(()) | Err(blksnap::Error::NotAttached { .. }) => Ok(()),
+            Err(blksnap::Error::Busy { .. }) => Err(Error::Precondition(
+                "the volume is in a kernel snapshot".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Binds the volume's device and attaches change tracking; a tracker
     /// already attached (a plugin restart without a reboot) is kept. A new
     /// tracker starts a new generation, so the volume's full history is
@@ -437,10 +455,7 @@ impl Plugin {
     pub(crate) fn track(&self, vol: &VolumeRecord) -> Result<()> {
         let path = self.device_of(vol)?;
         let dev = open_device(&path)?;
-        match self.kernel.attach(&dev) {
-            Ok(()) | Err(blksnap::Error::AlreadyAttached { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.attach(&dev)?;
         let info = self.kernel.cbt_info(&dev)?;
         if vol.full_history.is_some() && vol.full_history != Some(info.generation_id) {
             let mut v = vol.clone();

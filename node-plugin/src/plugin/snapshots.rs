@@ -51,11 +51,8 @@ struct Taken<'a> {
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
         if self.armed {
-            match self.plugin.kernel().snapshot_destroy(self.id) {
-                Ok(()) | Err(blksnap::Error::NoSuchSnapshot { .. }) => {}
-                Err(e) => {
-                    tracing::error!(kernel_snapshot = %self.id, error = %e, "rollback: destroy failed")
-                }
+            if let Err(e) = self.plugin.destroy_kernel(self.id.0) {
+                tracing::error!(kernel_snapshot = %self.id, error = %e, "rollback: destroy failed");
             }
         }
     }
@@ -333,14 +330,8 @@ impl Plugin {
     }
 
     pub(crate) fn release_temporary(&self, rec: &SnapshotRecord) {
-        match self
-            .kernel()
-            .snapshot_destroy(blksnap::SnapshotId(rec.kernel))
-        {
-            Ok(()) | Err(blksnap::Error::NoSuchSnapshot { .. }) => {}
-            Err(e) => {
-                tracing::error!(kernel_snapshot = %rec.kernel, error = %e, "temporary snapshot not released")
-            }
+        if let Err(e) = self.destroy_kernel(rec.kernel) {
+            tracing::error!(kernel_snapshot = %rec.kernel, error = %e, "temporary snapshot not released");
         }
     }
 
@@ -382,6 +373,8 @@ impl Plugin {
         Ok(())
     }
 
+    /// Destroys kernel snapshot `kernel` and drops its storage file and
+    /// gauges; one the kernel no longer has is fine.
     pub(crate) fn destroy_kernel(&self, kernel: Uuid) -> Result<()> {
         match self.kernel().snapshot_destroy(blksnap::SnapshotId(kernel)) {
             Ok(()) | Err(blksnap::Error::NoSuchSnapshot { .. }) => {}

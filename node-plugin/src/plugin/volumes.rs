@@ -136,10 +136,7 @@ impl Plugin {
         // (zeroed) volume the change map is its complete history.
         let path = self.device_of(vol)?;
         let dev = open_device(&path)?;
-        match self.kernel().attach(&dev) {
-            Ok(()) | Err(blksnap::Error::AlreadyAttached { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.attach(&dev)?;
         let info = self.kernel().cbt_info(&dev)?;
         let zeroed = self.backend(vol.backend)?.zeroed_on_create();
         if zeroed {
@@ -159,10 +156,7 @@ impl Plugin {
         let backend = self.backend(vol.backend)?;
         if let Ok(path) = backend.device(vol) {
             if let Ok(dev) = open_device(&path) {
-                match self.kernel().detach(&dev) {
-                    Ok(()) | Err(blksnap::Error::NotAttached { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                self.detach(&dev)?;
             }
         }
         backend.delete(vol)?;
@@ -229,18 +223,7 @@ impl Plugin {
         self.release_lost(&vol.local)?;
         let backend = self.backend(vol.backend)?;
         match backend.device(&vol) {
-            Ok(path) => {
-                let dev = open_device(&path)?;
-                match self.kernel().detach(&dev) {
-                    Ok(()) | Err(blksnap::Error::NotAttached { .. }) => {}
-                    Err(blksnap::Error::Busy { .. }) => {
-                        return Err(Error::Precondition(format!(
-                            "volume {id_text} is in a kernel snapshot"
-                        )))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            Ok(path) => self.detach(&open_device(&path)?)?,
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -295,10 +278,7 @@ impl Plugin {
         // Grow first: a backend that cannot grow leaves tracking alone.
         let capacity = self.backend(vol.backend)?.expand(&vol, required)?;
         let dev = open_device(&self.device_of(&vol)?)?;
-        match self.kernel().detach(&dev) {
-            Ok(()) | Err(blksnap::Error::NotAttached { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.detach(&dev)?;
         self.kernel().attach(&dev)?;
         if limit > 0 && capacity > limit {
             tracing::warn!(volume = %vol.local, capacity, limit, "volume grew past limit_bytes by rounding");

@@ -6,81 +6,20 @@ use std::sync::Arc;
 
 use csi::controller_server::Controller;
 use csi::controller_service_capability::rpc::Type as Cap;
-use csi::volume_capability::access_mode::Mode;
-use csi::volume_capability::AccessType;
 use csi_proto::csi::v1 as csi;
 use tonic::{Request, Response, Status};
 
+use crate::csi_convert::{access_of, annotate_lost, csi_snapshot, topology, Access};
 use crate::ids::VolumeId;
 use crate::plugin::{CreateVolume, Plugin, SnapshotFilter};
 use crate::server::blocking;
-use crate::state::{BackendKind, SnapshotRecord, Source, VolumeRecord};
+use crate::state::{BackendKind, Source, VolumeRecord};
 use crate::{Error, Result, TOPOLOGY_KEY};
 
 /// StorageClass parameter naming the backend (`pool` or `device`).
 pub const PARAM_BACKEND: &str = "backend";
 /// Parameters with this prefix belong to the sidecars.
 const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
-/// File systems the node formats.
-pub const FS_TYPES: [&str; 2] = ["ext4", "xfs"];
-/// Metadata key that carries why a listed snapshot is not ready:
-/// `<snapshot id> <reason>` per lost snapshot (the CSI Snapshot message has
-/// no field for it).
-pub const LOST_METADATA: &str = "x-blksnap-lost";
-
-/// How a volume is consumed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Access {
-    Block,
-    Mount { fs_type: String, flags: Vec<String> },
-}
-
-/// Checks one volume capability: block or mount (ext4, xfs), single-node
-/// access modes only (the volumes are node-local).
-pub fn access_of(cap: &csi::VolumeCapability) -> Result<Access> {
-    let mode = cap
-        .access_mode
-        .as_ref()
-        .map(|m| m.mode())
-        .ok_or(Error::Missing("volume_capability.access_mode"))?;
-    match mode {
-        Mode::SingleNodeWriter
-        | Mode::SingleNodeReaderOnly
-        | Mode::SingleNodeSingleWriter
-        | Mode::SingleNodeMultiWriter => {}
-        other => {
-            return Err(Error::invalid(
-                "access_mode",
-                format!(
-                    "{} is not offered: volumes are node-local",
-                    other.as_str_name()
-                ),
-            ))
-        }
-    }
-    match &cap.access_type {
-        Some(AccessType::Block(_)) => Ok(Access::Block),
-        Some(AccessType::Mount(m)) => {
-            let fs_type = if m.fs_type.is_empty() {
-                FS_TYPES[0].to_owned()
-            } else {
-                m.fs_type.clone()
-            };
-            if !FS_TYPES.contains(&fs_type.as_str()) {
-                return Err(Error::invalid(
-                    "fs_type",
-                    format!("{fs_type:?} is not offered (ext4, xfs)"),
-                ));
-            }
-            Ok(Access::Mount {
-                fs_type,
-                flags: m.mount_flags.clone(),
-            })
-        }
-        None => Err(Error::Missing("volume_capability.access_type")),
-    }
-}
-
 fn backend_param(params: &HashMap<String, String>) -> Result<Option<BackendKind>> {
     for key in params.keys() {
         if key != PARAM_BACKEND && !key.starts_with(SIDECAR_PREFIX) {
@@ -103,57 +42,6 @@ fn backend_param(params: &HashMap<String, String>) -> Result<Option<BackendKind>
 
 fn bytes(field: &'static str, v: i64) -> Result<u64> {
     u64::try_from(v).map_err(|_| Error::invalid(field, "must not be negative"))
-}
-
-/// The topology of this node's volumes.
-pub fn topology(node: &str) -> csi::Topology {
-    csi::Topology {
-        segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), node.to_owned())]),
-    }
-}
-
-fn timestamp(secs: i64, nanos: i32) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: secs,
-        nanos,
-    }
-}
-
-/// The CSI view of a snapshot record.
-pub fn csi_snapshot(plugin: &Plugin, rec: &SnapshotRecord) -> csi::Snapshot {
-    csi::Snapshot {
-        size_bytes: i64::try_from(rec.capacity).unwrap_or(i64::MAX),
-        snapshot_id: plugin.snapshot_id(rec).to_string(),
-        source_volume_id: VolumeId {
-            local: rec.volume.clone(),
-            node: plugin.settings.node_id.clone(),
-        }
-        .to_string(),
-        creation_time: Some(timestamp(rec.created_secs, rec.created_nanos)),
-        ready_to_use: rec.lost.is_none(),
-        group_snapshot_id: rec
-            .group
-            .map(|kernel| {
-                crate::ids::GroupSnapshotId {
-                    kernel,
-                    node: plugin.settings.node_id.clone(),
-                }
-                .to_string()
-            })
-            .unwrap_or_default(),
-    }
-}
-
-/// Adds a [`LOST_METADATA`] entry per lost snapshot.
-pub fn annotate_lost<T>(plugin: &Plugin, response: &mut Response<T>, recs: &[SnapshotRecord]) {
-    for rec in recs {
-        if let Some(lost) = &rec.lost {
-            let value = format!("{} {}", plugin.snapshot_id(rec), lost.reason.as_str());
-            if let Ok(v) = value.parse() {
-                response.metadata_mut().append(LOST_METADATA, v);
-            }
-        }
-    }
 }
 
 fn csi_volume(plugin: &Plugin, vol: &VolumeRecord) -> csi::Volume {
@@ -539,8 +427,11 @@ pub(crate) mod tests {
     //! the scope of the stand-ins).
 
     use super::*;
+    use crate::csi_convert::LOST_METADATA;
     use crate::guard::name_key;
     use crate::testing::{Env, NODE};
+    use csi::volume_capability::access_mode::Mode;
+    use csi::volume_capability::AccessType;
     use tonic::Code;
 
     pub(crate) fn block_cap() -> csi::VolumeCapability {

@@ -7,7 +7,7 @@ use csi::group_controller_server::GroupController;
 use csi_proto::csi::v1 as csi;
 use tonic::{Request, Response, Status};
 
-use crate::controller::{annotate_lost, csi_snapshot};
+use crate::csi_convert::{annotate_lost, csi_snapshot, timestamp};
 use crate::plugin::Plugin;
 use crate::server::blocking;
 use crate::state::{GroupRecord, SnapshotRecord};
@@ -31,10 +31,7 @@ impl GroupControllerService {
                 .iter()
                 .map(|m| csi_snapshot(&self.plugin, m))
                 .collect(),
-            creation_time: Some(prost_types::Timestamp {
-                seconds: g.created_secs,
-                nanos: g.created_nanos,
-            }),
+            creation_time: Some(timestamp(g.created_secs, g.created_nanos)),
             ready_to_use: !members.is_empty() && members.iter().all(|m| m.lost.is_none()),
         }
     }

@@ -26,6 +26,7 @@ pub mod backend;
 pub mod block_volume;
 pub mod config;
 pub mod controller;
+pub mod csi_convert;
 pub mod filesystem_volume;
 pub mod format;
 pub mod group_controller;

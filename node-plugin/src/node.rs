@@ -11,7 +11,7 @@ use csi_proto::csi::v1 as csi;
 use tonic::{Request, Response, Status};
 
 use crate::backend::device_size;
-use crate::controller::{access_of, topology, Access};
+use crate::csi_convert::{access_of, topology, Access};
 use crate::guard::volume_key;
 use crate::ids::VolumeId;
 use crate::plugin::Plugin;

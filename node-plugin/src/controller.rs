@@ -1734,4 +1734,33 @@ pub(crate) mod tests {
             assert_eq!(code(list_vols(&env, max, token).await), want, "{token:?}");
         }
     }
+
+    #[tokio::test]
+    async fn a_snapshot_the_kernel_no_longer_holds_does_not_keep_its_volume_busy() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", MIB);
+        let s = new_snapshot(&env, "snap-1", &v);
+        let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+        // Destroyed behind the plugin's back (an operator's blksnapctl).
+        crate::kernel::Kernel::snapshot_destroy(
+            env.kernel.as_ref(),
+            blksnap::SnapshotId(id.kernel),
+        )
+        .expect("destroy");
+        env.controller
+            .create_snapshot(Request::new(snapshot_request("snap-2", &v)))
+            .await
+            .expect("the volume is free");
+        let r = list(
+            &env,
+            csi::ListSnapshotsRequest {
+                snapshot_id: s.snapshot_id,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list")
+        .into_inner();
+        assert!(!r.entries[0].snapshot.as_ref().expect("s").ready_to_use);
+    }
 }

@@ -104,14 +104,21 @@ impl Plugin {
             .filter(|r| r.generation == id.generation && r.number == id.number)
     }
 
-    /// A snapshot of `local` that the kernel holds, if any.
+    /// A snapshot of `local` that the kernel holds, if any. A record that
+    /// claims so is checked with the kernel first (see `checked`): one
+    /// whose kernel snapshot is gone must not keep the volume busy.
     pub(crate) fn held_snapshot_of(&self, local: &str) -> Option<SnapshotRecord> {
-        self.state.read(|t| {
+        let claimed: Vec<SnapshotRecord> = self.state.read(|t| {
             t.snapshots
                 .values()
-                .find(|s| s.volume == local && s.lost.is_none())
+                .filter(|s| s.volume == local && s.lost.is_none())
                 .cloned()
-        })
+                .collect()
+        });
+        claimed
+            .into_iter()
+            .map(|s| self.checked(s))
+            .find(|s| s.lost.is_none())
     }
 
     /// Releases the kernel snapshots of `local`'s lost snapshots: an

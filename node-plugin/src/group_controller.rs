@@ -401,4 +401,29 @@ mod tests {
             .await
             .expect("retried create");
     }
+
+    #[tokio::test]
+    async fn a_group_is_not_deleted_while_a_member_is_restored() {
+        let env = Env::new();
+        let vols = vec![new_volume(&env, "a", MIB), new_volume(&env, "b", MIB)];
+        let (g, members) = env
+            .plugin
+            .create_group("g1", &vols, &Default::default())
+            .expect("group");
+        // A CreateVolume copying from member 0 holds its guard.
+        let restoring = env
+            .plugin
+            .locks
+            .try_lock([crate::guard::snapshot_key(&members[0].key())])
+            .expect("free");
+        let gid = env.plugin.group_id(&g).to_string();
+        assert!(matches!(
+            env.plugin.delete_group(&gid, &[]),
+            Err(crate::Error::Busy(_))
+        ));
+        assert_eq!(env.kernel.held(), vec![g.kernel], "the group is kept");
+        drop(restoring);
+        env.plugin.delete_group(&gid, &[]).expect("delete");
+        assert!(env.kernel.held().is_empty());
+    }
 }

@@ -566,11 +566,7 @@ impl Plugin {
         let Some(g) = self.group_record(&id) else {
             return Ok(());
         };
-        self.check_member_ids(&g, snapshot_ids)?;
-        self.destroy_kernel(g.kernel)?;
-        // The group record goes first: members left without it are undone
-        // at start, so a crash half way still ends in a complete delete.
-        self.state.remove::<GroupRecord>(&g.key())?;
+        // And each member's, which a restore from that member holds.
         let keys: Vec<String> = self.state.read(|t| {
             t.snapshots
                 .values()
@@ -578,6 +574,12 @@ impl Plugin {
                 .map(SnapshotRecord::key)
                 .collect()
         });
+        let _members = self.locks.try_lock(keys.iter().map(|k| snapshot_key(k)))?;
+        self.check_member_ids(&g, snapshot_ids)?;
+        self.destroy_kernel(g.kernel)?;
+        // The group record goes first: members left without it are undone
+        // at start, so a crash half way still ends in a complete delete.
+        self.state.remove::<GroupRecord>(&g.key())?;
         for k in keys {
             self.state.remove::<SnapshotRecord>(&k)?;
         }

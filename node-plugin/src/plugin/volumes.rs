@@ -58,17 +58,15 @@ impl Plugin {
         // The source decides the minimum size. Its guard is taken before
         // it is looked up and held until it is copied: a DeleteSnapshot
         // and a CreateSnapshot of its volume in between would leave this
-        // call with the record of a snapshot the kernel no longer holds.
-        // A snapshot's kernel snapshot is guarded too, as
-        // DeleteVolumeGroupSnapshot guards a group's.
+        // call with the record of a snapshot the kernel no longer holds
+        // (DeleteVolumeGroupSnapshot takes its members' guards too).
         let (source_snapshot, source_volume, _source_guard) = match &req.source {
             None => (None, None, None),
             Some(Source::Snapshot(text)) => {
                 let id: SnapshotId = text.parse()?;
-                let guard = self.locks.try_lock([
-                    snapshot_key(&state::snapshot_key(id.kernel, &id.volume)),
-                    snapshot_key(&state::group_key(id.kernel)),
-                ])?;
+                let guard = self
+                    .locks
+                    .try_lock([snapshot_key(&state::snapshot_key(id.kernel, &id.volume))])?;
                 (Some(self.snapshot_for_use(&id, text)?), None, Some(guard))
             }
             Some(Source::Volume(text)) => {

@@ -4,11 +4,14 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use crate::format::Content;
 use crate::mount::{bind, mount_at, mount_fs, unmount};
 use crate::{format, Error, Result};
 
 /// Stages `device` at `staging`: makes `fs_type` if the device carries no
-/// file system, and mounts it with `flags`.
+/// signature at all, and mounts it with `flags`. A device that carries
+/// anything else (a partition table, RAID, LVM, swap, another file
+/// system) is refused, as is formatting for a read-only stage.
 pub fn stage(
     device: &Path,
     staging: &Path,
@@ -34,17 +37,34 @@ pub fn stage(
         };
     }
     match format::probe(device)? {
-        None => format::make(device, fs_type)?,
-        Some(t) if t == fs_type => {}
-        Some(t) => {
+        Content::Empty if readonly => {
             return Err(Error::Precondition(format!(
-                "{} holds a {t} file system, {fs_type} was asked for",
+                "{} has no file system, and a read-only stage does not make one",
+                device.display()
+            )))
+        }
+        Content::Empty => format::make(device, fs_type)?,
+        Content::Type(t) if t == fs_type => {}
+        other => {
+            return Err(Error::Precondition(format!(
+                "{} holds {other}, not {fs_type}; it is not formatted over",
                 device.display()
             )))
         }
     }
+    let mut flags = flags.to_vec();
+    // A restore or a clone of an xfs volume has its source's UUID, and xfs
+    // refuses a second mount of one UUID on the node.
+    if fs_type == "xfs"
+        && !flags
+            .iter()
+            .flat_map(|f| f.split(','))
+            .any(|f| f == "nouuid")
+    {
+        flags.push("nouuid".to_owned());
+    }
     std::fs::create_dir_all(staging).map_err(|e| Error::io("create", staging, e))?;
-    mount_fs(device, staging, fs_type, flags, readonly)
+    mount_fs(device, staging, fs_type, &flags, readonly)
 }
 
 /// Unstages: unmounts the staging path.

@@ -1,11 +1,12 @@
 //! File system volumes: made on first stage, mounted at the staging path,
 //! bind-mounted into each pod's target directory.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use nix::mount::MsFlags;
+
 use crate::format::Content;
-use crate::mount::{bind, mount_at, mount_fs, unmount};
+use crate::mount::{bind, device_number, mount_at, mount_fs, split_flags, unmount_all};
 use crate::{format, Error, Result};
 
 /// Stages `device` at `staging`: makes `fs_type` if the device carries no
@@ -19,15 +20,12 @@ pub fn stage(
     flags: &[String],
     readonly: bool,
 ) -> Result<()> {
-    let rdev = std::fs::metadata(device)
-        .map_err(|e| Error::io("stat", device, e))?
-        .rdev();
+    let readonly = split_flags(flags, readonly).0.contains(MsFlags::MS_RDONLY);
     if let Some(m) = mount_at(staging)? {
-        let dev = (
-            u64::from(nix::sys::stat::major(rdev) as u32),
-            u64::from(nix::sys::stat::minor(rdev) as u32),
-        );
-        return if m.device == dev {
+        return if m.device == device_number(device)?
+            && m.fs_type == fs_type
+            && m.readonly == readonly
+        {
             Ok(())
         } else {
             Err(Error::AlreadyExists {
@@ -69,22 +67,32 @@ pub fn stage(
 
 /// Unstages: unmounts the staging path.
 pub fn unstage(staging: &Path) -> Result<()> {
-    while mount_at(staging)?.is_some() {
-        unmount(staging)?;
-    }
-    Ok(())
+    unmount_all(staging)
 }
 
-/// Publishes the staged file system at `target` (a directory).
-pub fn publish(staging: &Path, target: &Path, readonly: bool) -> Result<()> {
-    if mount_at(staging)?.is_none() {
-        return Err(Error::Precondition(format!(
-            "{} is not staged",
-            staging.display()
-        )));
-    }
-    if mount_at(target)?.is_some() {
-        return Ok(());
+/// Publishes the file system of `device`, staged at `staging`, at
+/// `target` (a directory). A target that already holds it with the same
+/// read-only mode is fine; anything else mounted there is refused.
+pub fn publish(device: &Path, staging: &Path, target: &Path, readonly: bool) -> Result<()> {
+    let dev = device_number(device)?;
+    let staged = mount_at(staging)?
+        .filter(|m| m.device == dev)
+        .ok_or_else(|| {
+            Error::Precondition(format!("the volume is not staged at {}", staging.display()))
+        })?;
+    if let Some(m) = mount_at(target)? {
+        // A bind of a read-only stage is read-only whatever was asked.
+        return if m.device == staged.device
+            && m.root == staged.root
+            && m.readonly == (readonly || staged.readonly)
+        {
+            Ok(())
+        } else {
+            Err(Error::AlreadyExists {
+                kind: "target path",
+                name: target.display().to_string(),
+            })
+        };
     }
     std::fs::create_dir_all(target).map_err(|e| Error::io("create", target, e))?;
     bind(staging, target, readonly)
@@ -92,7 +100,7 @@ pub fn publish(staging: &Path, target: &Path, readonly: bool) -> Result<()> {
 
 /// Unpublishes `target` and removes the directory.
 pub fn unpublish(target: &Path) -> Result<()> {
-    unmount(target)?;
+    unmount_all(target)?;
     match std::fs::remove_dir(target) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -134,7 +134,9 @@ impl Node for NodeService {
             let _guard = plugin.locks.try_lock([volume_key(&vid.local)])?;
             match access {
                 Access::Block => block_volume::publish(&dev, &target, readonly),
-                Access::Mount { .. } => filesystem_volume::publish(&staging, &target, readonly),
+                Access::Mount { .. } => {
+                    filesystem_volume::publish(&dev, &staging, &target, readonly)
+                }
             }
         })
         .await?;

@@ -325,9 +325,14 @@ impl Node for NodeService {
                 None => volume_path.is_dir(),
             };
             if is_fs {
-                let m = mount::mount_at(&volume_path)?.ok_or_else(|| {
-                    Error::not_found("mounted volume path", volume_path.display().to_string())
-                })?;
+                // Only this volume's own mount: xfs_growfs grows whatever
+                // is mounted at the path.
+                let own = mount::device_number(&dev)?;
+                let m = mount::mount_at(&volume_path)?
+                    .filter(|m| m.device == own)
+                    .ok_or_else(|| {
+                        Error::not_found("the volume's mount at", volume_path.display().to_string())
+                    })?;
                 format::grow(&dev, &volume_path, &m.fs_type)?;
             }
             Ok(size)

@@ -27,6 +27,7 @@ use blksnap_node_plugin::state::{BackendKind, LostReason, Source, VolumeRecord};
 use blksnap_node_plugin::{ranges, Error};
 
 mod guest;
+mod node_service;
 
 use guest::{cleanup, mkfs_mount};
 

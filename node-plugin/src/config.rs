@@ -43,9 +43,15 @@ pub struct Config {
     #[arg(long, env = "DRIVER_NAME", default_value = "blksnap.csi.io")]
     pub driver_name: String,
 
-    /// Unix socket for the kubelet (Identity, Node).
-    #[arg(long, env = "CSI_ENDPOINT", default_value = "/csi/csi.sock")]
+    /// Unix socket for the kubelet (Identity, Node): an absolute path, or
+    /// `unix://` and one, as the CSI sidecars write it.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "/csi/csi.sock", value_parser = socket_path)]
     pub csi_socket: PathBuf,
+
+    /// The kubelet's directory (its `--root-dir`): the Node calls mount on,
+    /// unmount and remove paths below it only.
+    #[arg(long, env = "KUBELET_DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_dir: PathBuf,
 
     /// Address of the node API for the controller (mutual TLS only).
     #[arg(long, env = "NODE_API_ADDRESS", default_value = "0.0.0.0:9820")]
@@ -120,6 +126,23 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// The socket path of a CSI endpoint: `/path` or `unix:///path`.
+fn socket_path(v: &str) -> Result<PathBuf, String> {
+    let path = match v.split_once("://") {
+        None => v,
+        Some(("unix", path)) => path,
+        Some((scheme, _)) => return Err(format!("{scheme}:// is not a unix socket endpoint")),
+    };
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{v:?} is not an absolute path (unix:///... has three slashes)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +164,29 @@ mod tests {
         assert_eq!(c.static_devices, vec!["fast=/dev/disk/by-id/x"]);
         assert_eq!(c.default_storage_percent, 50);
         assert!(c.metrics.is_none());
+        assert_eq!(c.csi_socket, PathBuf::from("/csi/csi.sock"));
+        assert_eq!(c.kubelet_dir, PathBuf::from("/var/lib/kubelet"));
+    }
+
+    #[test]
+    fn csi_endpoints_in_either_form_name_one_absolute_socket() {
+        let parse = |endpoint: &str| {
+            Config::try_parse_from([
+                "blksnap-node-plugin",
+                "--node-id=worker-1",
+                "--tls-cert=c.pem",
+                "--tls-key=k.pem",
+                "--tls-client-ca=ca.pem",
+                &format!("--csi-socket={endpoint}"),
+            ])
+            .map(|c| c.csi_socket)
+        };
+        for ok in ["unix:///csi/csi.sock", "/csi/csi.sock"] {
+            assert_eq!(parse(ok).expect(ok), PathBuf::from("/csi/csi.sock"), "{ok}");
+        }
+        for bad in ["unix://csi/csi.sock", "csi.sock", "tcp://127.0.0.1:10000"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! File system volumes: made on first stage, mounted at the staging path,
 //! bind-mounted into each pod's target directory.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::mount::{bind, mount_at, mount_fs, unmount};
+use nix::mount::MsFlags;
+
+use crate::format::Content;
+use crate::mount::{bind, device_number, mount_at, mount_fs, split_flags, unmount_all};
 use crate::{format, Error, Result};
 
 /// Stages `device` at `staging`: makes `fs_type` if the device carries no
-/// file system, and mounts it with `flags`.
+/// signature at all, and mounts it with `flags`. A device that carries
+/// anything else (a partition table, RAID, LVM, swap, another file
+/// system) is refused, as is formatting for a read-only stage.
 pub fn stage(
     device: &Path,
     staging: &Path,
@@ -16,15 +20,12 @@ pub fn stage(
     flags: &[String],
     readonly: bool,
 ) -> Result<()> {
-    let rdev = std::fs::metadata(device)
-        .map_err(|e| Error::io("stat", device, e))?
-        .rdev();
+    let readonly = split_flags(flags, readonly).0.contains(MsFlags::MS_RDONLY);
     if let Some(m) = mount_at(staging)? {
-        let dev = (
-            u64::from(nix::sys::stat::major(rdev) as u32),
-            u64::from(nix::sys::stat::minor(rdev) as u32),
-        );
-        return if m.device == dev {
+        return if m.device == device_number(device)?
+            && m.fs_type == fs_type
+            && m.readonly == readonly
+        {
             Ok(())
         } else {
             Err(Error::AlreadyExists {
@@ -34,37 +35,64 @@ pub fn stage(
         };
     }
     match format::probe(device)? {
-        None => format::make(device, fs_type)?,
-        Some(t) if t == fs_type => {}
-        Some(t) => {
+        Content::Empty if readonly => {
             return Err(Error::Precondition(format!(
-                "{} holds a {t} file system, {fs_type} was asked for",
+                "{} has no file system, and a read-only stage does not make one",
+                device.display()
+            )))
+        }
+        Content::Empty => format::make(device, fs_type)?,
+        Content::Type(t) if t == fs_type => {}
+        other => {
+            return Err(Error::Precondition(format!(
+                "{} holds {other}, not {fs_type}; it is not formatted over",
                 device.display()
             )))
         }
     }
+    let mut flags = flags.to_vec();
+    // A restore or a clone of an xfs volume has its source's UUID, and xfs
+    // refuses a second mount of one UUID on the node.
+    if fs_type == "xfs"
+        && !flags
+            .iter()
+            .flat_map(|f| f.split(','))
+            .any(|f| f == "nouuid")
+    {
+        flags.push("nouuid".to_owned());
+    }
     std::fs::create_dir_all(staging).map_err(|e| Error::io("create", staging, e))?;
-    mount_fs(device, staging, fs_type, flags, readonly)
+    mount_fs(device, staging, fs_type, &flags, readonly)
 }
 
 /// Unstages: unmounts the staging path.
 pub fn unstage(staging: &Path) -> Result<()> {
-    while mount_at(staging)?.is_some() {
-        unmount(staging)?;
-    }
-    Ok(())
+    unmount_all(staging)
 }
 
-/// Publishes the staged file system at `target` (a directory).
-pub fn publish(staging: &Path, target: &Path, readonly: bool) -> Result<()> {
-    if mount_at(staging)?.is_none() {
-        return Err(Error::Precondition(format!(
-            "{} is not staged",
-            staging.display()
-        )));
-    }
-    if mount_at(target)?.is_some() {
-        return Ok(());
+/// Publishes the file system of `device`, staged at `staging`, at
+/// `target` (a directory). A target that already holds it with the same
+/// read-only mode is fine; anything else mounted there is refused.
+pub fn publish(device: &Path, staging: &Path, target: &Path, readonly: bool) -> Result<()> {
+    let dev = device_number(device)?;
+    let staged = mount_at(staging)?
+        .filter(|m| m.device == dev)
+        .ok_or_else(|| {
+            Error::Precondition(format!("the volume is not staged at {}", staging.display()))
+        })?;
+    if let Some(m) = mount_at(target)? {
+        // A bind of a read-only stage is read-only whatever was asked.
+        return if m.device == staged.device
+            && m.root == staged.root
+            && m.readonly == (readonly || staged.readonly)
+        {
+            Ok(())
+        } else {
+            Err(Error::AlreadyExists {
+                kind: "target path",
+                name: target.display().to_string(),
+            })
+        };
     }
     std::fs::create_dir_all(target).map_err(|e| Error::io("create", target, e))?;
     bind(staging, target, readonly)
@@ -72,7 +100,7 @@ pub fn publish(staging: &Path, target: &Path, readonly: bool) -> Result<()> {
 
 /// Unpublishes `target` and removes the directory.
 pub fn unpublish(target: &Path) -> Result<()> {
-    unmount(target)?;
+    unmount_all(target)?;
     match std::fs::remove_dir(target) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -22,26 +22,70 @@ fn failed(program: &str, out: &std::process::Output) -> Error {
     }
 }
 
-/// The file system type on `dev`, or `None` when it carries no signature.
-pub fn probe(dev: &Path) -> Result<Option<String>> {
+/// What a device carries, as far as formatting is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// No signature blkid knows: the only state in which a device is
+    /// formatted.
+    Empty,
+    /// blkid's `TYPE`: a file system, or a RAID, LVM, swap, LUKS, ...
+    /// signature.
+    Type(String),
+    /// blkid's `PTTYPE` and no `TYPE`: a partition table.
+    PartitionTable(String),
+    /// Something blkid found but names neither way.
+    Unnamed,
+}
+
+impl std::fmt::Display for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Content::Empty => f.write_str("no signature"),
+            Content::Type(t) => write!(f, "a {t} signature"),
+            Content::PartitionTable(t) => write!(f, "a {t} partition table"),
+            Content::Unnamed => f.write_str("a signature blkid gives no type"),
+        }
+    }
+}
+
+/// What `dev` carries, by blkid's low-level probe (no cache) of both
+/// superblocks and partition tables.
+pub fn probe(dev: &Path) -> Result<Content> {
     let out = run(
         "blkid",
         &[
             "-p".as_ref(),
             "-o".as_ref(),
-            "value".as_ref(),
+            "export".as_ref(),
             "-s".as_ref(),
             "TYPE".as_ref(),
+            "-s".as_ref(),
+            "PTTYPE".as_ref(),
             dev.as_os_str(),
         ],
     )?;
     match out.status.code() {
         Some(0) => {
-            let t = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            Ok((!t.is_empty()).then_some(t))
+            let text = String::from_utf8_lossy(&out.stdout);
+            let tag = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            };
+            Ok(match (tag("TYPE"), tag("PTTYPE")) {
+                (Some(t), _) => Content::Type(t),
+                (None, Some(t)) => Content::PartitionTable(t),
+                (None, None) => Content::Unnamed,
+            })
         }
         // blkid: 2 means nothing was found.
-        Some(2) => Ok(None),
+        Some(2) => Ok(Content::Empty),
+        // 8: signatures that contradict each other; certainly not empty.
+        Some(8) => Err(Error::Precondition(format!(
+            "{} carries several signatures (blkid: ambivalent result)",
+            dev.display()
+        ))),
         _ => Err(failed("blkid", &out)),
     }
 }
@@ -106,10 +150,47 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn an_empty_file_has_no_file_system() {
+    fn image() -> tempfile::NamedTempFile {
         let f = tempfile::NamedTempFile::new().expect("tempfile");
-        f.as_file().set_len(1 << 20).expect("size");
-        assert_eq!(probe(f.path()).expect("blkid runs"), None);
+        f.as_file().set_len(16 << 20).expect("size");
+        f
+    }
+
+    #[test]
+    fn an_empty_file_has_no_signature() {
+        assert_eq!(probe(image().path()).expect("blkid runs"), Content::Empty);
+    }
+
+    #[test]
+    fn a_partition_table_alone_is_not_empty() {
+        let f = image();
+        let mut sfdisk = Command::new("sfdisk")
+            .args(["-q", "--no-reread", "--no-tell-kernel"])
+            .arg(f.path())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("sfdisk");
+        std::io::Write::write_all(sfdisk.stdin.as_mut().expect("stdin"), b"label: gpt\n,8M\n")
+            .expect("script");
+        drop(sfdisk.stdin.take());
+        assert!(sfdisk.wait().expect("sfdisk").success());
+        assert_eq!(
+            probe(f.path()).expect("blkid runs"),
+            Content::PartitionTable("gpt".into())
+        );
+    }
+
+    #[test]
+    fn swap_is_a_signature() {
+        let f = image();
+        let out = Command::new("mkswap")
+            .arg(f.path())
+            .output()
+            .expect("mkswap");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            probe(f.path()).expect("blkid runs"),
+            Content::Type("swap".into())
+        );
     }
 }

@@ -69,6 +69,15 @@ pub fn volume_key(local: &str) -> String {
     format!("volume {local}")
 }
 
+/// Guard key of a volume's node calls: stage, publish, their undoing and
+/// node expansion. Apart from [`volume_key`], which the controller's calls
+/// take: the CO orders a volume's controller and node calls itself, and a
+/// clone holds its source's volume key for the whole copy, which must not
+/// hold off the source's pods.
+pub fn node_volume_key(local: &str) -> String {
+    format!("node volume {local}")
+}
+
 /// Guard key of a name (CreateVolume, CreateSnapshot, group snapshot).
 pub fn name_key(kind: &str, name: &str) -> String {
     format!("{kind} name {name:?}")

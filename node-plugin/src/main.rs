@@ -86,7 +86,7 @@ async fn serve(
     };
 
     let identity = IdentityService::new(&config.driver_name, Arc::clone(&plugin));
-    let node = NodeService::new(Arc::clone(&plugin), config.max_volumes);
+    let node = NodeService::new(Arc::clone(&plugin), config.max_volumes, &config.kubelet_dir)?;
     let api = NodeApi {
         identity: identity.clone(),
         controller: ControllerService::new(Arc::clone(&plugin)),

@@ -16,6 +16,8 @@ pub struct MountEntry {
     /// Path inside that file system that is mounted (a bind's source).
     pub root: PathBuf,
     pub mount_point: PathBuf,
+    /// The mount itself is read-only (its own `ro`, not the file system's).
+    pub readonly: bool,
     pub fs_type: String,
     pub source: String,
 }
@@ -53,7 +55,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         };
         let f: Vec<&str> = left.split(' ').collect();
         let r: Vec<&str> = right.split(' ').collect();
-        if f.len() < 5 || r.len() < 2 {
+        if f.len() < 6 || r.len() < 2 {
             continue;
         }
         let Some((ma, mi)) = f[2].split_once(':') else {
@@ -66,6 +68,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             device: (ma, mi),
             root: PathBuf::from(unescape(f[3])),
             mount_point: PathBuf::from(unescape(f[4])),
+            readonly: f[5].split(',').any(|o| o == "ro"),
             fs_type: r[0].to_owned(),
             source: unescape(r[1]),
         });
@@ -90,6 +93,18 @@ pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
     Ok(mounts()?.into_iter().rev().find(|m| m.mount_point == path))
 }
 
+/// `(major, minor)` of the device node at `path` (following a bind mount
+/// to the node mounted there), as mountinfo names devices.
+pub fn device_number(path: &Path) -> Result<(u64, u64)> {
+    let rdev = std::os::unix::fs::MetadataExt::rdev(
+        &std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?,
+    );
+    Ok((
+        u64::from(nix::sys::stat::major(rdev) as u32),
+        u64::from(nix::sys::stat::minor(rdev) as u32),
+    ))
+}
+
 /// Bind-mounts `src` (a device node or a directory) on `target`,
 /// read-only if asked (which takes a second, remounting call).
 pub fn bind(src: &Path, target: &Path, readonly: bool) -> Result<()> {
@@ -104,7 +119,8 @@ pub fn bind(src: &Path, target: &Path, readonly: bool) -> Result<()> {
     if readonly {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            let _ = unmount(target);
+            // Best effort: the remount's error is the one to report.
+            let _ = umount2(target, MntFlags::empty());
             return Err(Error::io("remount read-only", target, e.into()));
         }
     }
@@ -154,12 +170,29 @@ pub fn mount_fs(
         .map_err(|e| Error::io("mount onto", target, e.into()))
 }
 
-/// Unmounts `target`; a path that is not mounted (or not there) is fine.
-pub fn unmount(target: &Path) -> Result<()> {
-    match umount2(target, MntFlags::empty()) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(Error::io("unmount", target, e.into())),
+/// Unmounts every mount stacked at `target`; a path that is not mounted
+/// (or not there) is fine. Each round must remove a mount the table lists:
+/// one whose path now leads elsewhere (a mount above hides it) is an
+/// error, never a retry.
+pub fn unmount_all(target: &Path) -> Result<()> {
+    while mount_at(target)?.is_some() {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::EINVAL) => {
+                return Err(Error::io(
+                    "unmount",
+                    target,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "listed as a mount point, but the path leads to none \
+                         (hidden by a mount above it?)",
+                    ),
+                ))
+            }
+            Err(e) => return Err(Error::io("unmount", target, e.into())),
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -169,12 +202,14 @@ mod tests {
     #[test]
     fn mountinfo_lines_parse() {
         let text = "36 35 98:0 /mnt1 /mnt/parent\\040dir rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
-                    40 22 0:5 /loop3 /var/lib/kubelet/pods/x/volumeDevices/v rw shared:2 - devtmpfs udev rw\n\
+                    40 22 0:5 /loop3 /var/lib/kubelet/pods/x/volumeDevices/v ro,nosuid shared:2 - devtmpfs udev rw\n\
                     garbage\n";
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].device, (98, 0));
         assert_eq!(m[0].mount_point, PathBuf::from("/mnt/parent dir"));
+        assert!(!m[0].readonly);
+        assert!(m[1].readonly);
         assert_eq!(m[0].fs_type, "ext3");
         assert_eq!(m[1].root, PathBuf::from("/loop3"));
         assert_eq!(m[1].source, "udev");

@@ -2,7 +2,7 @@
 //! this node's volumes, as raw block devices or file systems.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use csi::node_server::Node;
@@ -12,17 +12,69 @@ use tonic::{Request, Response, Status};
 
 use crate::backend::device_size;
 use crate::csi_convert::{access_of, topology, Access};
-use crate::guard::volume_key;
+use crate::guard::{node_volume_key, Guard};
 use crate::ids::VolumeId;
 use crate::plugin::Plugin;
 use crate::server::blocking;
 use crate::{block_volume, filesystem_volume, format, mount, Error, Result};
 
 /// The Node service.
+///
+/// Each call checks its request in the order of the CSI spec's tables:
+/// missing fields (`INVALID_ARGUMENT`), then the volume (`NOT_FOUND`), then
+/// the values of the other fields.
 #[derive(Debug, Clone)]
 pub struct NodeService {
     plugin: Arc<Plugin>,
     max_volumes: i64,
+    kubelet: Arc<KubeletDir>,
+}
+
+/// The kubelet's directory, below which lie all the paths a call may
+/// mount on, unmount or remove.
+#[derive(Debug)]
+struct KubeletDir {
+    /// As configured, the form in which the kubelet names its paths.
+    given: PathBuf,
+    /// With symbolic links resolved.
+    real: PathBuf,
+}
+
+impl KubeletDir {
+    /// `v` as a path below the kubelet's directory: absolute, without
+    /// `..`, and still below it once the links of the part that exists
+    /// are resolved.
+    fn path(&self, field: &'static str, v: &str) -> Result<PathBuf> {
+        let p = PathBuf::from(v);
+        if !p.is_absolute() {
+            return Err(Error::invalid(field, "must be an absolute path"));
+        }
+        if p.components().any(|c| c == Component::ParentDir) {
+            return Err(Error::invalid(field, "must not contain \"..\""));
+        }
+        let below = |q: &Path, dir: &Path| q.starts_with(dir) && q != dir;
+        if !below(&p, &self.given) {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "must be below the kubelet's directory {}",
+                    self.given.display()
+                ),
+            ));
+        }
+        // The root always resolves, so some ancestor does.
+        let resolved = p.ancestors().find_map(|a| std::fs::canonicalize(a).ok());
+        if !resolved.is_some_and(|r| r.starts_with(&self.real)) {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "leads out of the kubelet's directory {} through a symbolic link",
+                    self.given.display()
+                ),
+            ));
+        }
+        Ok(p)
+    }
 }
 
 fn required(field: &'static str, v: &str) -> Result<()> {
@@ -33,13 +85,9 @@ fn required(field: &'static str, v: &str) -> Result<()> {
     }
 }
 
-fn path(field: &'static str, v: &str) -> Result<PathBuf> {
-    required(field, v)?;
-    let p = PathBuf::from(v);
-    if !p.is_absolute() {
-        return Err(Error::invalid(field, "must be an absolute path"));
-    }
-    Ok(p)
+/// A volume id of this plugin's form; any other names no volume here.
+fn volume_id(v: &str) -> Result<VolumeId> {
+    v.parse().map_err(|_| Error::not_found("volume", v))
 }
 
 fn is_readonly_mode(cap: &csi::VolumeCapability) -> bool {
@@ -50,20 +98,27 @@ fn is_readonly_mode(cap: &csi::VolumeCapability) -> bool {
 }
 
 impl NodeService {
-    pub fn new(plugin: Arc<Plugin>, max_volumes: i64) -> Self {
-        NodeService {
+    /// The Node service; `kubelet_dir` (which must exist) bounds the paths
+    /// calls may name.
+    pub fn new(plugin: Arc<Plugin>, max_volumes: i64, kubelet_dir: &Path) -> Result<Self> {
+        let real =
+            std::fs::canonicalize(kubelet_dir).map_err(|e| Error::io("resolve", kubelet_dir, e))?;
+        Ok(NodeService {
             plugin,
             max_volumes,
-        }
+            kubelet: Arc::new(KubeletDir {
+                given: kubelet_dir.to_path_buf(),
+                real,
+            }),
+        })
     }
 
-    /// The volume an id names and its block device.
-    fn device(plugin: &Plugin, id: &str) -> Result<(VolumeId, PathBuf)> {
-        required("volume_id", id)?;
-        let vid: VolumeId = id.parse().map_err(|_| Error::not_found("volume", id))?;
-        let vol = plugin.volume(&vid)?;
-        let dev = plugin.device_of(&vol)?;
-        Ok((vid, dev))
+    /// Takes the guard of a volume's node calls, then finds its device, so
+    /// that all a call reads of its volume is read under the guard.
+    fn locked_device(plugin: &Plugin, vid: &VolumeId) -> Result<(Guard, PathBuf)> {
+        let guard = plugin.locks.try_lock([node_volume_key(&vid.local)])?;
+        let dev = plugin.device_of(&plugin.volume(vid)?)?;
+        Ok((guard, dev))
     }
 }
 
@@ -75,22 +130,25 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
         let r = request.into_inner();
         required("volume_id", &r.volume_id)?;
-        let staging = path("staging_target_path", &r.staging_target_path)?;
+        required("staging_target_path", &r.staging_target_path)?;
         let cap = r
             .volume_capability
             .ok_or(Error::Missing("volume_capability"))?;
-        let access = access_of(&cap)?;
-        let readonly = is_readonly_mode(&cap);
-        let plugin = Arc::clone(&self.plugin);
+        let vid = volume_id(&r.volume_id)?;
+        let (plugin, kubelet) = (Arc::clone(&self.plugin), Arc::clone(&self.kubelet));
         blocking(move || {
-            let (vid, dev) = Self::device(&plugin, &r.volume_id)?;
-            let _guard = plugin.locks.try_lock([volume_key(&vid.local)])?;
-            match access {
+            let (_guard, dev) = Self::locked_device(&plugin, &vid)?;
+            let staging = kubelet.path("staging_target_path", &r.staging_target_path)?;
+            match access_of(&cap)? {
                 // A raw block volume is published straight from its device.
                 Access::Block => Ok(()),
-                Access::Mount { fs_type, flags } => {
-                    filesystem_volume::stage(&dev, &staging, &fs_type, &flags, readonly)
-                }
+                Access::Mount { fs_type, flags } => filesystem_volume::stage(
+                    &dev,
+                    &staging,
+                    &fs_type,
+                    &flags,
+                    is_readonly_mode(&cap),
+                ),
             }
         })
         .await?;
@@ -103,12 +161,14 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
         let r = request.into_inner();
         required("volume_id", &r.volume_id)?;
-        let staging = path("staging_target_path", &r.staging_target_path)?;
-        let plugin = Arc::clone(&self.plugin);
+        required("staging_target_path", &r.staging_target_path)?;
+        let vid = volume_id(&r.volume_id)?;
+        let (plugin, kubelet) = (Arc::clone(&self.plugin), Arc::clone(&self.kubelet));
         blocking(move || {
-            let _guard = plugin
-                .locks
-                .try_lock([format!("unstage {}", r.volume_id)])?;
+            // No lookup: a volume whose record is gone can still be
+            // unmounted.
+            let _guard = plugin.locks.try_lock([node_volume_key(&vid.local)])?;
+            let staging = kubelet.path("staging_target_path", &r.staging_target_path)?;
             filesystem_volume::unstage(&staging)
         })
         .await?;
@@ -121,20 +181,28 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
         let r = request.into_inner();
         required("volume_id", &r.volume_id)?;
-        let target = path("target_path", &r.target_path)?;
-        let staging = path("staging_target_path", &r.staging_target_path)?;
+        required("target_path", &r.target_path)?;
         let cap = r
             .volume_capability
             .ok_or(Error::Missing("volume_capability"))?;
-        let access = access_of(&cap)?;
-        let readonly = r.readonly || is_readonly_mode(&cap);
-        let plugin = Arc::clone(&self.plugin);
+        let vid = volume_id(&r.volume_id)?;
+        let (plugin, kubelet) = (Arc::clone(&self.plugin), Arc::clone(&self.kubelet));
         blocking(move || {
-            let (vid, dev) = Self::device(&plugin, &r.volume_id)?;
-            let _guard = plugin.locks.try_lock([volume_key(&vid.local)])?;
-            match access {
+            let (_guard, dev) = Self::locked_device(&plugin, &vid)?;
+            if r.staging_target_path.is_empty() {
+                // The spec's code for this case, as the plugin stages.
+                return Err(Error::Precondition(
+                    "staging_target_path is required: volumes are staged first".into(),
+                ));
+            }
+            let staging = kubelet.path("staging_target_path", &r.staging_target_path)?;
+            let target = kubelet.path("target_path", &r.target_path)?;
+            let readonly = r.readonly || is_readonly_mode(&cap);
+            match access_of(&cap)? {
                 Access::Block => block_volume::publish(&dev, &target, readonly),
-                Access::Mount { .. } => filesystem_volume::publish(&staging, &target, readonly),
+                Access::Mount { .. } => {
+                    filesystem_volume::publish(&dev, &staging, &target, readonly)
+                }
             }
         })
         .await?;
@@ -147,12 +215,13 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let r = request.into_inner();
         required("volume_id", &r.volume_id)?;
-        let target = path("target_path", &r.target_path)?;
-        let plugin = Arc::clone(&self.plugin);
+        required("target_path", &r.target_path)?;
+        let vid = volume_id(&r.volume_id)?;
+        let (plugin, kubelet) = (Arc::clone(&self.plugin), Arc::clone(&self.kubelet));
         blocking(move || {
-            let _guard = plugin
-                .locks
-                .try_lock([format!("unpublish {}", r.target_path)])?;
+            // No lookup, as in unstage.
+            let _guard = plugin.locks.try_lock([node_volume_key(&vid.local)])?;
+            let target = kubelet.path("target_path", &r.target_path)?;
             match std::fs::metadata(&target) {
                 Ok(m) if m.is_dir() => filesystem_volume::unpublish(&target),
                 Ok(_) => block_volume::unpublish(&target),
@@ -170,10 +239,15 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
         use csi::volume_usage::Unit;
         let r = request.into_inner();
-        let volume_path = path("volume_path", &r.volume_path)?;
-        let plugin = Arc::clone(&self.plugin);
+        required("volume_id", &r.volume_id)?;
+        required("volume_path", &r.volume_path)?;
+        let vid = volume_id(&r.volume_id)?;
+        let (plugin, kubelet) = (Arc::clone(&self.plugin), Arc::clone(&self.kubelet));
         let response = blocking(move || {
-            let (_, dev) = Self::device(&plugin, &r.volume_id)?;
+            // Only reads: no guard, so that a long call on the volume does
+            // not hide its statistics.
+            let dev = plugin.device_of(&plugin.volume(&vid)?)?;
+            let volume_path = kubelet.path("volume_path", &r.volume_path)?;
             let meta = match std::fs::metadata(&volume_path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -235,12 +309,14 @@ impl Node for NodeService {
         request: Request<csi::NodeExpandVolumeRequest>,
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
         let r = request.into_inner();
-        let volume_path = path("volume_path", &r.volume_path)?;
-        let access = r.volume_capability.as_ref().map(access_of).transpose()?;
-        let plugin = Arc::clone(&self.plugin);
+        required("volume_id", &r.volume_id)?;
+        required("volume_path", &r.volume_path)?;
+        let vid = volume_id(&r.volume_id)?;
+        let (plugin, kubelet) = (Arc::clone(&self.plugin), Arc::clone(&self.kubelet));
         let capacity = blocking(move || {
-            let (vid, dev) = Self::device(&plugin, &r.volume_id)?;
-            let _guard = plugin.locks.try_lock([volume_key(&vid.local)])?;
+            let (_guard, dev) = Self::locked_device(&plugin, &vid)?;
+            let volume_path = kubelet.path("volume_path", &r.volume_path)?;
+            let access = r.volume_capability.as_ref().map(access_of).transpose()?;
             let f = File::open(&dev).map_err(|e| Error::io("open", &dev, e))?;
             let size = device_size(&f, &dev)?;
             let is_fs = match access {
@@ -249,9 +325,14 @@ impl Node for NodeService {
                 None => volume_path.is_dir(),
             };
             if is_fs {
-                let m = mount::mount_at(Path::new(&volume_path))?.ok_or_else(|| {
-                    Error::not_found("mounted volume path", volume_path.display().to_string())
-                })?;
+                // Only this volume's own mount: xfs_growfs grows whatever
+                // is mounted at the path.
+                let own = mount::device_number(&dev)?;
+                let m = mount::mount_at(&volume_path)?
+                    .filter(|m| m.device == own)
+                    .ok_or_else(|| {
+                        Error::not_found("the volume's mount at", volume_path.display().to_string())
+                    })?;
                 format::grow(&dev, &volume_path, &m.fs_type)?;
             }
             Ok(size)
@@ -385,6 +466,24 @@ mod tests {
             ("missing target", publish(&v, ""), Code::InvalidArgument),
             ("missing volume", publish("", target), Code::InvalidArgument),
             ("unknown volume", publish(&unknown, target), Code::NotFound),
+            (
+                "unknown volume, relative target",
+                publish(&unknown, "rel/target"),
+                Code::NotFound,
+            ),
+            (
+                "missing staging path",
+                csi::NodePublishVolumeRequest {
+                    staging_target_path: String::new(),
+                    ..publish(&v, target)
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                "target outside",
+                publish(&v, "/tmp/target"),
+                Code::InvalidArgument,
+            ),
         ] {
             let got = env.node.node_publish_volume(Request::new(req)).await;
             assert_eq!(
@@ -458,6 +557,7 @@ mod tests {
         let env = Env::new();
         let v = new_volume(&env, "pvc", 1 << 20);
         let dir = env.dir.path().to_str().expect("utf-8").to_owned();
+        let sub = format!("{dir}/pool");
         let stats = |volume_id: &str, path: &str| csi::NodeGetVolumeStatsRequest {
             volume_id: volume_id.into(),
             volume_path: path.into(),
@@ -476,7 +576,22 @@ mod tests {
                 stats(&v, &format!("{dir}/nothing")),
                 Code::NotFound,
             ),
-            ("a directory", stats(&v, &dir), Code::Ok),
+            (
+                "unknown volume, relative path",
+                stats(&format!("v1:nothere:{NODE}"), "some/path"),
+                Code::NotFound,
+            ),
+            (
+                "relative path",
+                stats(&v, "some/path"),
+                Code::InvalidArgument,
+            ),
+            (
+                "the kubelet's directory itself",
+                stats(&v, &dir),
+                Code::InvalidArgument,
+            ),
+            ("a directory", stats(&v, &sub), Code::Ok),
         ] {
             let got = env.node.node_get_volume_stats(Request::new(req)).await;
             if let Ok(r) = &got {
@@ -512,10 +627,28 @@ mod tests {
                 "unknown volume",
                 csi::NodeExpandVolumeRequest {
                     volume_id: format!("v1:nothere:{NODE}"),
-                    volume_path: dir.clone(),
+                    volume_path: sub.clone(),
                     ..Default::default()
                 },
                 Code::NotFound,
+            ),
+            (
+                "unknown volume, relative path",
+                csi::NodeExpandVolumeRequest {
+                    volume_id: format!("v1:nothere:{NODE}"),
+                    volume_path: "some/path".into(),
+                    ..Default::default()
+                },
+                Code::NotFound,
+            ),
+            (
+                "relative path",
+                csi::NodeExpandVolumeRequest {
+                    volume_id: v.clone(),
+                    volume_path: "some/path".into(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
             ),
         ] {
             let got = env.node.node_expand_volume(Request::new(req)).await;
@@ -525,6 +658,41 @@ mod tests {
                 "case {name:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn paths_outside_the_kubelet_directory_are_refused_and_left_alone() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", 1 << 20);
+        let outside = tempfile::tempdir().expect("tempdir");
+        let file = outside.path().join("file");
+        std::fs::write(&file, b"keep").expect("write");
+        let link = env.dir.path().join("link");
+        std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+        let dir = env.dir.path().display().to_string();
+        for (name, path) in [
+            ("outside", file.display().to_string()),
+            (
+                "through ..",
+                format!("{dir}/state/../../{}/file", outside.path().display()),
+            ),
+            ("through a link", format!("{dir}/link/file")),
+            ("the kubelet's directory", dir.clone()),
+        ] {
+            let got = env
+                .node
+                .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
+                    volume_id: v.clone(),
+                    target_path: path,
+                }))
+                .await;
+            assert_eq!(
+                got.err().map_or(Code::Ok, |s| s.code()),
+                Code::InvalidArgument,
+                "case {name:?}"
+            );
+        }
+        assert!(file.exists() && env.dir.path().exists());
     }
 
     #[tokio::test]

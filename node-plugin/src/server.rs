@@ -649,7 +649,8 @@ mod tests {
         std::fs::write(&socket, b"stale").expect("stale file");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let identity = IdentityService::new("blksnap.csi.io", Arc::clone(&env.plugin));
-        let node = NodeService::new(Arc::clone(&env.plugin), 7);
+        let node =
+            NodeService::new(Arc::clone(&env.plugin), 7, env.dir.path()).expect("node service");
         let metrics = Arc::clone(&env.plugin.metrics);
         let path = socket.clone();
         let server = tokio::spawn(async move {

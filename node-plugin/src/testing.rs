@@ -397,7 +397,7 @@ impl Env {
             controller: ControllerService::new(Arc::clone(&plugin)),
             groups: GroupControllerService::new(Arc::clone(&plugin)),
             metadata: SnapshotMetadataService::new(Arc::clone(&plugin)),
-            node: NodeService::new(Arc::clone(&plugin), 0),
+            node: NodeService::new(Arc::clone(&plugin), 0, dir.path()).expect("node service"),
             dir,
             kernel,
             plugin,

@@ -27,6 +27,7 @@ use blksnap_node_plugin::state::{BackendKind, LostReason, Source, VolumeRecord};
 use blksnap_node_plugin::{ranges, Error};
 
 mod guest;
+mod node_service;
 mod snapshots;
 
 use guest::{cleanup, mkfs_mount};
@@ -542,7 +543,8 @@ fn filesystem_stage_publish_and_expand() {
     let w = World::new();
     let vol = w.create("pvc-fs", 64 * MIB, None, None);
     let vid = w.vid(&vol);
-    let node = blksnap_node_plugin::node::NodeService::new(Arc::clone(w.p()), 0);
+    let node = blksnap_node_plugin::node::NodeService::new(Arc::clone(w.p()), 0, &w.root)
+        .expect("node service");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let cap = csi::VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume {

@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use nix::errno::Errno;
 use nix::unistd::{lseek, Whence};
@@ -27,8 +27,13 @@ const GRANULE: u64 = 1 << 20;
 /// The pool.
 #[derive(Debug)]
 pub struct FilePool {
+    /// Canonical (no symlink, absolute): sysfs names a loop device's
+    /// backing file by its canonical path, which is how a volume's device
+    /// is found again.
     dir: PathBuf,
-    /// Loop device of each volume seen bound in this process.
+    /// Loop device of each volume seen bound in this process. Held from
+    /// looking a device up to binding one, and while unbinding, so that
+    /// one file is never bound to two loop devices.
     devices: Mutex<HashMap<String, PathBuf>>,
 }
 
@@ -37,6 +42,9 @@ impl FilePool {
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| Error::io("resolve", &dir, e))?;
         Ok(FilePool {
             dir,
             devices: Mutex::new(HashMap::new()),
@@ -47,20 +55,25 @@ impl FilePool {
         self.dir.join(location)
     }
 
-    fn devices(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+    fn devices(&self) -> MutexGuard<'_, HashMap<String, PathBuf>> {
         self.devices.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    /// The loop device bound to the volume's file, if any.
-    fn bound(&self, vol: &VolumeRecord) -> Result<Option<PathBuf>> {
-        let file = self.file(&vol.location);
-        if let Some(dev) = self.devices().get(&vol.local) {
-            if loop_device::find(&file)?.contains(dev) {
-                return Ok(Some(dev.clone()));
-            }
+/// The loop device bound to `file`, if any: the one this process bound
+/// when it is still bound, else the first sysfs names.
+fn bound(
+    devices: &HashMap<String, PathBuf>,
+    vol: &VolumeRecord,
+    file: &Path,
+) -> Result<Option<PathBuf>> {
+    let found = loop_device::find(file)?;
+    if let Some(dev) = devices.get(&vol.local) {
+        if found.contains(dev) {
+            return Ok(Some(dev.clone()));
         }
-        Ok(loop_device::find(&file)?.into_iter().next())
     }
+    Ok(found.into_iter().next())
 }
 
 impl Backend for FilePool {
@@ -93,10 +106,11 @@ impl Backend for FilePool {
 
     fn delete(&self, vol: &VolumeRecord) -> Result<()> {
         let file = self.file(&vol.location);
+        let mut devices = self.devices();
         for dev in loop_device::find(&file)? {
             loop_device::detach(&dev)?;
         }
-        self.devices().remove(&vol.local);
+        devices.remove(&vol.local);
         match std::fs::remove_file(&file) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -105,17 +119,18 @@ impl Backend for FilePool {
     }
 
     fn device(&self, vol: &VolumeRecord) -> Result<PathBuf> {
-        let dev = match self.bound(vol)? {
+        let file = self.file(&vol.location);
+        let mut devices = self.devices();
+        let dev = match bound(&devices, vol, &file)? {
             Some(dev) => dev,
             None => {
-                let file = self.file(&vol.location);
                 if !file.exists() {
                     return Err(Error::not_found("backing file", file.display().to_string()));
                 }
                 loop_device::attach(&file)?
             }
         };
-        self.devices().insert(vol.local.clone(), dev.clone());
+        devices.insert(vol.local.clone(), dev.clone());
         Ok(dev)
     }
 
@@ -221,6 +236,17 @@ mod tests {
         for w in e.windows(2) {
             assert!(w[0].end <= w[1].start);
         }
+    }
+
+    #[test]
+    fn the_pool_dir_is_kept_canonical() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("real")).expect("mkdir");
+        std::os::unix::fs::symlink("real", dir.path().join("link")).expect("symlink");
+        let pool = FilePool::new(dir.path().join("link/./")).expect("pool");
+        let real = dir.path().join("real").canonicalize().expect("canonical");
+        assert_eq!(pool.dir, real);
+        assert_eq!(pool.file("v.img"), real.join("v.img"));
     }
 
     #[test]

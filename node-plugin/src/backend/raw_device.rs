@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::{device_size, Backend, Provisioned};
@@ -49,6 +50,22 @@ impl RawDevices {
             if devices.insert(name.to_owned(), path).is_some() {
                 return Err(Error::Config(format!(
                     "static device {name:?} listed twice"
+                )));
+            }
+        }
+        // Two names for one disk (its by-id and its by-path link, say)
+        // would hand it to two volumes.
+        let mut seen: BTreeMap<u64, &String> = BTreeMap::new();
+        for (name, path) in &devices {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            if !meta.file_type().is_block_device() {
+                continue;
+            }
+            if let Some(other) = seen.insert(meta.rdev(), name) {
+                return Err(Error::Config(format!(
+                    "static devices {other:?} and {name:?} are the same device"
                 )));
             }
         }

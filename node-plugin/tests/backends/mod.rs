@@ -2,6 +2,7 @@
 //! devices, ext4 free space, a static device (through device-mapper where
 //! a test must hold its I/O still).
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
@@ -9,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use blksnap::Control;
 use blksnap_node_plugin::backend::{loop_device, raw_device::RawDevices};
+use blksnap_node_plugin::plugin::CreateVolume;
+use blksnap_node_plugin::state::BackendKind;
 use blksnap_node_plugin::Error;
 
-use super::{expected_delta, fill, World, MIB};
+use super::{expected_delta, fill, reopen, verify, World, MIB};
 
 /// Waits up to `secs` for `done`.
 fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
@@ -133,6 +136,94 @@ fn concurrent_lookups_of_an_unbound_volume_bind_one_loop_device() {
         assert_eq!(bound.len(), 1, "round {round}: {bound:?}");
         assert!(got.iter().all(|d| *d == bound[0]), "round {round}: {got:?}");
     }
+    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+}
+
+/// Bytes free for unprivileged use in `dir`'s file system.
+fn free(dir: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(dir).expect("statvfs");
+    st.blocks_available() * st.fragment_size()
+}
+
+#[test]
+fn pool_volumes_are_reserved_whole_and_capacity_says_so() {
+    let w = World::new();
+    let p = w.p();
+    let pool = || p.available(Some(BackendKind::Pool)).expect("capacity");
+    let free0 = pool();
+    let a = w.create("pvc-thick", free0 / 2 / MIB * MIB, None, None);
+    let free1 = pool();
+    assert!(
+        free0 - free1 >= a.capacity,
+        "{} bytes given, capacity {free0} -> {free1}",
+        a.capacity
+    );
+    // What is left is all a new volume may get.
+    let too_big = p.create_volume(&CreateVolume {
+        name: "pvc-thick-2".into(),
+        required: free1 + MIB,
+        limit: 0,
+        backend: None,
+        source: None,
+    });
+    assert!(matches!(too_big, Err(Error::Exhausted(_))), "{too_big:?}");
+    let id = p.volume_id(&a);
+    let grow = p.expand_volume(&id, a.capacity + free1 + MIB, 0);
+    assert!(matches!(grow, Err(Error::Exhausted(_))), "{grow:?}");
+    let grown = p
+        .expand_volume(&id, a.capacity + 64 * MIB, 0)
+        .expect("expand");
+    assert!(free1 - pool() >= grown - a.capacity, "expansion reserved");
+    // The last bytes of the volume can be written.
+    let dev = w.dev(&p.volume(&id).expect("volume"));
+    fill(&dev, grown - 8 * MIB..grown, 4);
+    verify(&reopen(&dev), grown - 8 * MIB..grown, |_| Some(4));
+    drop(dev);
+    p.delete_volume(&id.to_string()).expect("delete");
+}
+
+#[test]
+fn difference_storage_is_reserved_at_the_take() {
+    let mut w = World::new();
+    let vol = w.create("pvc-res", 64 * MIB, None, None);
+    let store = free(&w.storage);
+    let limit = |b: u64| [("diffStorageLimit".to_owned(), b.to_string())];
+    let params = |b: u64| limit(b).into_iter().collect::<HashMap<_, _>>();
+    // More than the storage's file system holds is refused at the take,
+    // not found out as an overflow while the volume is written.
+    let r = w
+        .p()
+        .create_snapshot("res-big", &w.p().volume_id(&vol), &params(2 * store));
+    assert!(matches!(r, Err(Error::Exhausted(_))), "{r:?}");
+    assert!(w.control.snapshot_collect().expect("collect").is_empty());
+    let s = w
+        .p()
+        .create_snapshot("res", &w.p().volume_id(&vol), &params(256 * MIB))
+        .expect("snapshot");
+    assert!(
+        store - free(&w.storage) >= 256 * MIB,
+        "the limit is reserved"
+    );
+    w.p()
+        .delete_snapshot(&w.p().snapshot_id(&s).to_string())
+        .expect("delete");
+
+    // Difference storage on the pool's file system: GetCapacity counts
+    // what a held snapshot may still take.
+    let shared = w.root.join("pool/diff");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    w.storage = shared;
+    w.start();
+    let before = w.p().available(Some(BackendKind::Pool)).expect("capacity");
+    let s = w
+        .p()
+        .create_snapshot("res-shared", &w.p().volume_id(&vol), &params(256 * MIB))
+        .expect("snapshot");
+    let after = w.p().available(Some(BackendKind::Pool)).expect("capacity");
+    assert!(before - after >= 256 * MIB, "capacity {before} -> {after}");
+    w.p()
+        .delete_snapshot(&w.p().snapshot_id(&s).to_string())
+        .expect("delete");
     w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
 }
 

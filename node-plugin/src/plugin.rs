@@ -188,6 +188,40 @@ impl Plugin {
         Ok(vol)
     }
 
+    /// Releases the storage of a volume that is gone (its tracking
+    /// detached), then its record. A backend that deletes slowly (zeroes a
+    /// device) does it on a thread of its own while the record, marked
+    /// `zeroing`, keeps the storage taken; a failure leaves the mark for
+    /// the next start to try again.
+    pub(crate) fn release(self: &Arc<Self>, vol: &VolumeRecord) -> Result<()> {
+        let backend = Arc::clone(self.backend(vol.backend)?);
+        if !backend.deletes_slowly() {
+            backend.delete(vol)?;
+            return self.state.remove::<VolumeRecord>(&vol.key());
+        }
+        let mut vol = vol.clone();
+        if !vol.zeroing {
+            vol.zeroing = true;
+            self.state.put(&vol)?;
+        }
+        let plugin = Arc::clone(self);
+        let name = format!("zero-{}", vol.local);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            tracing::info!(volume = %vol.local, device = %vol.location, "zeroing the device of a deleted volume");
+            let done = backend
+                .delete(&vol)
+                .and_then(|()| plugin.state.remove::<VolumeRecord>(&vol.key()));
+            match done {
+                Ok(()) => tracing::info!(volume = %vol.local, device = %vol.location, "device zeroed and free"),
+                Err(e) => tracing::error!(volume = %vol.local, device = %vol.location, error = %e,
+                    "device not zeroed; it stays taken until a restart zeroes it"),
+            }
+        });
+        spawned
+            .map(drop)
+            .map_err(|e| Error::io("start", "zeroing thread", e))
+    }
+
     pub(crate) fn kernel(&self) -> &dyn Kernel {
         self.kernel.as_ref()
     }
@@ -214,7 +248,7 @@ impl Plugin {
             return Err(Error::not_found("volume", id.to_string()));
         }
         self.state
-            .read(|t| t.volumes.get(&id.local).cloned())
+            .read(|t| t.volumes.get(&id.local).filter(|v| !v.zeroing).cloned())
             .ok_or_else(|| Error::not_found("volume", id.to_string()))
     }
 
@@ -247,6 +281,12 @@ impl Plugin {
     /// kernel snapshots if so configured, and starts the event watchers.
     fn recover(self: &Arc<Self>) -> Result<()> {
         let volumes: Vec<VolumeRecord> = self.state.read(|t| t.volumes.values().cloned().collect());
+        let (zeroing, volumes): (Vec<_>, Vec<_>) = volumes.into_iter().partition(|v| v.zeroing);
+        for vol in zeroing {
+            if let Err(e) = self.release(&vol) {
+                tracing::error!(volume = %vol.local, error = %e, "zeroing not resumed");
+            }
+        }
         let (unfinished, volumes): (Vec<_>, Vec<_>) = volumes.into_iter().partition(|v| v.creating);
         for vol in unfinished {
             tracing::warn!(volume = %vol.local, name = %vol.name, "undoing a volume whose creation did not finish");

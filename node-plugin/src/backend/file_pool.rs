@@ -167,6 +167,10 @@ impl Backend for FilePool {
         }
     }
 
+    fn deletes_slowly(&self) -> bool {
+        false
+    }
+
     fn device(&self, vol: &VolumeRecord) -> Result<PathBuf> {
         let file = self.file(&vol.location);
         let mut devices = self.devices();

@@ -8,13 +8,13 @@
 //! data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{device_size, Backend, Provisioned};
+use super::{device_size, open_exclusive, Backend, Provisioned};
 use crate::ids::is_local_name;
 use crate::state::{BackendKind, VolumeRecord};
 use crate::{Error, Result};
@@ -118,16 +118,18 @@ impl Backend for RawDevices {
 
     fn delete(&self, vol: &VolumeRecord) -> Result<()> {
         let path = self.path(&vol.location)?;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("open", path, e))?;
+        // Held for the whole zeroing: nothing can mount the device meanwhile.
+        let f = open_exclusive(path)?;
         let size = device_size(&f, path)?;
         let range = [0u64, size];
         // SAFETY: BLKZEROOUT reads two u64 (start, length) from the pointer.
         unsafe { blkzeroout(f.as_raw_fd(), &range) }
             .map_err(|e| Error::io("BLKZEROOUT", path, e.into()))?;
         Ok(())
+    }
+
+    fn deletes_slowly(&self) -> bool {
+        true
     }
 
     fn device(&self, vol: &VolumeRecord) -> Result<PathBuf> {

@@ -5,16 +5,17 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
+use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use blksnap::Control;
 use blksnap_node_plugin::backend::{loop_device, raw_device::RawDevices};
-use blksnap_node_plugin::plugin::CreateVolume;
-use blksnap_node_plugin::state::BackendKind;
+use blksnap_node_plugin::plugin::{CreateVolume, Plugin};
+use blksnap_node_plugin::state::{BackendKind, VolumeRecord};
 use blksnap_node_plugin::Error;
 
-use super::{expected_delta, fill, reopen, verify, World, MIB};
+use super::guest::mkfs_mount;
+use super::{expected_delta, fill, reopen, run, verify, World, MIB};
 
 /// Waits up to `secs` for `done`.
 fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
@@ -137,6 +138,183 @@ fn concurrent_lookups_of_an_unbound_volume_bind_one_loop_device() {
         assert!(got.iter().all(|d| *d == bound[0]), "round {round}: {got:?}");
     }
     w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+}
+
+/// Whether ext4's magic is at its place on `dev`.
+fn has_ext4(dev: &Path) -> bool {
+    let f = std::fs::File::open(dev).expect("open");
+    let mut magic = [0u8; 2];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 1024 + 56).expect("read");
+    magic == [0x53, 0xef]
+}
+
+fn gone(p: &Plugin, vol: &VolumeRecord) -> bool {
+    !p.state.read(|t| t.volumes.contains_key(&vol.local))
+}
+
+#[test]
+fn deleting_a_mounted_volume_is_refused_and_touches_nothing() {
+    let w = World::new();
+    for (name, backend) in [
+        ("pvc-busy-d", BackendKind::Device),
+        ("pvc-busy-p", BackendKind::Pool),
+    ] {
+        let vol = w.create(name, 64 * MIB, None, Some(backend));
+        let dev = w.p().device_of(&vol).expect("device");
+        let mnt = w.root.join("state").join(name);
+        std::fs::create_dir_all(&mnt).expect("mkdir");
+        mkfs_mount(&dev, &mnt).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(mnt.join("keep"), b"mounted").expect("write");
+        let r = w.p().delete_volume(&w.vid(&vol));
+        assert!(matches!(r, Err(Error::Precondition(_))), "{name}: {r:?}");
+        // Still tracked: a snapshot can be taken.
+        let s = w.snapshot(&format!("{name}-s"), &vol, &[]);
+        w.p().delete_snapshot(&s).expect("delete snapshot");
+        run("umount", &[mnt.to_str().expect("utf-8")]);
+        assert!(has_ext4(&dev), "{name}: the file system was destroyed");
+        w.p().delete_volume(&w.vid(&vol)).expect("delete unmounted");
+        wait_for(120, "zeroing done", || gone(w.p(), &vol));
+    }
+}
+
+/// A device-mapper device over another, whose I/O can be held.
+struct Dm {
+    name: String,
+    path: PathBuf,
+}
+
+impl Dm {
+    fn linear(name: &str, over: &Path) -> Dm {
+        let _ = std::process::Command::new("modprobe")
+            .arg("dm-mod")
+            .status();
+        let f = std::fs::File::open(over).expect("open");
+        let sectors = blksnap_node_plugin::backend::device_size(&f, over).expect("size") / 512;
+        let table = format!("0 {sectors} linear {} 0", over.display());
+        run(
+            "dmsetup",
+            &["create", name, "--noudevsync", "--table", &table],
+        );
+        let path = std::fs::read_dir("/sys/block")
+            .expect("sysfs")
+            .flatten()
+            .find(|e| {
+                std::fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim() == name)
+            })
+            .map(|e| PathBuf::from("/dev").join(e.file_name()))
+            .expect("dm device in sysfs");
+        Dm {
+            name: name.into(),
+            path,
+        }
+    }
+
+    fn suspend(&self) {
+        run("dmsetup", &["suspend", "--noudevsync", &self.name]);
+    }
+}
+
+impl Drop for Dm {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("dmsetup")
+            .args(["remove", "--retry", "--noudevsync", &self.name])
+            .status();
+    }
+}
+
+/// Resumes a suspended device on drop, so that a failed assertion does
+/// not leave I/O held for the cleanup.
+struct Resume<'a>(&'a Dm);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("dmsetup")
+            .args(["resume", "--noudevsync", &self.0.name])
+            .status();
+    }
+}
+
+#[test]
+fn static_device_delete_answers_at_once_and_zeroes_in_the_background() {
+    // Made before the world, so that it goes after the world's cleanup.
+    let disks = super::guest::disks().unwrap_or_else(|e| panic!("{e}"));
+    let dm = Dm::linear("bs-zeroing", &disks[1]);
+    let mut w = World::new();
+    w.data_b = dm.path.clone();
+    w.start();
+    let vol = w.create("pvc-zero", 64 * MIB, None, Some(BackendKind::Device));
+    fill(&w.dev(&vol), 0..4 * MIB, 9);
+    let id = w.vid(&vol);
+
+    // With the device's I/O held, zeroing cannot finish.
+    dm.suspend();
+    let resume = Resume(&dm);
+    let (tx, rx) = mpsc::channel();
+    let deleter = {
+        let (p, id) = (Arc::clone(w.p()), id.clone());
+        std::thread::spawn(move || tx.send(p.delete_volume(&id)))
+    };
+    let answer = rx.recv_timeout(Duration::from_secs(30));
+    let Ok(answer) = answer else {
+        drop(resume);
+        let _ = deleter.join();
+        panic!("DeleteVolume waited for the device to be zeroed");
+    };
+    answer.expect("delete");
+    let _ = deleter.join();
+    // Until it is zero the device is neither offered nor counted free,
+    // and deleting again is fine.
+    assert_eq!(
+        w.p()
+            .available(Some(BackendKind::Device))
+            .expect("capacity"),
+        0
+    );
+    let other = w.p().create_volume(&CreateVolume {
+        name: "pvc-zero-2".into(),
+        required: MIB,
+        limit: 0,
+        backend: Some(BackendKind::Device),
+        source: None,
+    });
+    assert!(matches!(other, Err(Error::Exhausted(_))), "{other:?}");
+    w.p().delete_volume(&id).expect("delete again");
+    assert!(matches!(
+        w.p().volume(&id.parse().expect("id")),
+        Err(Error::NotFound { .. })
+    ));
+
+    drop(resume);
+    wait_for(120, "zeroing done", || gone(w.p(), &vol));
+    assert!(
+        w.p()
+            .available(Some(BackendKind::Device))
+            .expect("capacity")
+            >= 64 * MIB
+    );
+    let f = OpenOptions::new().read(true).open(&dm.path).expect("open");
+    verify(&reopen(&f), 0..8 * MIB, |_| None);
+}
+
+#[test]
+fn zeroing_is_resumed_after_a_restart() {
+    let mut w = World::new();
+    let vol = w.create("pvc-resume", 64 * MIB, None, Some(BackendKind::Device));
+    fill(&w.dev(&vol), 0..4 * MIB, 6);
+    // What a process that died while zeroing leaves: the record marked,
+    // the old data still there.
+    let mut rec = serde_json::to_value(&vol).expect("json");
+    rec["zeroing"] = serde_json::Value::Bool(true);
+    let rec: VolumeRecord = serde_json::from_value(rec).expect("record");
+    w.p().state.put(&rec).expect("put");
+    w.start();
+    assert!(matches!(
+        w.p().volume(&w.vid(&vol).parse().expect("id")),
+        Err(Error::NotFound { .. })
+    ));
+    wait_for(120, "zeroing done", || gone(w.p(), &vol));
+    let f = OpenOptions::new().read(true).open(&w.data_b).expect("open");
+    verify(&reopen(&f), 0..8 * MIB, |_| None);
 }
 
 /// Bytes free for unprivileged use in `dir`'s file system.

@@ -5,7 +5,8 @@
 //! is not assumed to read as zeros. When a volume is deleted its device is
 //! zeroed (`BLKZEROOUT`, which the kernel turns into WRITE ZEROES where the
 //! device offers it) so that the next tenant never sees the last one's
-//! data.
+//! data; the plugin runs that on a thread of its own, as it writes the
+//! whole device.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -82,6 +83,14 @@ impl RawDevices {
         let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
         device_size(&f, path)
     }
+
+    /// The size of a device that is no volume's, if nothing else holds it
+    /// (mounted by the host, part of an md or dm device): a device in use
+    /// elsewhere is neither handed out nor counted free.
+    fn free_size(path: &Path) -> Result<u64> {
+        let f = open_exclusive(path)?;
+        device_size(&f, path)
+    }
 }
 
 impl Backend for RawDevices {
@@ -96,7 +105,7 @@ impl Backend for RawDevices {
             if taken.contains(name) {
                 continue;
             }
-            let cap = match Self::size(path) {
+            let cap = match Self::free_size(path) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(device = %path.display(), error = %e, "static device unusable");
@@ -168,7 +177,7 @@ impl Backend for RawDevices {
             .devices
             .iter()
             .filter(|(n, _)| !taken.contains(*n))
-            .filter_map(|(_, p)| Self::size(p).ok())
+            .filter_map(|(_, p)| Self::free_size(p).ok())
             .max()
             .unwrap_or(0))
     }

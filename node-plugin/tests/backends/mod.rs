@@ -422,3 +422,33 @@ fn one_disk_under_two_static_device_names_is_refused() {
     ])
     .is_ok());
 }
+
+#[test]
+fn a_static_device_in_use_elsewhere_is_neither_offered_nor_counted() {
+    let w = World::new();
+    let mnt = w.root.join("state/elsewhere");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    // The host mounted the disk the operator listed.
+    mkfs_mount(&w.data_b, &mnt).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        w.p()
+            .available(Some(BackendKind::Device))
+            .expect("capacity"),
+        0
+    );
+    let r = w.p().create_volume(&CreateVolume {
+        name: "pvc-elsewhere".into(),
+        required: MIB,
+        limit: 0,
+        backend: Some(BackendKind::Device),
+        source: None,
+    });
+    assert!(matches!(r, Err(Error::Exhausted(_))), "{r:?}");
+    run("umount", &[mnt.to_str().expect("utf-8")]);
+    assert!(
+        w.p()
+            .available(Some(BackendKind::Device))
+            .expect("capacity")
+            >= 64 * MIB
+    );
+}

@@ -536,7 +536,11 @@ impl Served {
 struct Case {
     vids: Vec<String>,
     devices: Vec<File>,
-    /// The storage limit the plugin computes for these volumes by default.
+    /// Snapshot class parameters of every path: a storage limit the
+    /// storage disk holds, as limits are reserved at the take (the default
+    /// percentage of 1 TiB would not fit).
+    params: HashMap<String, String>,
+    /// The storage limit the plugin computes from them.
     limit: u64,
     result: LatencyCase,
 }
@@ -549,6 +553,7 @@ impl Case {
         vols: &[VolumeRecord],
     ) -> Fallible<Case> {
         let capacity: u64 = vols.iter().map(|v| v.capacity).sum();
+        let params = HashMap::from([(storage::PARAM_LIMIT.to_owned(), "256Mi".to_owned())]);
         let mut devices = Vec::with_capacity(vols.len());
         for v in vols {
             devices.push(open_rw(&plugin.device_of(v)?)?);
@@ -559,11 +564,8 @@ impl Case {
                 .map(|v| plugin.volume_id(v).to_string())
                 .collect(),
             devices,
-            limit: storage::limit(
-                &HashMap::new(),
-                capacity,
-                plugin.settings.default_storage_percent,
-            )?,
+            limit: storage::limit(&params, capacity, plugin.settings.default_storage_percent)?,
+            params,
             result: LatencyCase {
                 key,
                 label,
@@ -586,6 +588,7 @@ impl Case {
                     csi::CreateVolumeGroupSnapshotRequest {
                         name: name.into(),
                         source_volume_ids: self.vids.clone(),
+                        parameters: self.params.clone(),
                         ..Default::default()
                     },
                 ))?
@@ -608,6 +611,7 @@ impl Case {
                 .block_on(s.controller.create_snapshot(csi::CreateSnapshotRequest {
                     source_volume_id: self.vids[0].clone(),
                     name: name.into(),
+                    parameters: self.params.clone(),
                     ..Default::default()
                 }))?
                 .into_inner()
@@ -629,15 +633,14 @@ impl Case {
     }
 
     fn direct(&mut self, plugin: &Arc<Plugin>, name: &str) -> Fallible<()> {
-        let none = HashMap::new();
         let t0 = Instant::now();
         let t1 = if self.group() {
-            let (g, _) = plugin.create_group(name, &self.vids, &none)?;
+            let (g, _) = plugin.create_group(name, &self.vids, &self.params)?;
             let t1 = Instant::now();
             plugin.delete_group(&plugin.group_id(&g).to_string(), &[])?;
             t1
         } else {
-            let rec = plugin.create_snapshot(name, &self.vids[0].parse()?, &none)?;
+            let rec = plugin.create_snapshot(name, &self.vids[0].parse()?, &self.params)?;
             let t1 = Instant::now();
             plugin.delete_snapshot(&plugin.snapshot_id(&rec).to_string())?;
             t1
@@ -649,7 +652,7 @@ impl Case {
 
     fn ioctl(&mut self, control: &Control, storage_dir: &Path) -> Fallible<()> {
         let t0 = Instant::now();
-        let file = storage::open_tmpfile(storage_dir)?;
+        let file = storage::open_tmpfile(storage_dir, self.limit)?;
         let id = control.snapshot_create(&file, self.limit.div_ceil(512))?;
         let taken = self.add_and_take(control, id);
         // Destroyed whatever happened after the create, so that a failure

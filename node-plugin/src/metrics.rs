@@ -5,11 +5,11 @@
 //! global state to reset between tests), OpenMetrics text output, and no
 //! dependencies beyond what the plugin already has.
 //!
-//! Labels come from fixed sets: the RPC method (one of the CSI methods, or
-//! `other`) and the status code name. The per-snapshot storage gauges are
-//! labelled by the kernel snapshot id; a series exists only while its
-//! snapshot is held and is removed with it, so their number is bounded by
-//! the number of volumes.
+//! Labels come from fixed sets only, never from object names or ids: the
+//! RPC method (one of the CSI methods, or `other`) and the status code
+//! name. Difference storage is reported as node totals; a snapshot's own
+//! limit is in its record, and its low-space and overflow events are logged
+//! with its kernel id.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,13 +31,6 @@ pub struct RpcLabels {
     pub code: &'static str,
 }
 
-/// Labels of a held snapshot's storage gauges.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SnapshotLabels {
-    /// The kernel snapshot id.
-    pub snapshot: String,
-}
-
 fn rpc_histogram() -> Histogram {
     // 1 ms to about 33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -48,8 +41,8 @@ pub struct Metrics {
     registry: Registry,
     pub snapshots_held: Gauge,
     pub snapshots_lost: Gauge,
-    pub storage_used: Family<SnapshotLabels, Gauge>,
-    pub storage_limit: Family<SnapshotLabels, Gauge>,
+    pub storage_used: Gauge,
+    pub storage_limit: Gauge,
     pub overflow_events: Counter,
     pub low_space_events: Counter,
     pub rpc_duration: Family<RpcLabels, Histogram, fn() -> Histogram>,
@@ -73,8 +66,8 @@ impl Metrics {
         let m = Metrics {
             snapshots_held: Gauge::default(),
             snapshots_lost: Gauge::default(),
-            storage_used: Family::default(),
-            storage_limit: Family::default(),
+            storage_used: Gauge::default(),
+            storage_limit: Gauge::default(),
             overflow_events: Counter::default(),
             low_space_events: Counter::default(),
             rpc_duration: Family::new_with_constructor(rpc_histogram as fn() -> Histogram),
@@ -92,12 +85,12 @@ impl Metrics {
         );
         registry.register(
             "snapshot_storage_used_bytes",
-            "Difference storage allocated by a held snapshot",
+            "Difference storage written, over the held snapshots this process took",
             m.storage_used.clone(),
         );
         registry.register(
             "snapshot_storage_limit_bytes",
-            "Difference storage limit of a held snapshot",
+            "Difference storage reserved (the limits), over the held snapshots this process took",
             m.storage_limit.clone(),
         );
         registry.register(
@@ -240,11 +233,7 @@ mod tests {
         let m = Arc::new(Metrics::new());
         m.snapshots_held.set(2);
         m.overflow_events.inc();
-        m.storage_used
-            .get_or_create(&SnapshotLabels {
-                snapshot: "abc".into(),
-            })
-            .set(4096);
+        m.storage_used.set(4096);
         {
             let mut t = m.time("CreateSnapshot");
             t.code(tonic::Code::Aborted);
@@ -256,7 +245,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"blksnap_csi_snapshot_storage_used_bytes{snapshot="abc"} 4096"#),
+            text.contains("blksnap_csi_snapshot_storage_used_bytes 4096"),
             "{text}"
         );
         assert!(

@@ -24,7 +24,7 @@ use crate::backend::Backend;
 use crate::guard::Locks;
 use crate::ids::VolumeId;
 use crate::kernel::Kernel;
-use crate::metrics::{Metrics, SnapshotLabels};
+use crate::metrics::Metrics;
 use crate::state::{
     group_key, BackendKind, FsStore, GroupRecord, Lost, LostReason, SnapshotRecord, State,
     VolumeRecord,
@@ -65,10 +65,10 @@ pub struct Plugin {
     pub state: State,
     pub locks: Locks,
     pub metrics: Arc<Metrics>,
-    /// Difference storage files of the snapshots this process took, by
-    /// kernel id, for the storage-used gauge (an unnamed file cannot be
-    /// found again after a restart).
-    storages: Mutex<HashMap<Uuid, File>>,
+    /// Difference storage files and limits of the snapshots this process
+    /// took, by kernel id, for the storage gauges (an unnamed file cannot
+    /// be found again after a restart).
+    storages: Mutex<HashMap<Uuid, (File, u64)>>,
     /// Held from choosing a new volume's storage until its record is
     /// written, so that two creations never pick the same location.
     placement: Mutex<()>,
@@ -271,6 +271,40 @@ impl Plugin {
         Ok(vol)
     }
 
+    /// Releases the storage of a volume that is gone (its tracking
+    /// detached), then its record. A backend that deletes slowly (zeroes a
+    /// device) does it on a thread of its own while the record, marked
+    /// `zeroing`, keeps the storage taken; a failure leaves the mark for
+    /// the next start to try again.
+    pub(crate) fn release(self: &Arc<Self>, vol: &VolumeRecord) -> Result<()> {
+        let backend = Arc::clone(self.backend(vol.backend)?);
+        if !backend.deletes_slowly() {
+            backend.delete(vol)?;
+            return self.state.remove::<VolumeRecord>(&vol.key());
+        }
+        let mut vol = vol.clone();
+        if !vol.zeroing {
+            vol.zeroing = true;
+            self.state.put(&vol)?;
+        }
+        let plugin = Arc::clone(self);
+        let name = format!("zero-{}", vol.local);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            tracing::info!(volume = %vol.local, device = %vol.location, "zeroing the device of a deleted volume");
+            let done = backend
+                .delete(&vol)
+                .and_then(|()| plugin.state.remove::<VolumeRecord>(&vol.key()));
+            match done {
+                Ok(()) => tracing::info!(volume = %vol.local, device = %vol.location, "device zeroed and free"),
+                Err(e) => tracing::error!(volume = %vol.local, device = %vol.location, error = %e,
+                    "device not zeroed; it stays taken until a restart zeroes it"),
+            }
+        });
+        spawned
+            .map(drop)
+            .map_err(|e| Error::io("start", "zeroing thread", e))
+    }
+
     pub(crate) fn kernel(&self) -> &dyn Kernel {
         self.kernel.as_ref()
     }
@@ -297,7 +331,7 @@ impl Plugin {
             return Err(Error::not_found("volume", id.to_string()));
         }
         self.state
-            .read(|t| t.volumes.get(&id.local).cloned())
+            .read(|t| t.volumes.get(&id.local).filter(|v| !v.zeroing).cloned())
             .ok_or_else(|| Error::not_found("volume", id.to_string()))
     }
 
@@ -330,6 +364,12 @@ impl Plugin {
     /// kernel snapshots if so configured, and starts the event watchers.
     fn recover(self: &Arc<Self>) -> Result<()> {
         let volumes: Vec<VolumeRecord> = self.state.read(|t| t.volumes.values().cloned().collect());
+        let (zeroing, volumes): (Vec<_>, Vec<_>) = volumes.into_iter().partition(|v| v.zeroing);
+        for vol in zeroing {
+            if let Err(e) = self.release(&vol) {
+                tracing::error!(volume = %vol.local, error = %e, "zeroing not resumed");
+            }
+        }
         let (unfinished, volumes): (Vec<_>, Vec<_>) = volumes.into_iter().partition(|v| v.creating);
         for vol in unfinished {
             tracing::warn!(volume = %vol.local, name = %vol.name, "undoing a volume whose creation did not finish");
@@ -566,51 +606,39 @@ impl Plugin {
         Ok(())
     }
 
-    /// Drops the storage file and gauges of a kernel snapshot.
+    /// Drops the storage file of a kernel snapshot.
     pub(crate) fn forget_storage(&self, kernel: Uuid) {
         self.storages
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&kernel);
-        let labels = SnapshotLabels {
-            snapshot: kernel.to_string(),
-        };
-        self.metrics.storage_used.remove(&labels);
-        self.metrics.storage_limit.remove(&labels);
+        self.sample_storage();
     }
 
     pub(crate) fn keep_storage(&self, kernel: Uuid, file: File, limit: u64) {
-        let labels = SnapshotLabels {
-            snapshot: kernel.to_string(),
-        };
-        self.metrics
-            .storage_limit
-            .get_or_create(&labels)
-            .set(i64::try_from(limit).unwrap_or(i64::MAX));
         self.storages
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(kernel, file);
-        self.sample_storage(kernel);
+            .insert(kernel, (file, limit));
+        self.sample_storage();
     }
 
-    fn sample_storage(&self, kernel: Uuid) {
-        let used = {
+    /// Sets the storage gauges: totals over the held snapshots this
+    /// process took (labels per snapshot would grow without bound).
+    fn sample_storage(&self) {
+        let (used, limit) = {
             let storages = self.storages.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(f) = storages.get(&kernel) else {
-                return;
-            };
-            match f.metadata() {
-                Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
-                Err(_) => return,
-            }
+            storages
+                .values()
+                .fold((0u64, 0u64), |(used, limit), (f, l)| {
+                    // A file that cannot be read counts as full.
+                    let u = crate::storage::used_bytes(f).unwrap_or(*l);
+                    (used.saturating_add(u), limit.saturating_add(*l))
+                })
         };
-        self.metrics
-            .storage_used
-            .get_or_create(&SnapshotLabels {
-                snapshot: kernel.to_string(),
-            })
-            .set(i64::try_from(used).unwrap_or(i64::MAX));
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.storage_used.set(gauge(used));
+        self.metrics.storage_limit.set(gauge(limit));
     }
 
     pub(crate) fn update_gauges(&self) {
@@ -652,7 +680,7 @@ impl Plugin {
     fn watch_loop(&self, kernel: Uuid) {
         let id = blksnap::SnapshotId(kernel);
         while self.is_held(kernel) {
-            self.sample_storage(kernel);
+            self.sample_storage();
             match self.kernel.wait_event(id, EVENT_WAIT) {
                 Ok(None) => {}
                 Ok(Some(Event::Corrupted { errno, .. })) => {
@@ -681,5 +709,53 @@ impl Plugin {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::plugin::CreateVolume;
+    use crate::storage::PARAM_LIMIT;
+    use crate::testing::Env;
+
+    #[test]
+    fn storage_gauges_are_node_totals_never_labelled_by_snapshot() {
+        let env = Env::new();
+        let p = &env.plugin;
+        let params = HashMap::from([(PARAM_LIMIT.to_owned(), "64Mi".to_owned())]);
+        let mut snaps = Vec::new();
+        for name in ["a", "b"] {
+            let vol = p
+                .create_volume(&CreateVolume {
+                    name: name.into(),
+                    required: 1 << 20,
+                    limit: 0,
+                    backend: None,
+                    source: None,
+                })
+                .expect("volume");
+            let s = p
+                .create_snapshot(name, &p.volume_id(&vol), &params)
+                .expect("snapshot");
+            snaps.push(p.snapshot_id(&s).to_string());
+        }
+        let text = p.metrics.encode();
+        assert!(
+            text.contains("blksnap_csi_snapshot_storage_limit_bytes 134217728"),
+            "{text}"
+        );
+        assert!(
+            text.contains("blksnap_csi_snapshot_storage_used_bytes 0"),
+            "{text}"
+        );
+        assert!(!text.contains("snapshot=\""), "{text}");
+        p.delete_snapshot(&snaps[0]).expect("delete");
+        let text = p.metrics.encode();
+        assert!(
+            text.contains("blksnap_csi_snapshot_storage_limit_bytes 67108864"),
+            "{text}"
+        );
     }
 }

@@ -201,6 +201,12 @@ pub struct VolumeRecord {
     /// owns, or a static device holding another volume's data.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creating: bool,
+    /// Set when the volume was deleted and its storage is being zeroed in
+    /// the background: the record keeps the device taken (neither handed
+    /// out nor counted free) until it is zero, and a start zeroes it
+    /// again; the volume itself is gone for every call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zeroing: bool,
 }
 
 impl VolumeRecord {
@@ -508,6 +514,7 @@ mod tests {
             created_unix: 5,
             full_history: Some(Uuid::new_v4()),
             creating: false,
+            zeroing: false,
         };
         state.put(&v).expect("put");
 

@@ -10,11 +10,19 @@
 //! * `diffStoragePercent`: a percentage of the snapshotted volumes' size.
 //!
 //! Without either, the node's default percentage applies.
+//!
+//! A limit is a reservation: the file is allocated to its limit before
+//! the take (`fallocate`; unwritten extents, which the kernel then fills
+//! from the start), so a take that does not fit is refused at once with
+//! `RESOURCE_EXHAUSTED` rather than overflowing later, and the space is
+//! taken from anything else on that file system, the pool included.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
 
 use crate::{Error, Result};
 
@@ -130,15 +138,32 @@ pub fn check_not_on(dir: &Path, devices: &[(PathBuf, File)]) -> Result<()> {
     Ok(())
 }
 
-/// A new unnamed storage file in `dir`.
-pub fn open_tmpfile(dir: &Path) -> Result<File> {
-    OpenOptions::new()
+/// A new unnamed storage file in `dir`, `limit` bytes allocated.
+pub fn open_tmpfile(dir: &Path, limit: u64) -> Result<File> {
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(nix::libc::O_TMPFILE)
         .mode(0o600)
         .open(dir)
-        .map_err(|e| Error::io("O_TMPFILE in", dir, e))
+        .map_err(|e| Error::io("O_TMPFILE in", dir, e))?;
+    let len = i64::try_from(limit)
+        .map_err(|_| Error::OutOfRange(format!("a storage limit of {limit} bytes")))?;
+    match nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(f),
+        Err(Errno::ENOSPC | Errno::EFBIG) => Err(Error::Exhausted(format!(
+            "the difference storage directory {} has no room for {limit} bytes",
+            dir.display()
+        ))),
+        Err(e) => Err(Error::io("fallocate in", dir, e.into())),
+    }
+}
+
+/// Bytes of difference storage the kernel has written to `f`: its data
+/// extents, the rest of the reservation being unwritten.
+pub fn used_bytes(f: &File) -> Result<u64> {
+    let extents = crate::backend::file_pool::extents(f, Path::new("difference storage"))?;
+    Ok(extents.iter().map(|r| r.end - r.start).sum())
 }
 
 /// Bytes free in `dir`'s file system.
@@ -204,11 +229,19 @@ mod tests {
     }
 
     #[test]
-    fn tmpfile_is_unnamed() {
+    fn tmpfile_is_unnamed_and_reserves_its_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let f = open_tmpfile(dir.path()).expect("O_TMPFILE");
-        f.set_len(4096).expect("usable");
+        let f = open_tmpfile(dir.path(), 64 << 20).expect("O_TMPFILE");
         assert_eq!(std::fs::read_dir(dir.path()).expect("read").count(), 0);
+        assert!(f.metadata().expect("stat").blocks() * 512 >= 64 << 20);
+        // Reserved is not written.
+        assert_eq!(used_bytes(&f).expect("used"), 0);
+        std::os::unix::fs::FileExt::write_all_at(&f, &[7u8; 8192], 1 << 20).expect("write");
+        f.sync_all().expect("sync");
+        assert!((8192..=1 << 20).contains(&used_bytes(&f).expect("used")));
+        let free = free_bytes(dir.path()).expect("free");
+        let r = open_tmpfile(dir.path(), free + (1 << 30));
+        assert!(matches!(r, Err(Error::Exhausted(_))), "{r:?}");
     }
 
     #[test]

@@ -316,6 +316,10 @@ impl Backend for FileBackend {
         Ok(())
     }
 
+    fn deletes_slowly(&self) -> bool {
+        false
+    }
+
     fn device(&self, vol: &VolumeRecord) -> Result<PathBuf> {
         let p = self.path(vol);
         if p.exists() {

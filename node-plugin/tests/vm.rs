@@ -26,6 +26,7 @@ use blksnap_node_plugin::plugin::{CreateVolume, Plugin, Settings};
 use blksnap_node_plugin::state::{BackendKind, LostReason, Source, VolumeRecord};
 use blksnap_node_plugin::{ranges, Error};
 
+mod backends;
 mod guest;
 mod node_service;
 mod snapshots;
@@ -45,6 +46,8 @@ struct World {
     plugin: Option<Arc<Plugin>>,
     root: PathBuf,
     data_b: PathBuf,
+    /// Pool directory of the plugin.
+    pool_dir: PathBuf,
     /// Difference storage directory of the plugin.
     storage: PathBuf,
 }
@@ -77,6 +80,7 @@ impl World {
             control,
             plugin: None,
             storage: root.join("diff"),
+            pool_dir: root.join("pool/volumes"),
             root,
             data_b: d[1].clone(),
         };
@@ -88,7 +92,7 @@ impl World {
     fn start(&mut self) {
         self.plugin = None;
         let backends = backend::configured(
-            Some(&self.root.join("pool/volumes")),
+            Some(&self.pool_dir),
             &[format!("disk-b={}", self.data_b.display())],
         )
         .expect("backends");

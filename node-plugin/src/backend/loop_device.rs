@@ -130,9 +130,11 @@ pub fn refresh_capacity(dev: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Unbinds the loop device from its file.
+/// Unbinds the loop device from its file; refused while the device is in
+/// use (the loop driver would only defer the unbind until its last
+/// close).
 pub fn detach(dev: &Path) -> Result<()> {
-    let f = File::open(dev).map_err(|e| Error::io("open", dev, e))?;
+    let f = super::open_exclusive(dev)?;
     // SAFETY: LOOP_CLR_FD takes no argument.
     match unsafe { loop_clr_fd(f.as_raw_fd()) } {
         Ok(_) | Err(nix::errno::Errno::ENXIO) => Ok(()),

@@ -9,9 +9,10 @@
 //! work on the block device either one hands out.
 
 use std::collections::BTreeSet;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,8 +40,14 @@ pub trait Backend: Send + Sync {
     /// locations of existing volumes of this backend.
     fn create(&self, local: &str, size: u64, taken: &BTreeSet<String>) -> Result<Provisioned>;
 
-    /// Releases the volume's storage; storage already gone is fine.
+    /// Releases the volume's storage; storage already gone is fine, a
+    /// device in use is refused (see [`open_exclusive`]).
     fn delete(&self, vol: &VolumeRecord) -> Result<()>;
+
+    /// Whether [`delete`](Backend::delete) writes the whole volume (zeroes
+    /// a device), too long for one call: the plugin runs it in the
+    /// background.
+    fn deletes_slowly(&self) -> bool;
 
     /// The volume's block device, bound first if it is not (a loop device
     /// after a reboot).
@@ -77,6 +84,28 @@ pub fn configured(
 }
 
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+
+/// Opens block device `path` read-write and exclusively (`O_EXCL`), which
+/// the kernel refuses while the device is mounted or claimed by another
+/// exclusive opener: `Precondition` then, so that nothing is released or
+/// zeroed under a file system that is still in use.
+pub fn open_exclusive(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_EXCL)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::EBUSY) {
+                Error::Precondition(format!(
+                    "{} is in use (mounted or held open); unpublish and unstage the volume first",
+                    path.display()
+                ))
+            } else {
+                Error::io("open", path, e)
+            }
+        })
+}
 
 /// Size in bytes of the block device open at `f`.
 pub fn device_size(f: &File, path: &Path) -> Result<u64> {

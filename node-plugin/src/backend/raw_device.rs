@@ -5,15 +5,17 @@
 //! is not assumed to read as zeros. When a volume is deleted its device is
 //! zeroed (`BLKZEROOUT`, which the kernel turns into WRITE ZEROES where the
 //! device offers it) so that the next tenant never sees the last one's
-//! data.
+//! data; the plugin runs that on a thread of its own, as it writes the
+//! whole device.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{device_size, Backend, Provisioned};
+use super::{device_size, open_exclusive, Backend, Provisioned};
 use crate::ids::is_local_name;
 use crate::state::{BackendKind, VolumeRecord};
 use crate::{Error, Result};
@@ -52,6 +54,22 @@ impl RawDevices {
                 )));
             }
         }
+        // Two names for one disk (its by-id and its by-path link, say)
+        // would hand it to two volumes.
+        let mut seen: BTreeMap<u64, &String> = BTreeMap::new();
+        for (name, path) in &devices {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            if !meta.file_type().is_block_device() {
+                continue;
+            }
+            if let Some(other) = seen.insert(meta.rdev(), name) {
+                return Err(Error::Config(format!(
+                    "static devices {other:?} and {name:?} are the same device"
+                )));
+            }
+        }
         Ok(RawDevices { devices })
     }
 
@@ -63,6 +81,14 @@ impl RawDevices {
 
     fn size(path: &Path) -> Result<u64> {
         let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        device_size(&f, path)
+    }
+
+    /// The size of a device that is no volume's, if nothing else holds it
+    /// (mounted by the host, part of an md or dm device): a device in use
+    /// elsewhere is neither handed out nor counted free.
+    fn free_size(path: &Path) -> Result<u64> {
+        let f = open_exclusive(path)?;
         device_size(&f, path)
     }
 }
@@ -79,7 +105,7 @@ impl Backend for RawDevices {
             if taken.contains(name) {
                 continue;
             }
-            let cap = match Self::size(path) {
+            let cap = match Self::free_size(path) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(device = %path.display(), error = %e, "static device unusable");
@@ -101,16 +127,18 @@ impl Backend for RawDevices {
 
     fn delete(&self, vol: &VolumeRecord) -> Result<()> {
         let path = self.path(&vol.location)?;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("open", path, e))?;
+        // Held for the whole zeroing: nothing can mount the device meanwhile.
+        let f = open_exclusive(path)?;
         let size = device_size(&f, path)?;
         let range = [0u64, size];
         // SAFETY: BLKZEROOUT reads two u64 (start, length) from the pointer.
         unsafe { blkzeroout(f.as_raw_fd(), &range) }
             .map_err(|e| Error::io("BLKZEROOUT", path, e.into()))?;
         Ok(())
+    }
+
+    fn deletes_slowly(&self) -> bool {
+        true
     }
 
     fn device(&self, vol: &VolumeRecord) -> Result<PathBuf> {
@@ -149,7 +177,7 @@ impl Backend for RawDevices {
             .devices
             .iter()
             .filter(|(n, _)| !taken.contains(*n))
-            .filter_map(|(_, p)| Self::size(p).ok())
+            .filter_map(|(_, p)| Self::free_size(p).ok())
             .max()
             .unwrap_or(0))
     }

@@ -179,7 +179,7 @@ impl Plugin {
             before.push((extents, generation));
         }
 
-        let storage_file = storage::open_tmpfile(&self.settings.storage_dir)?;
+        let storage_file = storage::open_tmpfile(&self.settings.storage_dir, limit)?;
         let id = self
             .kernel()
             .snapshot_create(&storage_file, limit.div_ceil(512))

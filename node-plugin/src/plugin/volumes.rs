@@ -41,9 +41,12 @@ impl Plugin {
             )));
         }
 
-        let existing = self
-            .state
-            .read(|t| t.volumes.values().find(|v| v.name == req.name).cloned());
+        let existing = self.state.read(|t| {
+            t.volumes
+                .values()
+                .find(|v| v.name == req.name && !v.zeroing)
+                .cloned()
+        });
         if let Some(v) = existing {
             let fits = v.capacity >= req.required && (req.limit == 0 || v.capacity <= req.limit);
             if v.backend == backend_kind && v.source == req.source && fits {
@@ -99,6 +102,7 @@ impl Plugin {
                 created_unix: now().0,
                 full_history: None,
                 creating: true,
+                zeroing: false,
             },
             size,
         )?;
@@ -150,15 +154,14 @@ impl Plugin {
 
     /// Removes a volume that was never handed out: its tracking, its
     /// storage, then its record.
-    pub(crate) fn undo_volume(&self, vol: &VolumeRecord) -> Result<()> {
+    pub(crate) fn undo_volume(self: &Arc<Self>, vol: &VolumeRecord) -> Result<()> {
         let backend = self.backend(vol.backend)?;
         if let Ok(path) = backend.device(vol) {
             if let Ok(dev) = open_device(&path) {
                 self.detach(&dev)?;
             }
         }
-        backend.delete(vol)?;
-        self.state.remove::<VolumeRecord>(&vol.key())
+        self.release(vol)
     }
 
     fn new_local_name(&self) -> String {
@@ -203,7 +206,7 @@ impl Plugin {
 
     /// Deletes a volume; an unknown one is fine. A volume whose snapshots
     /// the kernel still holds is refused: they read through it.
-    pub fn delete_volume(&self, id_text: &str) -> Result<()> {
+    pub fn delete_volume(self: &Arc<Self>, id_text: &str) -> Result<()> {
         let Ok(id) = id_text.parse::<VolumeId>() else {
             return Ok(());
         };
@@ -212,6 +215,9 @@ impl Plugin {
         let Some(vol) = self.state.read(|t| t.volumes.get(&id.local).cloned()) else {
             return Ok(());
         };
+        if vol.zeroing {
+            return Ok(());
+        }
         if let Some(s) = self.held_snapshot_of(&vol.local) {
             return Err(Error::Precondition(format!(
                 "volume {id_text} has snapshot {} held; delete it first",
@@ -221,12 +227,15 @@ impl Plugin {
         self.release_lost(&vol.local)?;
         let backend = self.backend(vol.backend)?;
         match backend.device(&vol) {
-            Ok(path) => self.detach(&open_device(&path)?)?,
+            Ok(path) => {
+                // Refused while mounted, before anything is undone.
+                drop(crate::backend::open_exclusive(&path)?);
+                self.detach(&open_device(&path)?)?
+            }
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        backend.delete(&vol)?;
-        self.state.remove::<VolumeRecord>(&vol.local)?;
+        self.release(&vol)?;
         tracing::info!(volume = %vol.local, "volume deleted");
         Ok(())
     }

@@ -208,9 +208,11 @@ static int ioctl_snapshot_take(struct blksnap_uuid __user *arg)
 	return ret;
 }
 
-/* More snapshots than this make collect ask for a smaller answer. */
-#define BLKSNAP_COLLECT_MAX 4096
-
+/*
+ * Answers with every id, or with -ENODATA and the number of snapshots when
+ * the room given is too small (or @ids is NULL). The ids are gathered under
+ * the mutex into a buffer sized for the count then, and copied out after.
+ */
 static int ioctl_snapshot_collect(struct blksnap_snapshot_collect __user *uarg)
 {
 	struct blksnap_snapshot_collect arg;
@@ -220,22 +222,26 @@ static int ioctl_snapshot_collect(struct blksnap_snapshot_collect __user *uarg)
 
 	if (copy_from_user(&arg, uarg, sizeof(arg)))
 		return -EFAULT;
-	count = min_t(u32, arg.count, BLKSNAP_COLLECT_MAX);
-	if (count && arg.ids) {
-		ids = kcalloc(count, sizeof(*ids), GFP_KERNEL);
-		if (!ids)
-			return -ENOMEM;
-	}
 	mutex_lock(&ctl_mutex);
-	ret = snapshot_collect(ids, &count);
+	count = snapshot_count();
+	if (count && arg.ids && arg.count >= count) {
+		ids = kvmalloc_array(count, sizeof(*ids), GFP_KERNEL);
+		if (!ids) {
+			mutex_unlock(&ctl_mutex);
+			return -ENOMEM;
+		}
+		snapshot_collect(ids, count);
+		ret = 0;
+	} else {
+		ret = count ? -ENODATA : 0;
+	}
 	mutex_unlock(&ctl_mutex);
-	if ((!ret || ret == -ENODATA) &&
-	    put_user(count, &uarg->count))
+	if (put_user(count, &uarg->count))
 		ret = -EFAULT;
-	if (!ret && ids &&
-	    copy_to_user(u64_to_user_ptr(arg.ids), ids, count * sizeof(*ids)))
+	else if (ids && copy_to_user(u64_to_user_ptr(arg.ids), ids,
+				     array_size(count, sizeof(*ids))))
 		ret = -EFAULT;
-	kfree(ids);
+	kvfree(ids);
 	return ret;
 }
 

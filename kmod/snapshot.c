@@ -268,7 +268,7 @@ fail:
 	return ret;
 }
 
-int snapshot_collect(uuid_t *ids, unsigned int *count)
+unsigned int snapshot_count(void)
 {
 	struct snapshot *snapshot;
 	unsigned int n = 0;
@@ -276,15 +276,21 @@ int snapshot_collect(uuid_t *ids, unsigned int *count)
 	lockdep_assert_held(&ctl_mutex);
 	list_for_each_entry(snapshot, &snapshots, link)
 		n++;
-	if (!ids || *count < n) {
-		*count = n;
-		return n ? -ENODATA : 0;
-	}
-	n = 0;
-	list_for_each_entry(snapshot, &snapshots, link)
+	return n;
+}
+
+/* Fills @ids with the ids of the snapshot_count() snapshots, @count at most. */
+void snapshot_collect(uuid_t *ids, unsigned int count)
+{
+	struct snapshot *snapshot;
+	unsigned int n = 0;
+
+	lockdep_assert_held(&ctl_mutex);
+	list_for_each_entry(snapshot, &snapshots, link) {
+		if (n == count)
+			break;
 		ids[n++] = snapshot->id;
-	*count = n;
-	return 0;
+	}
 }
 
 struct event_queue *snapshot_get_events(const uuid_t *id)

@@ -236,3 +236,31 @@ fn image_opened_during_the_take_reads_the_data_of_the_take() {
     }
     say!("image opened before the take returned in {early} of 5 rounds; all read the data of the take");
 }
+
+/// Collect lists every snapshot, however many: past the 4096 ids that
+/// one answer of the module used to hold, its -ENODATA asked for a room
+/// that it then never filled. The snapshots are only created (one small
+/// file storage shared by all), which costs no take.
+#[test]
+fn collect_lists_more_than_4096_snapshots() {
+    const COUNT: usize = 4097 + 3;
+    let ctl = control();
+    let fs = TmpMount::tmpfs(16 * MIB);
+    let storage = tmpfile_in(&fs.path);
+    let snaps: Vec<Snap> = (0..COUNT)
+        .map(|_| Snap::create(&ctl, &storage, 8))
+        .collect();
+    let mut listed = ctl
+        .snapshot_collect()
+        .unwrap_or_else(|e| panic!("collect of {COUNT} snapshots: {e}"));
+    let mut created: Vec<_> = snaps.iter().map(|s| s.id).collect();
+    listed.sort_unstable();
+    created.sort_unstable();
+    assert_eq!(listed.len(), COUNT, "ids collected");
+    assert!(listed == created, "collect listed other ids than created");
+    for s in snaps {
+        s.destroy().expect("destroy");
+    }
+    assert!(ctl.snapshot_collect().expect("collect").is_empty());
+    say!("collected {COUNT} snapshots");
+}

@@ -90,7 +90,8 @@ static void snapshot_release_devices(struct snapshot *snapshot)
 		}
 		tracker_set_diff_area(sd->tracker, NULL);
 	}
-	tracker_sync();
+	list_for_each_entry(sd, &snapshot->devices, link)
+		tracker_sync(sd->tracker);
 	list_for_each_entry(sd, &snapshot->devices, link) {
 		if (!sd->area)
 			continue;
@@ -208,7 +209,8 @@ static int snapshot_switch(struct snapshot *snapshot)
 	}
 	list_for_each_entry(sd, &snapshot->devices, link)
 		tracker_freeze(sd->tracker);
-	tracker_sync();
+	list_for_each_entry(sd, &snapshot->devices, link)
+		tracker_sync(sd->tracker);
 	/* Drain all queues at once: start every freeze, then wait. */
 	list_for_each_entry(sd, &snapshot->devices, link)
 		blk_freeze_queue_start(bdev_get_queue(sd->tracker->bdev));

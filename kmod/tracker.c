@@ -17,12 +17,10 @@
 DEFINE_MUTEX(ctl_mutex);
 
 /*
- * Held by every write from its filtering until the original
- * submit_bio_noacct() returns, by which time a bio submitted from the top
- * level, and anything a stacked driver queued below it, has entered its
- * queue. A take waits for it before it drains the queues.
+ * Held only while a write looks its tracker up and enters the tracker's
+ * own SRCU: removal waits for it before the tracker may go.
  */
-DEFINE_SRCU(tracker_srcu);
+DEFINE_STATIC_SRCU(tracker_srcu);
 
 #define TRACKER_HASH_BITS 6
 /* Trackers by disk; written under ctl_mutex, read under tracker_srcu. */
@@ -62,23 +60,15 @@ static struct tracker *tracker_lookup(struct bio *bio, sector_t *pos)
 	return NULL;
 }
 
-/* Returns true when the bio was taken over, false to submit it as is. */
-static bool tracker_write(struct bio *bio)
+/*
+ * Returns true when the bio was taken over, false to submit it as is.
+ * Under @tracker's SRCU.
+ */
+static bool tracker_write(struct tracker *tracker, struct bio *bio,
+			  sector_t pos)
 {
-	struct tracker *tracker;
 	struct diff_area *area;
-	sector_t pos;
 
-	/*
-	 * A split remainder of a partition's bio carries absolute sectors
-	 * and was seen whole before the split.
-	 */
-	if (!op_is_write(bio_op(bio)) || bio_flagged(bio, BIO_REMAPPED) ||
-	    !bio_sectors(bio))
-		return false;
-	tracker = tracker_lookup(bio, &pos);
-	if (!tracker)
-		return false;
 	if (unlikely(READ_ONCE(tracker->frozen))) {
 		unsigned long flags;
 		bool held = false;
@@ -93,7 +83,7 @@ static bool tracker_write(struct bio *bio)
 			return true;
 	}
 	cbt_map_mark(tracker->cbt_map, pos, bio_sectors(bio));
-	area = srcu_dereference(tracker->diff_area, &tracker_srcu);
+	area = srcu_dereference(tracker->diff_area, &tracker->srcu);
 	return area && diff_area_write(area, bio, pos);
 }
 
@@ -111,14 +101,36 @@ bool notrace tracker_wants(const void *arg)
 	       !hlist_empty(tracker_bucket(bio->bi_bdev->bd_disk));
 }
 
-/* In place of submit_bio_noacct(), for the bios tracker_wants() chose. */
+/*
+ * In place of submit_bio_noacct(), for the bios tracker_wants() chose. The
+ * submission, which may sleep (a tag, a frozen queue), happens outside
+ * tracker_srcu: a write stuck on one device holds up nothing of another.
+ * A split remainder of a partition's bio carries absolute sectors and was
+ * seen whole before the split.
+ */
 void tracker_submit_bio(struct bio *bio)
 {
-	int idx = srcu_read_lock(&tracker_srcu);
+	struct tracker *tracker;
+	sector_t pos;
+	int idx, tidx;
 
-	if (!tracker_write(bio))
-		submit_bio_noacct(bio);
+	if (!op_is_write(bio_op(bio)) || bio_flagged(bio, BIO_REMAPPED) ||
+	    !bio_sectors(bio))
+		goto pass;
+	idx = srcu_read_lock(&tracker_srcu);
+	tracker = tracker_lookup(bio, &pos);
+	if (!tracker) {
+		srcu_read_unlock(&tracker_srcu, idx);
+		goto pass;
+	}
+	tidx = srcu_read_lock(&tracker->srcu);
 	srcu_read_unlock(&tracker_srcu, idx);
+	if (!tracker_write(tracker, bio, pos))
+		submit_bio_noacct(bio);
+	srcu_read_unlock(&tracker->srcu, tidx);
+	return;
+pass:
+	submit_bio_noacct(bio);
 }
 
 static void tracker_work_fn(struct work_struct *work)
@@ -146,6 +158,7 @@ static void tracker_release(struct kref *kref)
 
 	flush_work(&tracker->work);
 	WARN_ON_ONCE(!bio_list_empty(&tracker->pending));
+	cleanup_srcu_struct(&tracker->srcu);
 	cbt_map_free(tracker->cbt_map);
 	fput(tracker->file);
 	kfree(tracker);
@@ -207,6 +220,9 @@ int tracker_attach(struct file *file)
 		ret = PTR_ERR(tracker->cbt_map);
 		goto fail_map;
 	}
+	ret = init_srcu_struct(&tracker->srcu);
+	if (ret)
+		goto fail_srcu;
 	kref_init(&tracker->kref);
 	spin_lock_init(&tracker->lock);
 	bio_list_init(&tracker->pending);
@@ -228,6 +244,8 @@ int tracker_attach(struct file *file)
 
 fail_freeze:
 	fput(tracker->file);
+	cleanup_srcu_struct(&tracker->srcu);
+fail_srcu:
 	cbt_map_free(tracker->cbt_map);
 fail_map:
 	kfree(tracker);
@@ -239,6 +257,7 @@ static void __tracker_remove(struct tracker *tracker)
 	lockdep_assert_held(&ctl_mutex);
 	hlist_del_init_rcu(&tracker->link);
 	synchronize_srcu(&tracker_srcu);
+	tracker_sync(tracker);
 	/* Whatever a take left held is submitted before the tracker goes. */
 	flush_work(&tracker->work);
 	tracker_put(tracker);
@@ -304,8 +323,13 @@ void tracker_set_diff_area(struct tracker *tracker, struct diff_area *area)
 	rcu_assign_pointer(tracker->diff_area, area);
 }
 
-/* Waits until no write is between its filtering and its queue. */
-void tracker_sync(void)
+/*
+ * Waits until no write to @tracker's device is between its filtering and
+ * the return of its submission, by which time a bio submitted from the
+ * top level, and anything a stacked driver queued below it, has entered
+ * its queue.
+ */
+void tracker_sync(struct tracker *tracker)
 {
-	synchronize_srcu_expedited(&tracker_srcu);
+	synchronize_srcu_expedited(&tracker->srcu);
 }

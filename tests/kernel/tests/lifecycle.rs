@@ -264,3 +264,66 @@ fn collect_lists_more_than_4096_snapshots() {
     assert!(ctl.snapshot_collect().expect("collect").is_empty());
     say!("collected {COUNT} snapshots");
 }
+
+/// A take waits for the writes in flight to its own devices, never for
+/// those of another one. Device B, attached but in no snapshot, completes
+/// each write after `STALL` and has one tag: of two writers, one waits for
+/// the device and the other for the tag, inside the submission. The take
+/// of A must not wait for either. Before the fix every write held one
+/// module-wide SRCU across its submission and the take waited for all of
+/// them (for the second writer: until the first completed).
+#[test]
+fn take_does_not_wait_for_writes_stuck_on_another_device() {
+    use std::time::{Duration, Instant};
+    const STALL: Duration = Duration::from_secs(16);
+
+    let (ctl, disks) = setup();
+    let nanos = STALL.as_nanos().to_string();
+    let slow = NullBlk::with(
+        "blksnap_slow",
+        64 * MIB,
+        &[
+            ("irqmode", "2"),
+            ("completion_nsec", &nanos),
+            ("submit_queues", "1"),
+            ("hw_queue_depth", "1"),
+        ],
+    );
+    let name = slow.dev.file_name().expect("name").to_string_lossy();
+    // No scheduler, and no request timeout before the completion comes.
+    for (attr, value) in [("scheduler", "none"), ("io_timeout", "600000")] {
+        let path = format!("/sys/block/{name}/queue/{attr}");
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    let b = open_direct(&slow.dev);
+    let _att_b = Attached::new(&ctl, &b);
+    let a = open_direct(&disks.data_a);
+    let _att_a = Attached::new(&ctl, &a);
+    let storage = open_excl(&disks.storage);
+    let snap = Snap::create(&ctl, &storage, size_of(&storage) / SECTOR);
+    ctl.snapshot_add(snap.id, &a).expect("snapshot_add");
+
+    let took = std::thread::scope(|s| {
+        let started = Instant::now();
+        for i in 0..2 {
+            let b = &b;
+            s.spawn(move || write_blocks(b, i, 1, |_| 1));
+        }
+        // Both writers are in: one on the device, one waiting for its tag.
+        std::thread::sleep(Duration::from_secs(1));
+        let t = Instant::now();
+        assert!(
+            t - started < STALL,
+            "the writes to B were not stuck any more"
+        );
+        ctl.snapshot_take(snap.id).expect("snapshot_take");
+        t.elapsed()
+    });
+    assert!(
+        took < STALL / 2,
+        "take of A took {took:?} while writes to B were stuck for {STALL:?}"
+    );
+    verify_range(&b, 0, 2, |_| 1).unwrap_or_else(|e| panic!("B: {e}"));
+    snap.destroy().expect("destroy");
+    say!("take of A took {took:?} with writes to B stuck for {STALL:?}");
+}

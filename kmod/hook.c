@@ -38,9 +38,11 @@ static void hook_submit_bio(struct bio *bio)
 static void hook_del_gendisk(struct gendisk *disk)
 {
 	int idx = srcu_read_lock(&hook_srcu);
+	struct tracker_removal r;
 
-	tracker_disk_removed(disk);
+	tracker_disk_removed(disk, &r);
 	del_gendisk(disk);
+	tracker_disk_gone(&r);
 	srcu_read_unlock(&hook_srcu, idx);
 }
 

@@ -26,6 +26,15 @@ DEFINE_STATIC_SRCU(tracker_srcu);
 /* Trackers by disk; written under ctl_mutex, read under tracker_srcu. */
 static struct hlist_head tracker_table[1 << TRACKER_HASH_BITS];
 
+/*
+ * Disks whose removal has begun and not yet returned. With GD_DEAD, which
+ * del_gendisk() sets before it returns, they tell attach which disks are
+ * going: an attach either adds its tracker before the removal looks at the
+ * bucket, so that the removal finds it, or fails.
+ */
+static DEFINE_SPINLOCK(tracker_removing_lock); /* tracker_removing, bucket adds */
+static LIST_HEAD(tracker_removing);
+
 /* Inlined: tracker_wants() runs inside ftrace and must make no traced call. */
 static __always_inline struct hlist_head *tracker_bucket(struct gendisk *disk)
 {
@@ -197,6 +206,34 @@ static int __tracker_check_overlap(struct block_device *bdev)
 	return 0;
 }
 
+static bool __tracker_disk_removing(struct gendisk *disk)
+{
+	struct tracker_removal *r;
+
+	lockdep_assert_held(&tracker_removing_lock);
+	if (test_bit(GD_DEAD, &disk->state))
+		return true;
+	list_for_each_entry(r, &tracker_removing, link)
+		if (r->disk == disk)
+			return true;
+	return false;
+}
+
+/* Adds @tracker to the lookup table, unless its disk is being removed. */
+static int tracker_publish(struct tracker *tracker)
+{
+	struct gendisk *disk = tracker->bdev->bd_disk;
+	int ret = -ENODEV;
+
+	spin_lock(&tracker_removing_lock);
+	if (!__tracker_disk_removing(disk)) {
+		hlist_add_head_rcu(&tracker->link, tracker_bucket(disk));
+		ret = 0;
+	}
+	spin_unlock(&tracker_removing_lock);
+	return ret;
+}
+
 int tracker_attach(struct file *file)
 {
 	struct block_device *bdev = I_BDEV(file->f_mapping->host);
@@ -234,8 +271,10 @@ int tracker_attach(struct file *file)
 	ret = blksnap_bdev_freeze(bdev);
 	if (ret)
 		goto fail_freeze;
-	hlist_add_head_rcu(&tracker->link, tracker_bucket(bdev->bd_disk));
+	ret = tracker_publish(tracker);
 	blksnap_bdev_thaw(bdev);
+	if (ret)
+		goto fail_freeze;
 
 	__module_get(THIS_MODULE);
 	pr_info("attached to %pg, %u-byte tracking blocks\n", bdev,
@@ -280,13 +319,22 @@ int tracker_detach(struct file *file)
 	return 0;
 }
 
-/* Called in place of del_gendisk(): forget the disk before it goes. */
-void tracker_disk_removed(struct gendisk *disk)
+/*
+ * Called before del_gendisk(), with @r to pass to tracker_disk_gone()
+ * once it returned: forget the disk before it goes.
+ */
+void tracker_disk_removed(struct gendisk *disk, struct tracker_removal *r)
 {
 	struct tracker *tracker;
 	struct hlist_node *next;
+	bool empty;
 
-	if (hlist_empty(tracker_bucket(disk)))
+	r->disk = disk;
+	spin_lock(&tracker_removing_lock);
+	list_add(&r->link, &tracker_removing);
+	empty = hlist_empty(tracker_bucket(disk));
+	spin_unlock(&tracker_removing_lock);
+	if (empty)
 		return;
 	mutex_lock(&ctl_mutex);
 	hlist_for_each_entry_safe(tracker, next, tracker_bucket(disk), link) {
@@ -300,6 +348,13 @@ void tracker_disk_removed(struct gendisk *disk)
 		__tracker_remove(tracker);
 	}
 	mutex_unlock(&ctl_mutex);
+}
+
+void tracker_disk_gone(struct tracker_removal *r)
+{
+	spin_lock(&tracker_removing_lock);
+	list_del(&r->link);
+	spin_unlock(&tracker_removing_lock);
 }
 
 void tracker_freeze(struct tracker *tracker)

@@ -54,9 +54,20 @@ struct tracker {
 extern struct mutex ctl_mutex;
 extern struct workqueue_struct *blksnap_wq;
 
+/**
+ * struct tracker_removal - A disk in del_gendisk(), on its caller's stack.
+ * @link: entry in the list of disks being removed.
+ * @disk: the disk.
+ */
+struct tracker_removal {
+	struct list_head link;
+	struct gendisk *disk;
+};
+
 bool tracker_wants(const void *arg);
 void tracker_submit_bio(struct bio *bio);
-void tracker_disk_removed(struct gendisk *disk);
+void tracker_disk_removed(struct gendisk *disk, struct tracker_removal *r);
+void tracker_disk_gone(struct tracker_removal *r);
 
 int tracker_attach(struct file *file);
 int tracker_detach(struct file *file);

@@ -4,7 +4,10 @@
 #[macro_use]
 mod common;
 
+use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 use blksnap::Error;
 use common::*;
@@ -326,4 +329,53 @@ fn take_does_not_wait_for_writes_stuck_on_another_device() {
     verify_range(&b, 0, 2, |_| 1).unwrap_or_else(|e| panic!("B: {e}"));
     snap.destroy().expect("destroy");
     say!("take of A took {took:?} with writes to B stuck for {STALL:?}");
+}
+
+/// A partition held by a tracker cannot be deleted (BLKPG refuses an open
+/// partition), and a partition of a removed disk cannot be attached: the
+/// attach must see the disk's removal, whether it ended (this test) or
+/// runs alongside. Before the fix the attach succeeded on the dead disk's
+/// partition and left a tracker that nothing would ever remove.
+#[test]
+fn partitions_of_a_removed_disk_are_not_attached() {
+    let ctl = control();
+    let mut nullb = NullBlk::new("blksnap_part", 64 * MIB);
+    let disk = nullb.dev.to_str().expect("UTF-8 path").to_owned();
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q", &disk])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    sfdisk
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"label: dos\nstart=1MiB, size=32MiB, type=83\n")
+        .expect("partition table");
+    assert!(sfdisk.wait().expect("sfdisk").success(), "sfdisk failed");
+    let part_path = PathBuf::from(format!("{disk}1"));
+    wait_for_path(&part_path);
+    let part = open_rw(&part_path);
+
+    ctl.attach(&part).expect("attach the partition");
+    let del = Command::new("partx")
+        .args(["-d", "--nr", "1", &disk])
+        .status()
+        .expect("partx");
+    assert!(!del.success(), "an attached partition was deleted");
+    ctl.cbt_info(&part)
+        .expect("cbt_info after a refused delete");
+    ctl.detach(&part).expect("detach");
+
+    nullb.power_off();
+    let attach = ctl.attach(&part);
+    let left = ctl.detach(&part);
+    assert!(
+        attach.is_err(),
+        "attach to a partition of a removed disk succeeded"
+    );
+    assert!(
+        matches!(left, Err(Error::NotAttached { .. })),
+        "left attached: {left:?}"
+    );
 }

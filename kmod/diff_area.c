@@ -202,7 +202,7 @@ void diff_area_corrupt(struct diff_area *area, int err)
 			 sizeof(data));
 	wake_up_all(&area->wq);
 	/* Frees the buffers still queued for storing. */
-	queue_work(blksnap_wq, &area->store_work);
+	queue_work(blksnap_store_wq, &area->store_work);
 }
 
 static void __diff_area_defer(struct diff_area *area, struct bio *bio)
@@ -481,7 +481,7 @@ void diff_area_chunk_loaded(struct chunk *chunk)
 	struct diff_area *area = chunk->area;
 
 	if (llist_add(&chunk->llnode, &area->loaded))
-		queue_work(blksnap_wq, &area->load_work);
+		queue_work(blksnap_store_wq, &area->load_work);
 }
 
 /*
@@ -545,7 +545,7 @@ static void diff_area_load_fn(struct work_struct *work)
 		store |= diff_area_release_chunk(area, chunk);
 	blk_finish_plug(&plug);
 	if (store)
-		queue_work(blksnap_wq, &area->store_work);
+		queue_work(blksnap_store_wq, &area->store_work);
 }
 
 /**
@@ -627,7 +627,7 @@ static void diff_area_store_work_fn(struct work_struct *work)
 static void diff_area_store_put(struct store_batch *sb)
 {
 	if (atomic_dec_and_test(&sb->pending))
-		queue_work(blksnap_wq, &sb->work);
+		queue_work(blksnap_store_wq, &sb->work);
 }
 
 static void diff_area_store_endio(struct bio *bio)
@@ -681,7 +681,7 @@ static void diff_area_store_file_done(struct diff_storage_io *io, int err)
 
 	if (err)
 		WRITE_ONCE(sb->err, err);
-	queue_work(blksnap_wq, &sb->work);
+	queue_work(blksnap_store_wq, &sb->work);
 }
 
 /* A file storage: the whole batch in one write. */
@@ -804,7 +804,7 @@ void diff_area_stop(struct diff_area *area)
 	spin_unlock_irq(&area->lock);
 	wake_up_all(&area->wq);
 	queue_work(blksnap_wq, &area->defer_work);
-	queue_work(blksnap_wq, &area->store_work);
+	queue_work(blksnap_store_wq, &area->store_work);
 	wait_event(area->wq, diff_area_idle(area));
 	flush_work(&area->defer_work);
 	flush_work(&area->load_work);
@@ -833,7 +833,7 @@ static void diff_area_clone_done(struct diff_area *area, unsigned long first,
 		}
 	}
 	if (release)
-		queue_work(blksnap_wq, &area->load_work);
+		queue_work(blksnap_store_wq, &area->load_work);
 	/* Under the lock: diff_area_stop() may free the area right after. */
 	if (!area->nr_clones)
 		wake_up_all(&area->wq);

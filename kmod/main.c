@@ -79,6 +79,7 @@ MODULE_PARM_DESC(diff_storage_minimum,
 		 "sectors a file difference storage grows by (default 2097152)");
 
 struct workqueue_struct *blksnap_wq;
+struct workqueue_struct *blksnap_store_wq;
 
 static unsigned long clamp_param(const char *name, unsigned long value,
 				 unsigned long lo, unsigned long hi)
@@ -506,6 +507,11 @@ static int __init blksnap_init(void)
 				     0);
 	if (!blksnap_wq)
 		return -ENOMEM;
+	ret = -ENOMEM;
+	blksnap_store_wq = alloc_workqueue("blksnap_store",
+					   WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
+	if (!blksnap_store_wq)
+		goto fail_store_wq;
 	ret = diff_area_init();
 	if (ret)
 		goto fail_bs;
@@ -524,6 +530,8 @@ fail_misc:
 fail_hook:
 	diff_area_done();
 fail_bs:
+	destroy_workqueue(blksnap_store_wq);
+fail_store_wq:
 	destroy_workqueue(blksnap_wq);
 	return ret;
 }
@@ -534,6 +542,7 @@ static void __exit blksnap_exit(void)
 	misc_deregister(&ctl_misc);
 	hook_done();
 	diff_area_done();
+	destroy_workqueue(blksnap_store_wq);
 	destroy_workqueue(blksnap_wq);
 	snapimage_done();
 	pr_info("unloaded\n");

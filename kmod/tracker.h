@@ -52,7 +52,14 @@ struct tracker {
 };
 
 extern struct mutex ctl_mutex;
+/*
+ * Two queues, each with its own rescuer: blksnap_wq runs the work that may
+ * wait for chunk buffers (deferred writes, image I/O, writes held by a
+ * take); blksnap_store_wq the work that loads and stores chunks and so
+ * frees them, which never waits for the former.
+ */
 extern struct workqueue_struct *blksnap_wq;
+extern struct workqueue_struct *blksnap_store_wq;
 
 /**
  * struct tracker_removal - A disk in del_gendisk(), on its caller's stack.

@@ -2,7 +2,6 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 #include <linux/slab.h>
 #include <linux/mm.h>
-#include <linux/uaccess.h>
 #include <linux/blkdev.h>
 #include "include/uapi/linux/blksnap.h"
 #include "params.h"
@@ -152,22 +151,25 @@ void cbt_map_info(struct cbt_map *map, struct blksnap_cbtinfo *info)
 }
 
 /*
- * Copies a window of the map as of the last take. The caller holds
- * ctl_mutex, so no take rewrites @read_map meanwhile; image writes only
- * raise bytes, which a reader may or may not see.
+ * Copies a window of the map as of the last take into a kernel buffer,
+ * set in @out (NULL when the map reads as zeros, before the first take),
+ * for the caller to copy out once ctl_mutex is released: it holds it, so
+ * no take rewrites @read_map meanwhile; image writes only raise bytes,
+ * which a reader may or may not see. Returns the bytes of the window.
  */
-long cbt_map_read(struct cbt_map *map, u32 offset, u32 length,
-		  u8 __user *buf)
+long cbt_map_read(struct cbt_map *map, u32 offset, u32 length, u8 **out)
 {
 	unsigned long count;
 
+	*out = NULL;
 	if (offset > map->blk_count)
 		return -EINVAL;
 	count = min_t(unsigned long, length, map->blk_count - offset);
-	/* Before the first take no change is older than a snapshot. */
-	if (!map->read_map)
-		return clear_user(buf, count) ? -EFAULT : count;
-	if (copy_to_user(buf, map->read_map + offset, count))
-		return -EFAULT;
+	if (!count || !map->read_map)
+		return count;
+	*out = kvmalloc(count, GFP_KERNEL);
+	if (!*out)
+		return -ENOMEM;
+	memcpy(*out, map->read_map + offset, count);
 	return count;
 }

@@ -43,8 +43,7 @@ void cbt_map_mark_both(struct cbt_map *map, sector_t sector, sector_t count);
 int cbt_map_prepare(struct cbt_map *map);
 void cbt_map_switch(struct cbt_map *map);
 void cbt_map_info(struct cbt_map *map, struct blksnap_cbtinfo *info);
-long cbt_map_read(struct cbt_map *map, u32 offset, u32 length,
-		  u8 __user *buf);
+long cbt_map_read(struct cbt_map *map, u32 offset, u32 length, u8 **out);
 
 static inline unsigned int cbt_map_block_size(struct cbt_map *map)
 {

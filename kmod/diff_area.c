@@ -202,7 +202,7 @@ void diff_area_corrupt(struct diff_area *area, int err)
 			 sizeof(data));
 	wake_up_all(&area->wq);
 	/* Frees the buffers still queued for storing. */
-	queue_work(blksnap_wq, &area->store_work);
+	queue_work(blksnap_store_wq, &area->store_work);
 }
 
 static void __diff_area_defer(struct diff_area *area, struct bio *bio)
@@ -219,92 +219,187 @@ static bool diff_area_has_room(struct diff_area *area)
 }
 
 /*
- * Makes sure chunk @n's old data gets preserved before @bio (a write
- * within that chunk, or NULL) reaches the device. On the submit path
- * (@may_wait false) nothing sleeps: without a free buffer the write is
- * deferred to a worker. Returns false when the chunk will not be
- * preserved because the image is already lost.
+ * Why nothing can be preserved any more: the error that corrupted the
+ * image, or -ESHUTDOWN once the snapshot is being destroyed; 0 otherwise.
  */
-static bool diff_area_cow_chunk(struct diff_area *area, unsigned long n,
-				struct bio *bio, bool may_wait)
+static int __diff_area_lost(struct diff_area *area)
 {
-	struct chunk *chunk, *new = NULL;
+	lockdep_assert_held(&area->lock);
+	if (area->error)
+		return area->error;
+	return area->stopping ? -ESHUTDOWN : 0;
+}
+
+/*
+ * A chunk made for a write but not published: its buffer goes back and
+ * the writers waiting for one are woken.
+ */
+static void diff_area_drop_chunk(struct diff_area *area, struct chunk *chunk)
+{
 	unsigned long flags;
-	bool ok = true;
+
+	spin_lock_irqsave(&area->lock, flags);
+	area->nr_buffers--;
+	spin_unlock_irqrestore(&area->lock, flags);
+	if (chunk)
+		chunk_free(chunk);
+	wake_up_all(&area->wq);
+}
+
+/*
+ * The submit path: makes sure chunk @n's old data gets preserved before
+ * @bio, a write within that chunk, reaches the device, without sleeping.
+ * The bio passes at once only when the chunk needs nothing (preserved,
+ * being stored, or lost with the image); it waits for a chunk being read;
+ * whatever needs memory that cannot be had at once goes to the worker
+ * (diff_area_cow_wait()), which may wait for it.
+ */
+static void diff_area_cow_submit(struct diff_area *area, unsigned long n,
+				 struct bio *bio)
+{
+	struct chunk *chunk, *new;
+	unsigned long flags;
 
 	if (test_bit(n, area->cow_map))
 		goto pass;
 	spin_lock_irqsave(&area->lock, flags);
-	for (;;) {
-		if (area->error || area->stopping) {
-			ok = false;
-			break;
-		}
-		chunk = xa_load(&area->chunks, n);
-		if (chunk) {
-			if (chunk->state == CHUNK_LOADING && bio) {
-				bio_list_add(&chunk->waiting, bio);
-				bio = NULL;
-			}
-			break;
-		}
-		if (new) {
-			if (xa_insert(&area->chunks, n, new, GFP_ATOMIC)) {
-				if (!may_wait && bio) {
-					__diff_area_defer(area, bio);
-					bio = NULL;
-				} else {
-					ok = false;
-				}
-				break;
-			}
-			if (bio)
-				bio_list_add(&new->waiting, bio);
-			spin_unlock_irqrestore(&area->lock, flags);
-			chunk_load(new);
-			return true;
-		}
-		/* Writes waiting for a buffer keep their order. */
-		if (!may_wait && (area->nr_buffers >= free_diff_buffer_pool_size ||
-				  !bio_list_empty(&area->deferred))) {
-			__diff_area_defer(area, bio);
-			spin_unlock_irqrestore(&area->lock, flags);
-			return true;
-		}
-		if (area->nr_buffers >= free_diff_buffer_pool_size) {
-			spin_unlock_irqrestore(&area->lock, flags);
-			wait_event(area->wq, diff_area_has_room(area));
-			spin_lock_irqsave(&area->lock, flags);
-			continue;
-		}
-		area->nr_buffers++;
-		spin_unlock_irqrestore(&area->lock, flags);
-		new = chunk_new(area, n, may_wait ? GFP_NOIO : GFP_NOWAIT);
-		spin_lock_irqsave(&area->lock, flags);
-		if (!new) {
-			area->nr_buffers--;
-			if (!may_wait) {
-				__diff_area_defer(area, bio);
-				spin_unlock_irqrestore(&area->lock, flags);
-				return true;
-			}
-			spin_unlock_irqrestore(&area->lock, flags);
-			diff_area_corrupt(area, -ENOMEM);
-			ok = false;
-			goto pass;
-		}
-	}
-	if (new)
-		area->nr_buffers--;
+	if (__diff_area_lost(area))
+		goto pass_unlock;
+	chunk = xa_load(&area->chunks, n);
+	if (chunk)
+		goto found;
+	/* Writes waiting for a buffer keep their order. */
+	if (area->nr_buffers >= free_diff_buffer_pool_size ||
+	    !bio_list_empty(&area->deferred))
+		goto defer;
+	area->nr_buffers++;
 	spin_unlock_irqrestore(&area->lock, flags);
-	if (new) {
-		chunk_free(new);
-		wake_up_all(&area->wq);
+
+	new = chunk_new(area, n, GFP_NOWAIT | __GFP_NOWARN);
+	if (!new)
+		goto drop;
+	spin_lock_irqsave(&area->lock, flags);
+	/*
+	 * Fails without memory, and for a slot a worker reserved or filled
+	 * meanwhile: the worker then finds what is there.
+	 */
+	if (__diff_area_lost(area) ||
+	    xa_insert(&area->chunks, n, new, GFP_NOWAIT | __GFP_NOWARN)) {
+		spin_unlock_irqrestore(&area->lock, flags);
+		goto drop;
 	}
+	bio_list_add(&new->waiting, bio);
+	spin_unlock_irqrestore(&area->lock, flags);
+	chunk_load(new);
+	return;
+
+drop:
+	diff_area_drop_chunk(area, new);
+	spin_lock_irqsave(&area->lock, flags);
+defer:
+	__diff_area_defer(area, bio);
+	spin_unlock_irqrestore(&area->lock, flags);
+	return;
+found:
+	if (chunk->state == CHUNK_LOADING) {
+		bio_list_add(&chunk->waiting, bio);
+		spin_unlock_irqrestore(&area->lock, flags);
+		return;
+	}
+pass_unlock:
+	spin_unlock_irqrestore(&area->lock, flags);
+pass:
+	submit_bio_noacct(bio);
+}
+
+/*
+ * The workers' path, in process context: like diff_area_cow_submit() for
+ * @bio (a write within chunk @n, or NULL for an image write), but waits
+ * for a free buffer and allocates with sleeping allocations, the chunk's
+ * slot included, reserved before the lock is taken. Returns 0 once the
+ * chunk is preserved or on its way (@bio then waits for it or has passed),
+ * or why it will not be: the image is lost, and marked so before @bio
+ * passes, or the snapshot is being destroyed. A write never passes an
+ * unpreserved chunk of a healthy image.
+ */
+static int diff_area_cow_wait(struct diff_area *area, unsigned long n,
+			      struct bio *bio)
+{
+	struct chunk *chunk, *new = NULL;
+	int ret = 0;
+
+	might_sleep();
+	if (test_bit(n, area->cow_map))
+		goto pass;
+	spin_lock_irq(&area->lock);
+	for (;;) {
+		ret = __diff_area_lost(area);
+		if (ret)
+			goto pass_unlock;
+		chunk = xa_load(&area->chunks, n);
+		if (chunk)
+			goto found;
+		if (area->nr_buffers < free_diff_buffer_pool_size)
+			break;
+		spin_unlock_irq(&area->lock);
+		wait_event(area->wq, diff_area_has_room(area));
+		spin_lock_irq(&area->lock);
+	}
+	area->nr_buffers++;
+	spin_unlock_irq(&area->lock);
+
+	new = chunk_new(area, n, GFP_NOIO);
+	if (!new)
+		goto nomem;
+	for (;;) {
+		if (xa_reserve(&area->chunks, n, GFP_NOIO))
+			goto nomem;
+		spin_lock_irq(&area->lock);
+		ret = __diff_area_lost(area);
+		if (ret)
+			goto release_unlock;
+		chunk = xa_load(&area->chunks, n);
+		if (chunk)
+			goto found;
+		/*
+		 * The reserved slot takes the chunk without allocating; only
+		 * when a racing worker released its own reservation of the
+		 * same slot can this need memory, and then it tries again.
+		 */
+		if (!xa_is_err(xa_store(&area->chunks, n, new,
+					GFP_NOWAIT | __GFP_NOWARN)))
+			break;
+		spin_unlock_irq(&area->lock);
+	}
+	if (bio)
+		bio_list_add(&new->waiting, bio);
+	spin_unlock_irq(&area->lock);
+	chunk_load(new);
+	return 0;
+
+nomem:
+	diff_area_drop_chunk(area, new);
+	diff_area_corrupt(area, -ENOMEM);
+	ret = -ENOMEM;
+	goto pass;
+release_unlock:
+	spin_unlock_irq(&area->lock);
+	xa_release(&area->chunks, n);
+	goto drop;
+found:
+	if (chunk->state == CHUNK_LOADING && bio) {
+		bio_list_add(&chunk->waiting, bio);
+		bio = NULL;
+	}
+pass_unlock:
+	spin_unlock_irq(&area->lock);
+drop:
+	if (new)
+		diff_area_drop_chunk(area, new);
 pass:
 	if (bio)
 		submit_bio_noacct(bio);
-	return ok;
+	return ret;
 }
 
 /*
@@ -354,8 +449,7 @@ bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos)
 				bio_chain(piece, bio);
 			}
 		}
-		diff_area_cow_chunk(area, pos >> area->chunk_shift, piece,
-				    false);
+		diff_area_cow_submit(area, pos >> area->chunk_shift, piece);
 		if (piece == bio)
 			break;
 		pos = chunk_end;
@@ -376,8 +470,8 @@ static void diff_area_defer_fn(struct work_struct *work)
 		spin_unlock_irq(&area->lock);
 		if (!bio)
 			return;
-		diff_area_cow_chunk(area, diff_area_pos(area, bio) >>
-				    area->chunk_shift, bio, true);
+		diff_area_cow_wait(area, diff_area_pos(area, bio) >>
+				   area->chunk_shift, bio);
 	}
 }
 
@@ -387,7 +481,7 @@ void diff_area_chunk_loaded(struct chunk *chunk)
 	struct diff_area *area = chunk->area;
 
 	if (llist_add(&chunk->llnode, &area->loaded))
-		queue_work(blksnap_wq, &area->load_work);
+		queue_work(blksnap_store_wq, &area->load_work);
 }
 
 /*
@@ -451,7 +545,7 @@ static void diff_area_load_fn(struct work_struct *work)
 		store |= diff_area_release_chunk(area, chunk);
 	blk_finish_plug(&plug);
 	if (store)
-		queue_work(blksnap_wq, &area->store_work);
+		queue_work(blksnap_store_wq, &area->store_work);
 }
 
 /**
@@ -533,7 +627,7 @@ static void diff_area_store_work_fn(struct work_struct *work)
 static void diff_area_store_put(struct store_batch *sb)
 {
 	if (atomic_dec_and_test(&sb->pending))
-		queue_work(blksnap_wq, &sb->work);
+		queue_work(blksnap_store_wq, &sb->work);
 }
 
 static void diff_area_store_endio(struct bio *bio)
@@ -587,7 +681,7 @@ static void diff_area_store_file_done(struct diff_storage_io *io, int err)
 
 	if (err)
 		WRITE_ONCE(sb->err, err);
-	queue_work(blksnap_wq, &sb->work);
+	queue_work(blksnap_store_wq, &sb->work);
 }
 
 /* A file storage: the whole batch in one write. */
@@ -710,7 +804,7 @@ void diff_area_stop(struct diff_area *area)
 	spin_unlock_irq(&area->lock);
 	wake_up_all(&area->wq);
 	queue_work(blksnap_wq, &area->defer_work);
-	queue_work(blksnap_wq, &area->store_work);
+	queue_work(blksnap_store_wq, &area->store_work);
 	wait_event(area->wq, diff_area_idle(area));
 	flush_work(&area->defer_work);
 	flush_work(&area->load_work);
@@ -739,7 +833,7 @@ static void diff_area_clone_done(struct diff_area *area, unsigned long first,
 		}
 	}
 	if (release)
-		queue_work(blksnap_wq, &area->load_work);
+		queue_work(blksnap_store_wq, &area->load_work);
 	/* Under the lock: diff_area_stop() may free the area right after. */
 	if (!area->nr_clones)
 		wake_up_all(&area->wq);
@@ -932,7 +1026,7 @@ static int diff_area_image_part(struct diff_area *area, struct bio *bio,
 			return -EAGAIN;
 		if (!chunk) {
 			/* An image write lands in the chunk's copy. */
-			if (!diff_area_cow_chunk(area, n, NULL, true))
+			if (diff_area_cow_wait(area, n, NULL))
 				return -EIO;
 			continue;
 		}

@@ -16,6 +16,7 @@
 /* Grows a file storage by at least @count sectors, within its limit. */
 static int __diff_storage_grow(struct diff_storage *storage, sector_t count)
 {
+	unsigned int noio_flags;
 	sector_t grow;
 	int ret;
 
@@ -24,9 +25,15 @@ static int __diff_storage_grow(struct diff_storage *storage, sector_t count)
 	grow = min(grow, storage->limit - storage->capacity);
 	if (!storage->growable || grow < count)
 		return -ENOSPC;
+	/*
+	 * The store worker grows the file while writes of the devices wait
+	 * for it: what the file system allocates must not wait for them.
+	 */
+	noio_flags = memalloc_noio_save();
 	ret = vfs_fallocate(storage->file, 0,
 			    (loff_t)storage->capacity << SECTOR_SHIFT,
 			    (loff_t)grow << SECTOR_SHIFT);
+	memalloc_noio_restore(noio_flags);
 	if (ret) {
 		pr_err("cannot grow the difference storage by %llu sectors: %d\n",
 		       (u64)grow, ret);

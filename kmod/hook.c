@@ -16,18 +16,33 @@
 #include "tracker.h"
 
 /*
- * Every task running a diverted del_gendisk() holds this, even while it
- * sleeps in the original: module exit waits for them to leave its text. A
- * diverted submit_bio_noacct() holds tracker_srcu the same way.
+ * Every task running a diverted call holds this, even while it sleeps in
+ * the original (a submission waiting for a tag, del_gendisk()): module
+ * exit waits for them to leave its text. Nothing else waits for it.
  */
 DEFINE_STATIC_SRCU(hook_srcu);
+
+/*
+ * The original is called from below this frame, never as a tail call of
+ * the target entered through ftrace, so the parent_ip of that call is in
+ * the module whatever the compiler makes of tracker_submit_bio().
+ */
+static void hook_submit_bio(struct bio *bio)
+{
+	int idx = srcu_read_lock(&hook_srcu);
+
+	tracker_submit_bio(bio);
+	srcu_read_unlock(&hook_srcu, idx);
+}
 
 static void hook_del_gendisk(struct gendisk *disk)
 {
 	int idx = srcu_read_lock(&hook_srcu);
+	struct tracker_removal r;
 
-	tracker_disk_removed(disk);
+	tracker_disk_removed(disk, &r);
 	del_gendisk(disk);
+	tracker_disk_gone(&r);
 	srcu_read_unlock(&hook_srcu, idx);
 }
 
@@ -72,7 +87,7 @@ static void notrace hook_redirect(unsigned long ip, unsigned long parent_ip,
 static struct hook hooks[] = {
 	{
 		.name = "submit_bio_noacct",
-		.target = (unsigned long)tracker_submit_bio,
+		.target = (unsigned long)hook_submit_bio,
 		.wants = tracker_wants,
 	},
 	{
@@ -115,7 +130,6 @@ void hook_done(void)
 		hooks[i].registered = false;
 	}
 	/* Tasks inside a diverted call, possibly asleep in the original. */
-	synchronize_srcu(&tracker_srcu);
 	synchronize_srcu(&hook_srcu);
 	/* Tasks preempted between srcu_read_unlock() and their return. */
 	synchronize_rcu_tasks();

@@ -79,6 +79,7 @@ MODULE_PARM_DESC(diff_storage_minimum,
 		 "sectors a file difference storage grows by (default 2097152)");
 
 struct workqueue_struct *blksnap_wq;
+struct workqueue_struct *blksnap_store_wq;
 
 static unsigned long clamp_param(const char *name, unsigned long value,
 				 unsigned long lo, unsigned long hi)
@@ -208,9 +209,11 @@ static int ioctl_snapshot_take(struct blksnap_uuid __user *arg)
 	return ret;
 }
 
-/* More snapshots than this make collect ask for a smaller answer. */
-#define BLKSNAP_COLLECT_MAX 4096
-
+/*
+ * Answers with every id, or with -ENODATA and the number of snapshots when
+ * the room given is too small (or @ids is NULL). The ids are gathered under
+ * the mutex into a buffer sized for the count then, and copied out after.
+ */
 static int ioctl_snapshot_collect(struct blksnap_snapshot_collect __user *uarg)
 {
 	struct blksnap_snapshot_collect arg;
@@ -220,22 +223,26 @@ static int ioctl_snapshot_collect(struct blksnap_snapshot_collect __user *uarg)
 
 	if (copy_from_user(&arg, uarg, sizeof(arg)))
 		return -EFAULT;
-	count = min_t(u32, arg.count, BLKSNAP_COLLECT_MAX);
-	if (count && arg.ids) {
-		ids = kcalloc(count, sizeof(*ids), GFP_KERNEL);
-		if (!ids)
-			return -ENOMEM;
-	}
 	mutex_lock(&ctl_mutex);
-	ret = snapshot_collect(ids, &count);
+	count = snapshot_count();
+	if (count && arg.ids && arg.count >= count) {
+		ids = kvmalloc_array(count, sizeof(*ids), GFP_KERNEL);
+		if (!ids) {
+			mutex_unlock(&ctl_mutex);
+			return -ENOMEM;
+		}
+		snapshot_collect(ids, count);
+		ret = 0;
+	} else {
+		ret = count ? -ENODATA : 0;
+	}
 	mutex_unlock(&ctl_mutex);
-	if ((!ret || ret == -ENODATA) &&
-	    put_user(count, &uarg->count))
+	if (put_user(count, &uarg->count))
 		ret = -EFAULT;
-	if (!ret && ids &&
-	    copy_to_user(u64_to_user_ptr(arg.ids), ids, count * sizeof(*ids)))
+	else if (ids && copy_to_user(u64_to_user_ptr(arg.ids), ids,
+				     array_size(count, sizeof(*ids))))
 		ret = -EFAULT;
-	kfree(ids);
+	kvfree(ids);
 	return ret;
 }
 
@@ -301,75 +308,29 @@ static int ioctl_bdev(struct blksnap_bdev __user *uarg,
 	return ret;
 }
 
-static int ctl_cbtinfo(struct tracker *tracker, void __user *opt)
-{
-	struct blksnap_cbtinfo info;
-
-	/* The structure ends in padding: no stack bytes may reach the user. */
-	memset(&info, 0, sizeof(info));
-	cbt_map_info(tracker->cbt_map, &info);
-	return copy_to_user(opt, &info, sizeof(info)) ? -EFAULT : 0;
-}
-
-static long ctl_cbtmap(struct tracker *tracker, void __user *opt)
-{
-	struct blksnap_cbtmap arg;
-
-	if (copy_from_user(&arg, opt, sizeof(arg)))
-		return -EFAULT;
-	return cbt_map_read(tracker->cbt_map, arg.offset, arg.length,
-			    u64_to_user_ptr(arg.buffer));
-}
-
-static int ctl_cbtdirty(struct tracker *tracker, void __user *opt)
-{
-	struct cbt_map *map = tracker->cbt_map;
+/**
+ * struct ctl_req - A ctl command's data, in kernel memory.
+ * @opt: the command's structure.
+ * @ranges: the ranges of a cbtdirty.
+ * @map: the window a cbtmap copies out; NULL for zeros.
+ * @count: its size.
+ *
+ * User memory is read before ctl_mutex is taken and written after it is
+ * released: a slow or faulting user buffer holds up no other control
+ * command, nor the removal of a disk, which takes the mutex.
+ */
+struct ctl_req {
+	union {
+		struct blksnap_cbtinfo cbtinfo;
+		struct blksnap_cbtmap cbtmap;
+		struct blksnap_cbtdirty cbtdirty;
+		struct blksnap_snapshotadd snapshotadd;
+		struct blksnap_snapshotinfo snapshotinfo;
+	} opt;
 	struct blksnap_sectors *ranges;
-	struct blksnap_cbtdirty arg;
-	unsigned int i;
-	int ret = 0;
-
-	if (copy_from_user(&arg, opt, sizeof(arg)))
-		return -EFAULT;
-	if (!arg.count || arg.count > BLKSNAP_CBTDIRTY_MAX_COUNT)
-		return -EINVAL;
-	ranges = memdup_user(u64_to_user_ptr(arg.dirty_sectors),
-			     array_size(arg.count, sizeof(*ranges)));
-	if (IS_ERR(ranges))
-		return PTR_ERR(ranges);
-	/* All or nothing: check every range before marking any. */
-	for (i = 0; i < arg.count; i++) {
-		if (!ranges[i].count || ranges[i].offset >= map->capacity ||
-		    ranges[i].count > map->capacity - ranges[i].offset) {
-			ret = -EINVAL;
-			goto out;
-		}
-	}
-	for (i = 0; i < arg.count; i++)
-		cbt_map_mark_both(map, ranges[i].offset, ranges[i].count);
-out:
-	kfree(ranges);
-	return ret;
-}
-
-static int ctl_snapshotadd(struct tracker *tracker, void __user *opt)
-{
-	struct blksnap_snapshotadd arg;
-	uuid_t id;
-
-	if (copy_from_user(&arg, opt, sizeof(arg)))
-		return -EFAULT;
-	import_uuid(&id, arg.id.b);
-	return snapshot_add(&id, tracker);
-}
-
-static int ctl_snapshotinfo(struct tracker *tracker, void __user *opt)
-{
-	struct blksnap_snapshotinfo info;
-
-	snapshot_info(tracker, &info);
-	return copy_to_user(opt, &info, sizeof(info)) ? -EFAULT : 0;
-}
+	u8 *map;
+	long count;
+};
 
 static size_t ctl_optlen(u32 cmd)
 {
@@ -389,11 +350,106 @@ static size_t ctl_optlen(u32 cmd)
 	}
 }
 
+/* Before ctl_mutex: what the command reads from user space. */
+static int ctl_in(u32 cmd, struct ctl_req *req, void __user *opt)
+{
+	struct blksnap_cbtdirty *dirty = &req->opt.cbtdirty;
+
+	switch (cmd) {
+	case blkfilter_ctl_blksnap_cbtmap:
+	case blkfilter_ctl_blksnap_snapshotadd:
+		return copy_from_user(&req->opt, opt, ctl_optlen(cmd)) ?
+		       -EFAULT : 0;
+	case blkfilter_ctl_blksnap_cbtdirty:
+		if (copy_from_user(dirty, opt, sizeof(*dirty)))
+			return -EFAULT;
+		if (!dirty->count || dirty->count > BLKSNAP_CBTDIRTY_MAX_COUNT)
+			return -EINVAL;
+		req->ranges = memdup_user(u64_to_user_ptr(dirty->dirty_sectors),
+					  array_size(dirty->count,
+						     sizeof(*req->ranges)));
+		if (IS_ERR(req->ranges)) {
+			int ret = PTR_ERR(req->ranges);
+
+			req->ranges = NULL;
+			return ret;
+		}
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static int ctl_cbtdirty(struct tracker *tracker, struct ctl_req *req)
+{
+	struct cbt_map *map = tracker->cbt_map;
+	struct blksnap_sectors *ranges = req->ranges;
+	unsigned int i, count = req->opt.cbtdirty.count;
+
+	/* All or nothing: check every range before marking any. */
+	for (i = 0; i < count; i++)
+		if (!ranges[i].count || ranges[i].offset >= map->capacity ||
+		    ranges[i].count > map->capacity - ranges[i].offset)
+			return -EINVAL;
+	for (i = 0; i < count; i++)
+		cbt_map_mark_both(map, ranges[i].offset, ranges[i].count);
+	return 0;
+}
+
+/* Under ctl_mutex, on kernel memory only. */
+static int ctl_run(u32 cmd, struct tracker *tracker, struct ctl_req *req)
+{
+	uuid_t id;
+
+	switch (cmd) {
+	case blkfilter_ctl_blksnap_cbtinfo:
+		cbt_map_info(tracker->cbt_map, &req->opt.cbtinfo);
+		return 0;
+	case blkfilter_ctl_blksnap_cbtmap:
+		req->count = cbt_map_read(tracker->cbt_map,
+					  req->opt.cbtmap.offset,
+					  req->opt.cbtmap.length, &req->map);
+		return req->count < 0 ? req->count : 0;
+	case blkfilter_ctl_blksnap_cbtdirty:
+		return ctl_cbtdirty(tracker, req);
+	case blkfilter_ctl_blksnap_snapshotadd:
+		import_uuid(&id, req->opt.snapshotadd.id.b);
+		return snapshot_add(&id, tracker);
+	case blkfilter_ctl_blksnap_snapshotinfo:
+		snapshot_info(tracker, &req->opt.snapshotinfo);
+		return 0;
+	default:
+		return -ENOTTY;
+	}
+}
+
+/* After ctl_mutex: what the command writes back; its result. */
+static long ctl_out(u32 cmd, struct ctl_req *req, void __user *opt)
+{
+	u8 __user *buf;
+
+	switch (cmd) {
+	case blkfilter_ctl_blksnap_cbtinfo:
+	case blkfilter_ctl_blksnap_snapshotinfo:
+		return copy_to_user(opt, &req->opt, ctl_optlen(cmd)) ?
+		       -EFAULT : 0;
+	case blkfilter_ctl_blksnap_cbtmap:
+		buf = u64_to_user_ptr(req->opt.cbtmap.buffer);
+		if (req->map ? copy_to_user(buf, req->map, req->count) :
+			       clear_user(buf, req->count))
+			return -EFAULT;
+		return req->count;
+	default:
+		return 0;
+	}
+}
+
 static long ioctl_ctl(struct blksnap_ctl __user *uarg)
 {
 	struct block_device *bdev;
 	struct blksnap_ctl arg;
 	struct tracker *tracker;
+	struct ctl_req *req;
 	void __user *opt;
 	struct file *file;
 	size_t optlen;
@@ -415,35 +471,26 @@ static long ioctl_ctl(struct blksnap_ctl __user *uarg)
 	bdev = bdev_from_fd(arg.fd, &file);
 	if (IS_ERR(bdev))
 		return PTR_ERR(bdev);
+	/* Zeroed: the structures end in padding, no bytes may leak. */
+	req = kzalloc(sizeof(*req), GFP_KERNEL);
+	ret = -ENOMEM;
+	if (!req)
+		goto fail_req;
+	ret = ctl_in(arg.cmd, req, opt);
+	if (ret)
+		goto out;
 
 	mutex_lock(&ctl_mutex);
 	tracker = tracker_find_locked(bdev);
-	if (!tracker) {
-		ret = -ENODEV;
-		goto out;
-	}
-	switch (arg.cmd) {
-	case blkfilter_ctl_blksnap_cbtinfo:
-		ret = ctl_cbtinfo(tracker, opt);
-		break;
-	case blkfilter_ctl_blksnap_cbtmap:
-		ret = ctl_cbtmap(tracker, opt);
-		break;
-	case blkfilter_ctl_blksnap_cbtdirty:
-		ret = ctl_cbtdirty(tracker, opt);
-		break;
-	case blkfilter_ctl_blksnap_snapshotadd:
-		ret = ctl_snapshotadd(tracker, opt);
-		break;
-	case blkfilter_ctl_blksnap_snapshotinfo:
-		ret = ctl_snapshotinfo(tracker, opt);
-		break;
-	default:
-		ret = -ENOTTY;
-		break;
-	}
-out:
+	ret = tracker ? ctl_run(arg.cmd, tracker, req) : -ENODEV;
 	mutex_unlock(&ctl_mutex);
+	if (!ret)
+		ret = ctl_out(arg.cmd, req, opt);
+out:
+	kvfree(req->map);
+	kfree(req->ranges);
+	kfree(req);
+fail_req:
 	fput(file);
 	return ret;
 }
@@ -500,6 +547,11 @@ static int __init blksnap_init(void)
 				     0);
 	if (!blksnap_wq)
 		return -ENOMEM;
+	ret = -ENOMEM;
+	blksnap_store_wq = alloc_workqueue("blksnap_store",
+					   WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
+	if (!blksnap_store_wq)
+		goto fail_store_wq;
 	ret = diff_area_init();
 	if (ret)
 		goto fail_bs;
@@ -518,6 +570,8 @@ fail_misc:
 fail_hook:
 	diff_area_done();
 fail_bs:
+	destroy_workqueue(blksnap_store_wq);
+fail_store_wq:
 	destroy_workqueue(blksnap_wq);
 	return ret;
 }
@@ -528,6 +582,7 @@ static void __exit blksnap_exit(void)
 	misc_deregister(&ctl_misc);
 	hook_done();
 	diff_area_done();
+	destroy_workqueue(blksnap_store_wq);
 	destroy_workqueue(blksnap_wq);
 	snapimage_done();
 	pr_info("unloaded\n");

@@ -90,7 +90,8 @@ static void snapshot_release_devices(struct snapshot *snapshot)
 		}
 		tracker_set_diff_area(sd->tracker, NULL);
 	}
-	tracker_sync();
+	list_for_each_entry(sd, &snapshot->devices, link)
+		tracker_sync(sd->tracker);
 	list_for_each_entry(sd, &snapshot->devices, link) {
 		if (!sd->area)
 			continue;
@@ -208,7 +209,8 @@ static int snapshot_switch(struct snapshot *snapshot)
 	}
 	list_for_each_entry(sd, &snapshot->devices, link)
 		tracker_freeze(sd->tracker);
-	tracker_sync();
+	list_for_each_entry(sd, &snapshot->devices, link)
+		tracker_sync(sd->tracker);
 	/* Drain all queues at once: start every freeze, then wait. */
 	list_for_each_entry(sd, &snapshot->devices, link)
 		blk_freeze_queue_start(bdev_get_queue(sd->tracker->bdev));
@@ -268,7 +270,7 @@ fail:
 	return ret;
 }
 
-int snapshot_collect(uuid_t *ids, unsigned int *count)
+unsigned int snapshot_count(void)
 {
 	struct snapshot *snapshot;
 	unsigned int n = 0;
@@ -276,15 +278,21 @@ int snapshot_collect(uuid_t *ids, unsigned int *count)
 	lockdep_assert_held(&ctl_mutex);
 	list_for_each_entry(snapshot, &snapshots, link)
 		n++;
-	if (!ids || *count < n) {
-		*count = n;
-		return n ? -ENODATA : 0;
-	}
-	n = 0;
-	list_for_each_entry(snapshot, &snapshots, link)
+	return n;
+}
+
+/* Fills @ids with the ids of the snapshot_count() snapshots, @count at most. */
+void snapshot_collect(uuid_t *ids, unsigned int count)
+{
+	struct snapshot *snapshot;
+	unsigned int n = 0;
+
+	lockdep_assert_held(&ctl_mutex);
+	list_for_each_entry(snapshot, &snapshots, link) {
+		if (n == count)
+			break;
 		ids[n++] = snapshot->id;
-	*count = n;
-	return 0;
+	}
 }
 
 struct event_queue *snapshot_get_events(const uuid_t *id)

@@ -17,16 +17,23 @@
 DEFINE_MUTEX(ctl_mutex);
 
 /*
- * Held by every write from its filtering until the original
- * submit_bio_noacct() returns, by which time a bio submitted from the top
- * level, and anything a stacked driver queued below it, has entered its
- * queue. A take waits for it before it drains the queues.
+ * Held only while a write looks its tracker up and enters the tracker's
+ * own SRCU: removal waits for it before the tracker may go.
  */
-DEFINE_SRCU(tracker_srcu);
+DEFINE_STATIC_SRCU(tracker_srcu);
 
 #define TRACKER_HASH_BITS 6
 /* Trackers by disk; written under ctl_mutex, read under tracker_srcu. */
 static struct hlist_head tracker_table[1 << TRACKER_HASH_BITS];
+
+/*
+ * Disks whose removal has begun and not yet returned. With GD_DEAD, which
+ * del_gendisk() sets before it returns, they tell attach which disks are
+ * going: an attach either adds its tracker before the removal looks at the
+ * bucket, so that the removal finds it, or fails.
+ */
+static DEFINE_SPINLOCK(tracker_removing_lock); /* tracker_removing, bucket adds */
+static LIST_HEAD(tracker_removing);
 
 /* Inlined: tracker_wants() runs inside ftrace and must make no traced call. */
 static __always_inline struct hlist_head *tracker_bucket(struct gendisk *disk)
@@ -62,23 +69,15 @@ static struct tracker *tracker_lookup(struct bio *bio, sector_t *pos)
 	return NULL;
 }
 
-/* Returns true when the bio was taken over, false to submit it as is. */
-static bool tracker_write(struct bio *bio)
+/*
+ * Returns true when the bio was taken over, false to submit it as is.
+ * Under @tracker's SRCU.
+ */
+static bool tracker_write(struct tracker *tracker, struct bio *bio,
+			  sector_t pos)
 {
-	struct tracker *tracker;
 	struct diff_area *area;
-	sector_t pos;
 
-	/*
-	 * A split remainder of a partition's bio carries absolute sectors
-	 * and was seen whole before the split.
-	 */
-	if (!op_is_write(bio_op(bio)) || bio_flagged(bio, BIO_REMAPPED) ||
-	    !bio_sectors(bio))
-		return false;
-	tracker = tracker_lookup(bio, &pos);
-	if (!tracker)
-		return false;
 	if (unlikely(READ_ONCE(tracker->frozen))) {
 		unsigned long flags;
 		bool held = false;
@@ -93,7 +92,7 @@ static bool tracker_write(struct bio *bio)
 			return true;
 	}
 	cbt_map_mark(tracker->cbt_map, pos, bio_sectors(bio));
-	area = srcu_dereference(tracker->diff_area, &tracker_srcu);
+	area = srcu_dereference(tracker->diff_area, &tracker->srcu);
 	return area && diff_area_write(area, bio, pos);
 }
 
@@ -111,14 +110,36 @@ bool notrace tracker_wants(const void *arg)
 	       !hlist_empty(tracker_bucket(bio->bi_bdev->bd_disk));
 }
 
-/* In place of submit_bio_noacct(), for the bios tracker_wants() chose. */
+/*
+ * In place of submit_bio_noacct(), for the bios tracker_wants() chose. The
+ * submission, which may sleep (a tag, a frozen queue), happens outside
+ * tracker_srcu: a write stuck on one device holds up nothing of another.
+ * A split remainder of a partition's bio carries absolute sectors and was
+ * seen whole before the split.
+ */
 void tracker_submit_bio(struct bio *bio)
 {
-	int idx = srcu_read_lock(&tracker_srcu);
+	struct tracker *tracker;
+	sector_t pos;
+	int idx, tidx;
 
-	if (!tracker_write(bio))
-		submit_bio_noacct(bio);
+	if (!op_is_write(bio_op(bio)) || bio_flagged(bio, BIO_REMAPPED) ||
+	    !bio_sectors(bio))
+		goto pass;
+	idx = srcu_read_lock(&tracker_srcu);
+	tracker = tracker_lookup(bio, &pos);
+	if (!tracker) {
+		srcu_read_unlock(&tracker_srcu, idx);
+		goto pass;
+	}
+	tidx = srcu_read_lock(&tracker->srcu);
 	srcu_read_unlock(&tracker_srcu, idx);
+	if (!tracker_write(tracker, bio, pos))
+		submit_bio_noacct(bio);
+	srcu_read_unlock(&tracker->srcu, tidx);
+	return;
+pass:
+	submit_bio_noacct(bio);
 }
 
 static void tracker_work_fn(struct work_struct *work)
@@ -146,6 +167,7 @@ static void tracker_release(struct kref *kref)
 
 	flush_work(&tracker->work);
 	WARN_ON_ONCE(!bio_list_empty(&tracker->pending));
+	cleanup_srcu_struct(&tracker->srcu);
 	cbt_map_free(tracker->cbt_map);
 	fput(tracker->file);
 	kfree(tracker);
@@ -184,6 +206,34 @@ static int __tracker_check_overlap(struct block_device *bdev)
 	return 0;
 }
 
+static bool __tracker_disk_removing(struct gendisk *disk)
+{
+	struct tracker_removal *r;
+
+	lockdep_assert_held(&tracker_removing_lock);
+	if (test_bit(GD_DEAD, &disk->state))
+		return true;
+	list_for_each_entry(r, &tracker_removing, link)
+		if (r->disk == disk)
+			return true;
+	return false;
+}
+
+/* Adds @tracker to the lookup table, unless its disk is being removed. */
+static int tracker_publish(struct tracker *tracker)
+{
+	struct gendisk *disk = tracker->bdev->bd_disk;
+	int ret = -ENODEV;
+
+	spin_lock(&tracker_removing_lock);
+	if (!__tracker_disk_removing(disk)) {
+		hlist_add_head_rcu(&tracker->link, tracker_bucket(disk));
+		ret = 0;
+	}
+	spin_unlock(&tracker_removing_lock);
+	return ret;
+}
+
 int tracker_attach(struct file *file)
 {
 	struct block_device *bdev = I_BDEV(file->f_mapping->host);
@@ -207,6 +257,9 @@ int tracker_attach(struct file *file)
 		ret = PTR_ERR(tracker->cbt_map);
 		goto fail_map;
 	}
+	ret = init_srcu_struct(&tracker->srcu);
+	if (ret)
+		goto fail_srcu;
 	kref_init(&tracker->kref);
 	spin_lock_init(&tracker->lock);
 	bio_list_init(&tracker->pending);
@@ -218,8 +271,10 @@ int tracker_attach(struct file *file)
 	ret = blksnap_bdev_freeze(bdev);
 	if (ret)
 		goto fail_freeze;
-	hlist_add_head_rcu(&tracker->link, tracker_bucket(bdev->bd_disk));
+	ret = tracker_publish(tracker);
 	blksnap_bdev_thaw(bdev);
+	if (ret)
+		goto fail_freeze;
 
 	__module_get(THIS_MODULE);
 	pr_info("attached to %pg, %u-byte tracking blocks\n", bdev,
@@ -228,6 +283,8 @@ int tracker_attach(struct file *file)
 
 fail_freeze:
 	fput(tracker->file);
+	cleanup_srcu_struct(&tracker->srcu);
+fail_srcu:
 	cbt_map_free(tracker->cbt_map);
 fail_map:
 	kfree(tracker);
@@ -239,6 +296,7 @@ static void __tracker_remove(struct tracker *tracker)
 	lockdep_assert_held(&ctl_mutex);
 	hlist_del_init_rcu(&tracker->link);
 	synchronize_srcu(&tracker_srcu);
+	tracker_sync(tracker);
 	/* Whatever a take left held is submitted before the tracker goes. */
 	flush_work(&tracker->work);
 	tracker_put(tracker);
@@ -261,13 +319,22 @@ int tracker_detach(struct file *file)
 	return 0;
 }
 
-/* Called in place of del_gendisk(): forget the disk before it goes. */
-void tracker_disk_removed(struct gendisk *disk)
+/*
+ * Called before del_gendisk(), with @r to pass to tracker_disk_gone()
+ * once it returned: forget the disk before it goes.
+ */
+void tracker_disk_removed(struct gendisk *disk, struct tracker_removal *r)
 {
 	struct tracker *tracker;
 	struct hlist_node *next;
+	bool empty;
 
-	if (hlist_empty(tracker_bucket(disk)))
+	r->disk = disk;
+	spin_lock(&tracker_removing_lock);
+	list_add(&r->link, &tracker_removing);
+	empty = hlist_empty(tracker_bucket(disk));
+	spin_unlock(&tracker_removing_lock);
+	if (empty)
 		return;
 	mutex_lock(&ctl_mutex);
 	hlist_for_each_entry_safe(tracker, next, tracker_bucket(disk), link) {
@@ -281,6 +348,13 @@ void tracker_disk_removed(struct gendisk *disk)
 		__tracker_remove(tracker);
 	}
 	mutex_unlock(&ctl_mutex);
+}
+
+void tracker_disk_gone(struct tracker_removal *r)
+{
+	spin_lock(&tracker_removing_lock);
+	list_del(&r->link);
+	spin_unlock(&tracker_removing_lock);
 }
 
 void tracker_freeze(struct tracker *tracker)
@@ -304,8 +378,13 @@ void tracker_set_diff_area(struct tracker *tracker, struct diff_area *area)
 	rcu_assign_pointer(tracker->diff_area, area);
 }
 
-/* Waits until no write is between its filtering and its queue. */
-void tracker_sync(void)
+/*
+ * Waits until no write to @tracker's device is between its filtering and
+ * the return of its submission, by which time a bio submitted from the
+ * top level, and anything a stacked driver queued below it, has entered
+ * its queue.
+ */
+void tracker_sync(struct tracker *tracker)
 {
-	synchronize_srcu_expedited(&tracker_srcu);
+	synchronize_srcu_expedited(&tracker->srcu);
 }

@@ -17,13 +17,17 @@ struct snapshot;
  * struct tracker - A block device the module is attached to.
  * @link: entry in the lookup table; added and removed under ctl_mutex,
  *	read under tracker_srcu.
+ * @srcu: held by every write the filter passes to the device, from its
+ *	filtering until its submission returned (a submission may sleep):
+ *	a take, a snapshot's release and the removal wait for the writes of
+ *	their own devices only, never for those of another device.
  * @kref: the lookup table and a snapshot that holds the device each own
  *	a reference.
  * @file: the caller's open file of the device, which pins it.
  * @bdev: the device.
  * @cbt_map: the change map.
  * @diff_area: copy-on-write state while a snapshot of the device is
- *	taken; written under ctl_mutex, read under tracker_srcu.
+ *	taken; written under ctl_mutex, read under @srcu.
  * @snapshot: the snapshot the device was added to, under ctl_mutex.
  * @dead: the device was removed, under ctl_mutex.
  * @lock: guards @frozen and @pending.
@@ -33,6 +37,7 @@ struct snapshot;
  */
 struct tracker {
 	struct hlist_node link;
+	struct srcu_struct srcu; /* writes in flight: diff_area, frozen */
 	struct kref kref;
 	struct file *file;
 	struct block_device *bdev;
@@ -47,12 +52,29 @@ struct tracker {
 };
 
 extern struct mutex ctl_mutex;
-extern struct srcu_struct tracker_srcu;
+/*
+ * Two queues, each with its own rescuer: blksnap_wq runs the work that may
+ * wait for chunk buffers (deferred writes, image I/O, writes held by a
+ * take); blksnap_store_wq the work that loads and stores chunks and so
+ * frees them, which never waits for the former.
+ */
 extern struct workqueue_struct *blksnap_wq;
+extern struct workqueue_struct *blksnap_store_wq;
+
+/**
+ * struct tracker_removal - A disk in del_gendisk(), on its caller's stack.
+ * @link: entry in the list of disks being removed.
+ * @disk: the disk.
+ */
+struct tracker_removal {
+	struct list_head link;
+	struct gendisk *disk;
+};
 
 bool tracker_wants(const void *arg);
 void tracker_submit_bio(struct bio *bio);
-void tracker_disk_removed(struct gendisk *disk);
+void tracker_disk_removed(struct gendisk *disk, struct tracker_removal *r);
+void tracker_disk_gone(struct tracker_removal *r);
 
 int tracker_attach(struct file *file);
 int tracker_detach(struct file *file);
@@ -61,7 +83,7 @@ void tracker_put(struct tracker *tracker);
 void tracker_freeze(struct tracker *tracker);
 void tracker_unfreeze(struct tracker *tracker);
 void tracker_set_diff_area(struct tracker *tracker, struct diff_area *area);
-void tracker_sync(void);
+void tracker_sync(struct tracker *tracker);
 
 static inline struct tracker *tracker_get(struct tracker *tracker)
 {

@@ -690,3 +690,127 @@ fn wait_event_times_out_without_events() {
     );
     fx.check_intact();
 }
+
+/// A page whose first touch waits in userfaultfd until the returned fd is
+/// closed: a user buffer that holds the kernel in `copy_to_user()`.
+fn stalling_page() -> (std::os::fd::OwnedFd, u64) {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+
+    #[repr(C)]
+    struct UffdioApi {
+        api: u64,
+        features: u64,
+        ioctls: u64,
+    }
+    #[repr(C)]
+    struct UffdioRegister {
+        start: u64,
+        len: u64,
+        mode: u64,
+        ioctls: u64,
+    }
+    const UFFD_API: u64 = 0xaa;
+    const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+    let uffdio_api = nix::request_code_readwrite!(0xaa, 0x3f, size_of::<UffdioApi>());
+    let uffdio_register = nix::request_code_readwrite!(0xaa, 0x00, size_of::<UffdioRegister>());
+
+    // SAFETY: plain syscalls on a fresh fd and a fresh anonymous mapping
+    // that no Rust object refers to.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK);
+        assert!(fd >= 0, "userfaultfd: {}", Errno::last());
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd as i32);
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: 0,
+            ioctls: 0,
+        };
+        Errno::result(libc::ioctl(fd.as_raw_fd(), uffdio_api, &mut api)).expect("UFFDIO_API");
+        let len = std::num::NonZeroUsize::new(4096).expect("non-zero");
+        let page = nix::sys::mman::mmap_anonymous(
+            None,
+            len,
+            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+            nix::sys::mman::MapFlags::MAP_PRIVATE,
+        )
+        .expect("mmap");
+        let mut reg = UffdioRegister {
+            start: page.as_ptr() as u64,
+            len: 4096,
+            mode: UFFDIO_REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        Errno::result(libc::ioctl(fd.as_raw_fd(), uffdio_register, &mut reg))
+            .expect("UFFDIO_REGISTER");
+        (fd, page.as_ptr() as u64)
+    }
+}
+
+/// A control command stuck writing its answer into user memory that does
+/// not come (a userfaultfd page) must hold up neither another command nor
+/// the removal of an attached disk. Before the fix the cbtmap copied out
+/// under the module's one mutex, which the removal takes.
+#[test]
+fn a_stalled_user_buffer_holds_up_no_removal() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const WAIT: Duration = Duration::from_secs(10);
+
+    let (ctl, disks) = setup();
+    let a = open_rw(&disks.data_a);
+    ctl.attach(&a).expect("attach A");
+    let mut nullb = NullBlk::new("blksnap_gone", 64 * 1024 * 1024);
+    let b = open_rw(&nullb.dev);
+    ctl.attach(&b).expect("attach B");
+    let (uffd, page) = stalling_page();
+    let ctl_fd = ctl.as_fd().as_raw_fd();
+    let a_fd = fd32(&a);
+
+    let removed = AtomicBool::new(false);
+    let (took, copied) = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut map = Buf::with(&sys::blksnap_cbtmap {
+                offset: 0,
+                length: 64,
+                buffer: page,
+            });
+            let mut arg = Buf::with(&sys::blksnap_ctl {
+                fd: a_fd,
+                cmd: sys::ctl_cmd::CBTMAP,
+                optlen: size_of::<sys::blksnap_cbtmap>() as u32,
+                reserved: 0,
+                opt: map.addr(),
+            });
+            // SAFETY: the control fd outlives the scope.
+            let fd = unsafe { BorrowedFd::borrow_raw(ctl_fd) };
+            raw::ioctl_buf(fd, sys::IOCTL_BLKSNAP_CTL, &mut arg)
+        });
+        // The reader is now waiting for its page.
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            !reader.is_finished(),
+            "the cbtmap did not wait for its page"
+        );
+        let t = Instant::now();
+        let remover = s.spawn(|| {
+            nullb.power_off();
+            removed.store(true, Ordering::SeqCst);
+        });
+        while !removed.load(Ordering::SeqCst) && t.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let took = t.elapsed();
+        drop(uffd);
+        remover.join().expect("remover");
+        (took, reader.join().expect("reader"))
+    });
+    // Once the userfaultfd is gone the page comes as any other.
+    assert_eq!(copied, Ok(64), "cbtmap into the page");
+    assert!(
+        took < WAIT,
+        "removal of B waited {took:?} for a cbtmap of A stuck on its user buffer"
+    );
+    ctl.detach(&a).expect("detach A");
+    drop(b);
+    say!("B removed in {took:?} while a cbtmap of A waited for its page");
+}

@@ -218,7 +218,7 @@ struct blksnap_snapshot_create {
  *	IOCTL_BLKSNAP_SNAPSHOT_COLLECT.
  * @count: in: room at @ids; out: number of snapshots. When the room is too
  *	small, or @ids is 0 (the count-only query), the ioctl fails with
- *	-ENODATA and only sets @count. At most 4096 ids are returned.
+ *	-ENODATA and only sets @count.
  * @ids: user pointer to an array of &struct blksnap_uuid.
  */
 struct blksnap_snapshot_collect {

@@ -631,6 +631,11 @@ pub struct NullBlk {
 
 impl NullBlk {
     pub fn new(name: &str, size: u64) -> Self {
+        Self::with(name, size, &[])
+    }
+
+    /// With configfs attributes `attrs` (name, value) set before power-on.
+    pub fn with(name: &str, size: u64, attrs: &[(&str, &str)]) -> Self {
         run("modprobe", &["null_blk", "nr_devices=0"]);
         let root = Path::new("/sys/kernel/config");
         if !root.join("nullb").exists() {
@@ -655,6 +660,9 @@ impl NullBlk {
         set("size", &(size / MIB).to_string());
         set("blocksize", "4096");
         set("memory_backed", "1");
+        for (k, v) in attrs {
+            set(k, v);
+        }
         set("power", "1");
         // Kernels since 5.x name a configfs-made disk after its directory;
         // older ones "nullb<index>".

@@ -3,8 +3,10 @@
 
 K8S_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 K8S_VERSIONS=$K8S_DIR/versions
-# Outside the clone, so a fresh clone on the same machine reuses it.
-K8S_CACHE=${BLKSNAP_K8S_CACHE:-/var/cache/blksnap-csi/k8s}
+# Outside the clone, so a fresh clone on the same machine reuses it. Not
+# under /var/cache: virtme-ng hides that from a guest behind an empty tmpfs,
+# and the VM tests will run these binaries in the guest.
+K8S_CACHE=${BLKSNAP_K8S_CACHE:-/var/lib/blksnap-csi/k8s}
 
 die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 

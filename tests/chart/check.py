@@ -127,7 +127,8 @@ check("pods labelled app.kubernetes.io/name=blksnap-csi and component controller
 
 priv = [f"{w['metadata']['name']}/{c}" for _, w in pods for c, v in containers(w).items() if privileged(v)]
 priv += [f"{w['metadata']['name']}/{c}" for _, w in pods for c, v in containers(w, True).items() if privileged(v)]
-check("only the node-plugin container is privileged", priv == [f"{ds['metadata']['name']}/node-plugin"], str(priv))
+check("only the node plugin and its module-loader init container are privileged",
+      sorted(priv) == sorted([f"{ds['metadata']['name']}/node-plugin", f"{ds['metadata']['name']}/module-loader"]), str(priv))
 
 unpriv = [c for _, w in pods for c, v in containers(w).items() if not privileged(v)
           and (v.get("securityContext") or {}).get("capabilities", {}).get("drop") != ["ALL"]]
@@ -184,7 +185,7 @@ check("no two containers of a pod on one port", not dup, str(dup))
 host_paths = {v["name"]: v["hostPath"]["path"] for v in tspec["volumes"] if "hostPath" in v}
 check("node hostPaths are the kubelet's, /dev, /lib/modules, the plugin's own dirs (and /usr/src to build)",
       "/dev" in host_paths.values() and all(
-          p.startswith(("/dev", "/lib/modules", "/usr/src", "/var/lib/blksnap-csi", "/srv/blksnap"))
+          p.startswith(("/dev", "/lib/modules", "/usr/src", "/usr/lib", "/var/lib/blksnap-csi", "/srv/blksnap"))
           or p.startswith(env(np)["KUBELET_DIR"]) for p in host_paths.values()), str(host_paths))
 
 rules = [r for d in objs("ClusterRole") + objs("Role") for r in d["rules"]]
@@ -202,8 +203,8 @@ if SET not in ("images", "overrides"):
         want_img["csi-snapshot-metadata"] = f"registry.k8s.io/sig-storage/csi-snapshot-metadata:{v['external-snapshot-metadata']}"
     drift = {k: img.get(k) for k, want_v in want_img.items() if img.get(k) != want_v}
     check("sidecar images at the versions of tests/k8s/versions", not drift, str(drift))
-    ours = [c for _, w in pods for c in containers(w).values() if "blksnap-csi-" in c["image"]]
-    check("our images: never pulled (IfNotPresent)", ours and all(c["imagePullPolicy"] == "IfNotPresent" for c in ours))
+    ours = [c for _, w in pods for init in (False, True) for c in containers(w, init).values() if "blksnap-csi-" in c["image"]]
+    check("our three images: never pulled (IfNotPresent)", len(ours) == 3 and all(c["imagePullPolicy"] == "IfNotPresent" for c in ours))
 
 # ---- TLS ----------------------------------------------------------------------
 
@@ -243,9 +244,11 @@ if tls_source == "helm":
 
 if SET == "default":
     check("default: two controller replicas", ctl["spec"]["replicas"] == 2)
-    check("default: module built in an init container from /usr/src and /lib/modules, read-only",
-          "build-module" in containers(ds, True) and env(np).get("BLKSNAP_KO")
-          and all(m.get("readOnly") for m in containers(ds, True)["build-module"]["volumeMounts"] if m["name"] in ("usr-src", "lib-modules")))
+    loader = containers(ds, True).get("module-loader", {})
+    lm = {m["name"]: m for m in loader.get("volumeMounts", [])}
+    check("default: the module-loader init container builds the module from the host's headers, read-only",
+          loader.get("args") == ["build"] and all(lm.get(n, {}).get("readOnly") for n in ("usr-src", "lib-modules", "host-usr-lib"))
+          and lm.get("host-usr-lib", {}).get("mountPath") == "/host/usr/lib" and "dev" in lm)
     check("default: node pods get no ServiceAccount token", tspec.get("automountServiceAccountToken") is False)
     check("default: VolumeSnapshotClass and VolumeGroupSnapshotClass (groupsnapshot v1) for the driver",
           one("VolumeSnapshotClass", "snapshot.storage.k8s.io/v1")["driver"] == name
@@ -262,9 +265,10 @@ elif SET == "images":
           all(w["spec"]["template"]["spec"].get("imagePullSecrets") == [{"name": "mirror-credentials"}] for _, w in pods))
 elif SET == "host-module":
     mounts = {m["name"]: m for m in np["volumeMounts"]}
-    check("host-module: no init container, modprobe (no BLKSNAP_KO), /lib/modules read-only, no /usr/src",
-          not containers(ds, True) and "BLKSNAP_KO" not in env(np) and mounts["lib-modules"].get("readOnly")
-          and "usr-src" not in host_paths)
+    loader = containers(ds, True)["module-loader"]
+    check("host-module: the loader modprobes with the parameters, /lib/modules read-only, no /usr/src or /usr/lib",
+          loader["args"] == ["host"] and env(loader)["BLKSNAP_MODULE_PARAMS"] == "chunk_minimum_shift=16 tracking_block_minimum_shift=16"
+          and mounts["lib-modules"].get("readOnly") and not {"usr-src", "host-usr-lib"} & set(host_paths))
     check("host-module: static devices and module parameters as flags, no pool",
           {"--static-device=fast-1=/dev/disk/by-id/nvme-example-1", "--module-param=chunk_minimum_shift=16"} <= set(np["args"])
           and "POOL_DIR" not in env(np) and "--default-backend=device" in np["args"])

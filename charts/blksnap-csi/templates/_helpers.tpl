@@ -124,3 +124,12 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end }}
+
+{{/* node.module.params as the loader reads them: NAME=VALUE, space-separated. */}}
+{{- define "blksnap.moduleParams" -}}
+{{- $p := list }}
+{{- range $name, $value := .Values.node.module.params }}
+{{- $p = append $p (printf "%s=%v" $name $value) }}
+{{- end }}
+{{- join " " $p }}
+{{- end }}

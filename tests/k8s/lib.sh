@@ -54,6 +54,6 @@ k8s_key() {
 k8s_entry() {
 	local d
 	d=$K8S_CACHE/$(k8s_key "$1")
-	[ -d "$d" ] || die "$1 is not built ($d missing): run tests/k8s/build"
+	[ -d "$d" ] || die "$1 is not built ($d missing): run tests/k8s/build $1"
 	printf '%s\n' "$d"
 }

@@ -16,13 +16,20 @@ k8s_rows() { sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$K8S_VERSIONS"; }
 # k8s_field COMPONENT N: the Nth column of COMPONENT's row.
 k8s_field() {
 	local v
-	v=$(k8s_rows | awk -v c="$1" -v n="$2" '$1 == c { print $n; exit }')
+	v=$(k8s_rows | awk -v c="$1" -v n="$2" '$1 == c && $2 !~ /^=/ { print $n; exit }')
 	[ -n "$v" ] || die "no column $2 for '$1' in $K8S_VERSIONS"
 	printf '%s\n' "$v"
 }
 
-# Components that are built: rows with a module.
-k8s_built() { k8s_rows | awk '$1 != "go" && $2 != "-" { print $1 }'; }
+# Components that are built: rows with a module (not pin rows, "=module").
+k8s_built() { k8s_rows | awk '$1 != "go" && $2 != "-" && $2 !~ /^=/ { print $1 }'; }
+
+# k8s_pin COMPONENT MODULE: the version a pin row ("COMPONENT =MODULE
+# VERSION") gives MODULE in COMPONENT's wrapper, or nothing.
+k8s_pin() { k8s_rows | awk -v c="$1" -v m="=$2" '$1 == c && $2 == m { print $3; exit }'; }
+
+# k8s_pkgs COMPONENT: the main packages of COMPONENT's row, one a line.
+k8s_pkgs() { k8s_rows | awk -v c="$1" '$1 == c && $2 !~ /^=/ { for (i = 4; i <= NF; i++) print $i }'; }
 
 # Go: the machine's Go (/usr/local/go on the project's machines), told to
 # use exactly the pinned toolchain; if the machine's differs the go command
@@ -54,6 +61,6 @@ k8s_key() {
 k8s_entry() {
 	local d
 	d=$K8S_CACHE/$(k8s_key "$1")
-	[ -d "$d" ] || die "$1 is not built ($d missing): run tests/k8s/build"
+	[ -d "$d" ] || die "$1 is not built ($d missing): run tests/k8s/build $1"
 	printf '%s\n' "$d"
 }

@@ -84,7 +84,8 @@ def versions():
     v = {}
     for line in open(VERSIONS):
         f = line.split("#")[0].split()
-        if len(f) >= 3:
+        # A component's first row; more rows are its extra pins.
+        if len(f) >= 3 and f[0] not in v:
             v[f[0]] = f[2]
     return v
 

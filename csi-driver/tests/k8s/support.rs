@@ -15,15 +15,18 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::json;
 
+/// The cluster's kubeconfig, if one is given.
+pub fn kubeconfig() -> Option<std::ffi::OsString> {
+    std::env::var_os("BLKSNAP_K8S_KUBECONFIG").or_else(|| std::env::var_os("KUBECONFIG"))
+}
+
 /// The cluster's client, or `None` after printing `skipped: <why>`.
 pub async fn cluster() -> Option<Client> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let path =
-        std::env::var_os("BLKSNAP_K8S_KUBECONFIG").or_else(|| std::env::var_os("KUBECONFIG"));
-    let Some(path) = path else {
+    let Some(path) = kubeconfig() else {
         println!(
             "skipped: no cluster (set BLKSNAP_K8S_KUBECONFIG, or run csi-driver/tests/run-k8s)"
         );

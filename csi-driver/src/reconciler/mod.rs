@@ -14,6 +14,8 @@ mod orphans;
 pub mod resources;
 
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +23,8 @@ use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 pub use metrics::{Kind, Metrics};
@@ -112,46 +115,43 @@ impl<N: NodeSnapshots> Context<N> {
 /// Runs the two controllers and the orphan collector until cancelled (drop
 /// the future) or a watch fails for good.
 pub async fn run<N: NodeSnapshots>(ctx: Arc<Context<N>>) -> Result<()> {
-    let contents = Controller::new(
-        Api::<resources::VolumeSnapshotContent>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    )
-    .run(
-        |obj, ctx: Arc<Context<N>>| async move {
-            let name = obj.name_any();
-            let r = content::reconcile(obj, ctx.clone()).await;
-            if r.is_ok() {
-                ctx.succeeded(Kind::Content, &name);
-            }
-            r
-        },
-        |obj, e, ctx| error_policy(Kind::Content, obj.name_any(), e, &ctx),
-        ctx.clone(),
-    )
-    .for_each(|r| async move { log(r.map(|(o, a)| (o.name, a))) });
-    let groups = Controller::new(
-        Api::<resources::VolumeGroupSnapshotContent>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    )
-    .run(
-        |obj, ctx: Arc<Context<N>>| async move {
-            let name = obj.name_any();
-            let r = group_content::reconcile(obj, ctx.clone()).await;
-            if r.is_ok() {
-                ctx.succeeded(Kind::GroupContent, &name);
-            }
-            r
-        },
-        |obj, e, ctx| error_policy(Kind::GroupContent, obj.name_any(), e, &ctx),
-        ctx.clone(),
-    )
-    .for_each(|r| async move { log(r.map(|(o, a)| (o.name, a))) });
     tokio::select! {
-        () = contents => {}
-        () = groups => {}
+        () = control(ctx.clone(), Kind::Content, content::reconcile::<N>) => {}
+        () = control(ctx.clone(), Kind::GroupContent, group_content::reconcile::<N>) => {}
         () = orphans::run(ctx.clone()) => {}
     }
     Ok(())
+}
+
+/// One controller over every object of `K`, with the per-object backoff.
+async fn control<K, N, F, Fut>(ctx: Arc<Context<N>>, kind: Kind, reconcile: F)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    N: NodeSnapshots,
+    F: Fn(Arc<K>, Arc<Context<N>>) -> Fut,
+    Fut: Future<Output = Result<Action>> + Send + 'static,
+{
+    Controller::new(
+        Api::<K>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .run(
+        |obj, ctx: Arc<Context<N>>| {
+            let name = obj.name_any();
+            let pass = reconcile(obj, ctx.clone());
+            async move {
+                let r = pass.await;
+                if r.is_ok() {
+                    ctx.succeeded(kind, &name);
+                }
+                r
+            }
+        },
+        move |obj, e, ctx| error_policy(kind, obj.name_any(), e, &ctx),
+        ctx.clone(),
+    )
+    .for_each(|r| async move { log(r.map(|(o, a)| (o.name, a))) })
+    .await
 }
 
 /// `min` doubled per failure after the first, at most `max`.

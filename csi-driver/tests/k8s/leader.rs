@@ -79,7 +79,7 @@ async fn of_two_replicas_one_leads_and_the_other_takes_over_when_it_dies() {
         return;
     };
     let ns = namespace(&client, "lease").await;
-    let driver = format!("{}.blksnap.test", unique("d"));
+    let driver = driver_name();
     let lease = "blksnap-csi-reconciler";
     let nodes = Nodes::default();
     let a = replica(&client, &nodes, &driver, &ns, lease, "replica-a");

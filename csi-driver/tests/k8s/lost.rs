@@ -63,7 +63,7 @@ async fn a_lost_snapshot_marks_its_content_and_volume_snapshot_with_an_event() {
         return;
     };
     let ns = namespace(&client, "lost").await;
-    let driver = format!("{}.blksnap.test", unique("d"));
+    let driver = driver_name();
     let nodes = Nodes::default();
     let held = nodes.take("n1", "vol-1", "a", SystemTime::now(), None);
     let lost_elsewhere = nodes.take("n1", "vol-2", "b", SystemTime::now(), None);
@@ -196,7 +196,7 @@ async fn the_snapshot_controller_carries_the_loss_to_the_volume_snapshot() {
         .spawn()
         .expect("snapshot-controller starts");
     let ns = namespace(&client, "sc").await;
-    let driver = format!("{}.blksnap.test", unique("d"));
+    let driver = driver_name();
     let nodes = Nodes::default();
     let id = nodes.take("n1", "vol-1", "a", SystemTime::now(), None);
     let c = content(&client, &driver, &id, &ns, "snap").await;

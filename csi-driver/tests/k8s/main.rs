@@ -5,6 +5,7 @@
 //! prints `skipped: <why>`.
 
 mod discovery;
+mod group;
 mod leader;
 mod lost;
 mod nodes;

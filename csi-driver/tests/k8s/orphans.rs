@@ -18,7 +18,7 @@ async fn unreferenced_snapshots_are_deleted_after_the_grace_period() {
         return;
     };
     let ns = namespace(&client, "orph").await;
-    let driver = format!("{}.blksnap.test", unique("d"));
+    let driver = driver_name();
     let hour = Duration::from_secs(3600);
     let ago = SystemTime::now() - hour;
     let nodes = Nodes::default();

@@ -80,12 +80,12 @@ where
     }
 }
 
-/// A pre-provisioned content for snapshot `handle` (Retain, so deleting it
-/// needs no sidecar) bound to VolumeSnapshot `ns/name`.
-pub async fn content(
+/// Creates a content of `driver` (Retain, so deleting it needs no
+/// sidecar) from `source`, bound to VolumeSnapshot `ns/vs`.
+async fn create_content(
     client: &Client,
     driver: &str,
-    handle: &str,
+    source: ContentSource,
     ns: &str,
     vs: &str,
 ) -> VolumeSnapshotContent {
@@ -95,10 +95,7 @@ pub async fn content(
         VolumeSnapshotContentSpec {
             driver: driver.into(),
             deletion_policy: "Retain".into(),
-            source: ContentSource {
-                snapshot_handle: Some(handle.into()),
-                volume_handle: None,
-            },
+            source,
             volume_snapshot_ref: ObjectReference {
                 name: Some(vs.into()),
                 namespace: Some(ns.into()),
@@ -112,6 +109,22 @@ pub async fn content(
         .expect("content")
 }
 
+/// A pre-provisioned content for snapshot `handle`, bound to
+/// VolumeSnapshot `ns/vs`.
+pub async fn content(
+    client: &Client,
+    driver: &str,
+    handle: &str,
+    ns: &str,
+    vs: &str,
+) -> VolumeSnapshotContent {
+    let source = ContentSource {
+        snapshot_handle: Some(handle.into()),
+        volume_handle: None,
+    };
+    create_content(client, driver, source, ns, vs).await
+}
+
 /// A content of a snapshot being taken of `volume`: made, as the
 /// snapshot-controller makes it, before the CreateSnapshot call; no handle.
 pub async fn content_being_created(
@@ -120,27 +133,11 @@ pub async fn content_being_created(
     volume: &str,
     ns: &str,
 ) -> VolumeSnapshotContent {
-    let api: Api<VolumeSnapshotContent> = Api::all(client.clone());
-    let c = VolumeSnapshotContent::new(
-        &unique("creating"),
-        VolumeSnapshotContentSpec {
-            driver: driver.into(),
-            deletion_policy: "Retain".into(),
-            source: ContentSource {
-                volume_handle: Some(volume.into()),
-                snapshot_handle: None,
-            },
-            volume_snapshot_ref: ObjectReference {
-                name: Some(unique("vs")),
-                namespace: Some(ns.into()),
-                ..Default::default()
-            },
-            volume_snapshot_class_name: None,
-        },
-    );
-    api.create(&PostParams::default(), &c)
-        .await
-        .expect("content")
+    let source = ContentSource {
+        volume_handle: Some(volume.into()),
+        snapshot_handle: None,
+    };
+    create_content(client, driver, source, ns, &unique("vs")).await
 }
 
 /// Writes a ready status into `content` as csi-snapshotter does once the
@@ -239,4 +236,10 @@ pub async fn delete_namespace(client: &Client, ns: &str) {
     }
     let api: Api<Namespace> = Api::all(client.clone());
     let _ = api.delete(ns, &DeleteParams::default()).await;
+}
+
+/// A driver name of its own per test: contents are cluster-scoped, and a
+/// reconciler leaves other drivers' alone.
+pub fn driver_name() -> String {
+    format!("{}.blksnap.test", unique("d"))
 }

@@ -106,10 +106,12 @@ impl Elector {
     /// Returns once this replica holds the Lease.
     async fn acquire(&mut self) {
         loop {
-            match self.bounded_try().await {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, lease = %self.config.name, "taking the lease"),
+            // Bounded, so that a hung request cannot hold a candidate.
+            let period = self.config.retry_period;
+            match tokio::time::timeout(period, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => return,
+                Ok(Ok(false)) | Err(_) => {}
+                Ok(Err(e)) => warn!(error = %e, lease = %self.config.name, "taking the lease"),
             }
             sleep(self.config.retry_period).await;
         }
@@ -122,27 +124,22 @@ impl Elector {
         loop {
             let deadline = renewed + self.config.renew_deadline;
             let attempt = Instant::now() + self.config.retry_period;
+            let period = self.config.retry_period;
             let result = timeout_at(deadline, async {
-                sleep(self.config.retry_period).await;
-                self.bounded_try().await
+                sleep(period).await;
+                tokio::time::timeout(period, self.try_acquire_or_renew()).await
             })
             .await;
             match result {
-                Ok(Ok(true)) => renewed = attempt,
-                Ok(Ok(false)) => return,
-                Ok(Err(e)) => warn!(error = %e, lease = %self.config.name, "renewing the lease"),
+                Ok(Ok(Ok(true))) => renewed = attempt,
+                Ok(Ok(Ok(false))) => return,
+                Ok(Ok(Err(e))) => {
+                    warn!(error = %e, lease = %self.config.name, "renewing the lease")
+                }
+                // A hung request: try again while the deadline allows.
+                Ok(Err(_)) => warn!(lease = %self.config.name, "renewing the lease timed out"),
                 Err(_) => return,
             }
-        }
-    }
-
-    /// One attempt that cannot outlast a retry period (a hung request must
-    /// not hold a candidate or a leader).
-    async fn bounded_try(&mut self) -> Result<bool> {
-        let period = self.config.retry_period;
-        match tokio::time::timeout(period, self.try_acquire_or_renew()).await {
-            Ok(r) => r,
-            Err(_) => Ok(false),
         }
     }
 

@@ -284,7 +284,8 @@ impl<'w> Fuzzer<'w> {
     fn create(&mut self) {
         let live = self.w.snaps.lock().expect("snaps").live.len();
         let r = self.rng.below(100);
-        let storage = if r < 40 && live < LIVE_CAP {
+        let fresh = r < 40 && live < LIVE_CAP;
+        let storage = if fresh {
             self.w.fresh_storage().map(Fd::Other)
         } else if r < 55 && live < LIVE_CAP {
             let s = self.w.storages.lock().expect("storages");
@@ -295,9 +296,9 @@ impl<'w> Fuzzer<'w> {
         // Otherwise anything: a device opened without O_EXCL, an image, a
         // non-device, a closed number; none of them can be a storage.
         let storage = storage.unwrap_or_else(|| self.w.pick_fd(&mut self.rng));
-        // Mostly small: a file storage starts with min(limit, 1 GiB)
-        // allocated, and the storage file system has 1.5 GiB.
-        let limit = if self.rng.chance(90) {
+        // Small for a fresh file, which starts with min(limit, 1 GiB)
+        // allocated on a file system of 1.5 GiB; anything for the rest.
+        let limit = if self.rng.chance(if fresh { 98 } else { 50 }) {
             2048 + self.rng.below(63 * 1024)
         } else {
             self.rng.boundary_u64()

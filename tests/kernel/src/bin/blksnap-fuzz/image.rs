@@ -37,15 +37,16 @@ pub fn one(f: &mut Fuzzer<'_>) {
     let (addr, p) = f.ptr(16);
     // A byte range in or around the image, 512-aligned or not.
     let range = |f: &mut Fuzzer<'_>| -> (u64, u64) {
-        let start = match f.rng.below(4) {
-            0 => f.rng.below(bytes.max(1)) & !511,
+        let start = match f.rng.below(5) {
+            0 | 4 => f.rng.below(bytes.max(1)) & !4095,
             1 => f.rng.below(bytes.max(1)),
             2 => bytes.saturating_sub(4096),
             _ => f.rng.boundary_u64(),
         };
-        let len = match f.rng.below(4) {
+        let len = match f.rng.below(5) {
             0 => 4096,
             1 => 512 * (1 + f.rng.below(512)),
+            4 => 4096 * (1 + f.rng.below(64)),
             2 => f.rng.below(1 << 20),
             _ => f.rng.boundary_u64(),
         };
@@ -128,7 +129,7 @@ pub fn one(f: &mut Fuzzer<'_>) {
         }
         8 | 9 => {
             let (start, _) = range(f);
-            let len = *f.rng.pick(&[512, 4096, 8192, 65536, 3 * PAGE + 1]);
+            let len = *f.rng.pick(&[512, 4096, 4096, 8192, 65536, 3 * PAGE + 1]);
             let buf = if f.rng.chance(90) {
                 f.arena.addr(DATA)
             } else {

@@ -71,14 +71,6 @@ pub fn unmake(cfg: &Path) {
     }
 }
 
-fn record<T>(stats: &mut Stats, cmd: &'static str, r: &blksnap::Result<T>) {
-    let r: Result<(), nix::errno::Errno> = match r {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.errno().unwrap_or(nix::errno::Errno::EPROTO)),
-    };
-    stats.record(cmd, &r);
-}
-
 /// Cycles of make, use, remove until the world stops; returns its calls.
 pub fn run(w: &World, seed: u64) -> Stats {
     let mut stats = Stats::default();
@@ -111,17 +103,17 @@ pub fn run(w: &World, seed: u64) -> Stats {
         // Often attached and in a taken snapshot when it goes.
         if rng.chance(70) {
             let r = ctl.attach(&dev.file);
-            record(&mut stats, "hotplug attach", &r);
+            stats.record_api("hotplug attach", &r);
             if rng.chance(70) {
                 if let Some(storage) = w.fresh_storage() {
                     let r = ctl.snapshot_create(&*storage, 4096 + rng.below(8192));
-                    record(&mut stats, "hotplug create", &r);
+                    stats.record_api("hotplug create", &r);
                     if let Ok(id) = r {
                         w.snaps.lock().expect("snaps").live.push(*id.0.as_bytes());
                         let r = ctl.snapshot_add(id, &dev.file);
-                        record(&mut stats, "hotplug add", &r);
+                        stats.record_api("hotplug add", &r);
                         let r = ctl.snapshot_take(id);
-                        record(&mut stats, "hotplug take", &r);
+                        stats.record_api("hotplug take", &r);
                     }
                 }
             }

@@ -23,14 +23,6 @@ pub struct Outcome {
     pub cycles: u64,
 }
 
-fn record<T>(stats: &mut Stats, cmd: &'static str, r: &blksnap::Result<T>) {
-    let r: Result<(), nix::errno::Errno> = match r {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.errno().unwrap_or(nix::errno::Errno::EPROTO)),
-    };
-    stats.record(cmd, &r);
-}
-
 /// Runs cycles on `dev` with storage files in `dir` until the world stops;
 /// with `second` (a private null_blk disk), every third cycle also offers
 /// the first snapshot's storage to a second snapshot of `second`.
@@ -86,7 +78,7 @@ pub fn run(w: &World, dev_path: &Path, second: Option<&Path>, dir: &Path, seed: 
         let _ = ctl.detach(o);
     }
     let r = ctl.detach(&dev);
-    record(&mut out.stats, "scenario detach", &r);
+    out.stats.record_api("scenario detach", &r);
     if let Err(e) = r {
         if !matches!(e, Error::NotAttached { .. }) {
             fail(format!("final detach: {e}"));
@@ -150,7 +142,7 @@ fn cycle(
     macro_rules! step {
         ($name:literal, $e:expr) => {{
             let r = $e;
-            record(stats, $name, &r);
+            stats.record_api($name, &r);
             r.map_err(|e| format!("{}: {e}", $name))?
         }};
     }
@@ -274,7 +266,7 @@ fn shared_storage(
         Err(e) => return Err(format!("attach the second device: {e}")),
     }
     let r = ctl.snapshot_create(storage, 8192);
-    record(stats, "scenario create on a used storage", &r);
+    stats.record_api("scenario create on a used storage", &r);
     let id2 = match r {
         Ok(id) => id,
         Err(Error::Busy { .. }) => return Ok(None),
@@ -284,7 +276,7 @@ fn shared_storage(
     let r = ctl
         .snapshot_add(id2, other)
         .and_then(|()| ctl.snapshot_take(id2));
-    record(stats, "scenario take on a used storage", &r);
+    stats.record_api("scenario take on a used storage", &r);
     r.map_err(|e| format!("take on a used storage: {e}"))?;
     // One block in each of the first chunks: each write copies a chunk.
     for i in 0..8 {

@@ -33,6 +33,16 @@ impl Stats {
         *self.errnos.entry(key).or_default() += 1;
     }
 
+    /// `record` for a call through the `blksnap` crate; an answer it
+    /// refused as malformed counts as EPROTO.
+    pub fn record_api<T>(&mut self, cmd: &'static str, r: &blksnap::Result<T>) {
+        let r: Result<(), Errno> = match r {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.errno().unwrap_or(Errno::EPROTO)),
+        };
+        self.record(cmd, &r);
+    }
+
     pub fn merge(&mut self, other: &Stats) {
         self.calls += other.calls;
         for (k, v) in &other.commands {

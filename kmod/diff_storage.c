@@ -142,6 +142,17 @@ bool diff_storage_on_bdev(struct diff_storage *storage,
 }
 
 /*
+ * Whether @a and @b are one file or one block device: each hands out
+ * slots from sector 0, so two snapshots on one storage overwrite each
+ * other's old data.
+ */
+bool diff_storage_same(const struct diff_storage *a,
+		       const struct diff_storage *b)
+{
+	return a->file->f_mapping->host == b->file->f_mapping->host;
+}
+
+/*
  * Grows a file storage once less than half a growth step is free. Low
  * space is reported once, when no growth is left and less than an eighth
  * of the storage (or half a step, if smaller) is free.

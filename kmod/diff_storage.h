@@ -63,6 +63,8 @@ struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
 void diff_storage_put(struct diff_storage *storage);
 bool diff_storage_on_bdev(struct diff_storage *storage,
 			  struct block_device *bdev);
+bool diff_storage_same(const struct diff_storage *a,
+		       const struct diff_storage *b);
 int diff_storage_alloc(struct diff_storage *storage, sector_t count,
 		       sector_t *sector);
 void diff_storage_submit(struct diff_storage *storage,

@@ -44,7 +44,7 @@ static struct snapshot *snapshot_find(const uuid_t *id)
 
 int snapshot_create(unsigned int fd, sector_t limit, uuid_t *id)
 {
-	struct snapshot *snapshot;
+	struct snapshot *snapshot, *other;
 	int ret;
 
 	lockdep_assert_held(&ctl_mutex);
@@ -62,12 +62,18 @@ int snapshot_create(unsigned int fd, sector_t limit, uuid_t *id)
 		ret = PTR_ERR(snapshot->storage);
 		goto fail_storage;
 	}
+	ret = -EBUSY;
+	list_for_each_entry(other, &snapshots, link)
+		if (diff_storage_same(other->storage, snapshot->storage))
+			goto fail_shared;
 	uuid_gen(&snapshot->id);
 	list_add_tail(&snapshot->link, &snapshots);
 	*id = snapshot->id;
 	__module_get(THIS_MODULE);
 	return 0;
 
+fail_shared:
+	diff_storage_put(snapshot->storage);
 fail_storage:
 	event_queue_put(snapshot->events);
 fail_events:

@@ -189,7 +189,8 @@ struct blksnap_version {
  * @diff_storage_fd: the difference storage: a regular file opened for
  *	reading and writing on a file system that supports fallocate (an
  *	unnamed O_TMPFILE file is the intended case), or a block device
- *	opened for reading and writing with O_EXCL.
+ *	opened for reading and writing with O_EXCL; -EBUSY when another
+ *	snapshot uses the same file or device.
  * @id: out: the new snapshot's id.
  */
 struct blksnap_snapshot_create {

@@ -43,7 +43,7 @@ k8s_go_env() {
 }
 
 # The cache entry of a component: <component>-<version>-<hash>, the hash over
-# its row in the versions table, its wrapper's go.mod and go.sum, the Go
+# its rows in the versions table (pin rows too), its wrapper's go.mod and go.sum, the Go
 # toolchain and the build script's recipe version, so any change to what
 # goes into the binaries makes a new entry and an old one is never reused.
 K8S_RECIPE=1

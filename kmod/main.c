@@ -13,6 +13,7 @@
 #include <linux/build_bug.h>
 #include <linux/capability.h>
 #include <linux/blkdev.h>
+#include <linux/stringify.h>
 #include "include/uapi/linux/blksnap.h"
 #include "params.h"
 #include "cbt_map.h"
@@ -592,6 +593,7 @@ module_init(blksnap_init);
 module_exit(blksnap_exit);
 
 MODULE_DESCRIPTION("Block device snapshots and changed block tracking");
-MODULE_VERSION("1.0");
+/* The interface version, as the version ioctl reports it. */
+MODULE_VERSION(__stringify(BLKSNAP_VERSION_MAJOR) "." __stringify(BLKSNAP_VERSION_MINOR));
 MODULE_AUTHOR("blksnap-csi developers");
 MODULE_LICENSE("GPL");

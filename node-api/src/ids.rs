@@ -1,4 +1,4 @@
-//! The ids this plugin hands out, and their text form.
+//! The ids the node plugin hands out, and their text form.
 //!
 //! Every id names its node so that the controller can route a call to the
 //! node that holds the object. A snapshot id also carries the kernel
@@ -25,7 +25,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use uuid::Uuid;
 
-use crate::Error;
+use crate::IdError;
 
 /// Longest volume name on a node.
 pub const MAX_LOCAL_LEN: usize = 16;
@@ -38,7 +38,7 @@ pub const MAX_ID_LEN: usize = 128;
 const SNAPSHOT_PAYLOAD: usize = 16 + 16 + 1;
 
 /// Checks a node name for use in ids.
-pub fn check_node(node: &str) -> Result<(), Error> {
+pub fn check_node(node: &str) -> Result<(), IdError> {
     let ok = !node.is_empty()
         && node.len() <= MAX_NODE_LEN
         && node
@@ -47,9 +47,7 @@ pub fn check_node(node: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Config(format!(
-            "node id {node:?} must be 1 to {MAX_NODE_LEN} characters of [a-z0-9.-]"
-        )))
+        Err(IdError::NodeName(node.to_owned()))
     }
 }
 
@@ -100,8 +98,11 @@ impl SnapshotId {
     }
 }
 
-fn bad(what: &'static str, s: &str) -> Error {
-    Error::invalid(what, format!("{s:?} is not an id of this driver"))
+fn bad(field: &'static str, s: &str) -> IdError {
+    IdError::Malformed {
+        field,
+        text: s.to_owned(),
+    }
 }
 
 fn node_ok(node: &str) -> bool {
@@ -115,9 +116,9 @@ impl fmt::Display for VolumeId {
 }
 
 impl FromStr for VolumeId {
-    type Err = Error;
+    type Err = IdError;
 
-    fn from_str(s: &str) -> Result<Self, Error> {
+    fn from_str(s: &str) -> Result<Self, IdError> {
         let mut parts = s.splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
             (Some("v1"), Some(local), Some(node)) if is_local_name(local) && node_ok(node) => {
@@ -148,9 +149,9 @@ impl fmt::Display for SnapshotId {
 }
 
 impl FromStr for SnapshotId {
-    type Err = Error;
+    type Err = IdError;
 
-    fn from_str(s: &str) -> Result<Self, Error> {
+    fn from_str(s: &str) -> Result<Self, IdError> {
         let mut parts = s.splitn(4, ':');
         let (Some("s1"), Some(volume), Some(payload), Some(node)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -191,9 +192,9 @@ impl fmt::Display for GroupSnapshotId {
 }
 
 impl FromStr for GroupSnapshotId {
-    type Err = Error;
+    type Err = IdError;
 
-    fn from_str(s: &str) -> Result<Self, Error> {
+    fn from_str(s: &str) -> Result<Self, IdError> {
         let mut parts = s.splitn(3, ':');
         let (Some("g1"), Some(payload), Some(node)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -289,7 +290,7 @@ mod tests {
             "g1:AAAA:node",
         ] {
             assert!(
-                matches!(s.parse::<VolumeId>(), Err(Error::Invalid { .. })),
+                matches!(s.parse::<VolumeId>(), Err(IdError::Malformed { .. })),
                 "{s}"
             );
             assert!(s.parse::<SnapshotId>().is_err(), "{s}");

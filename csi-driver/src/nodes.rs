@@ -165,6 +165,23 @@ pub fn request<T>(incoming: &MetadataMap, message: T) -> Request<T> {
     r
 }
 
+/// The caller's deadline, from `grpc-timeout` (digits and a unit: H, M,
+/// S, m, u, n); `None` without one or for one that does not parse.
+pub fn deadline(incoming: &MetadataMap) -> Option<Duration> {
+    let text = incoming.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The `x-blksnap-lost` entries of a node's response.
 pub fn lost_of(metadata: &MetadataMap) -> Vec<AsciiMetadataValue> {
     metadata.get_all(LOST_METADATA).iter().cloned().collect()
@@ -201,6 +218,21 @@ pub fn node_error(node: &str, status: Status) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_are_read_from_grpc_timeout() {
+        let with = |v: &'static str| {
+            let mut m = MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().expect("ascii"));
+            deadline(&m)
+        };
+        assert_eq!(with("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(with("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("5x"), None);
+        assert_eq!(with("S"), None);
+        assert_eq!(deadline(&MetadataMap::new()), None);
+    }
 
     #[test]
     fn static_nodes_parse_with_and_without_a_port() {

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use blksnap::Control;
 use blksnap_node_plugin::backend;
 use blksnap_node_plugin::controller::ControllerService;
+use blksnap_node_plugin::controller_identity::ControllerOnly;
 use blksnap_node_plugin::group_controller::GroupControllerService;
 use blksnap_node_plugin::identity::IdentityService;
 use blksnap_node_plugin::kernel::Kernel;
@@ -225,7 +226,7 @@ impl Pki {
         Ok(Pki {
             server: leaf("localhost", rcgen::ExtendedKeyUsagePurpose::ServerAuth)?,
             client: leaf(
-                "blksnap-csi-controller",
+                &blksnap_node_api::identity::controller_name("blksnap.csi.io"),
                 rcgen::ExtendedKeyUsagePurpose::ClientAuth,
             )?,
             ca: issuer.pem(),
@@ -479,6 +480,7 @@ impl Served {
         let pki = Pki::new()?;
         let tls_dir = guest.root.join("disk/tls");
         let api = NodeApi {
+            clients: ControllerOnly::new("blksnap.csi.io")?,
             identity: IdentityService::new("blksnap.csi.io", Arc::clone(&plugin)),
             controller: ControllerService::new(Arc::clone(&plugin)),
             group_controller: GroupControllerService::new(Arc::clone(&plugin)),
@@ -508,7 +510,10 @@ impl Served {
             let router = Server::builder()
                 .tls_config(baseline_tls)?
                 .layer(RpcLogLayer::new(metrics, "baseline"))
-                .add_service(SnapshotMetadataServer::new(baseline));
+                .add_service(SnapshotMetadataServer::with_interceptor(
+                    baseline,
+                    ControllerOnly::new("blksnap.csi.io")?,
+                ));
             tokio::spawn(async move {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 if let Err(e) = router.serve_with_incoming(incoming).await {

@@ -54,7 +54,8 @@ pub struct Config {
     pub kubelet_dir: PathBuf,
 
     /// Address of the node API for the controller (mutual TLS only).
-    #[arg(long, env = "NODE_API_ADDRESS", default_value = "0.0.0.0:9820")]
+    #[arg(long, env = "NODE_API_ADDRESS",
+          default_value_t = SocketAddr::from(([0, 0, 0, 0], blksnap_node_api::identity::NODE_API_PORT)))]
     pub node_api: SocketAddr,
 
     /// PEM certificate chain of the node API.

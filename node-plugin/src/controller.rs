@@ -5,16 +5,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use csi::controller_server::Controller;
-use csi::controller_service_capability::rpc::Type as Cap;
 use csi_proto::csi::v1 as csi;
 use tonic::{Request, Response, Status};
 
 use crate::csi_convert::{access_of, annotate_lost, csi_snapshot, topology, Access};
-use crate::ids::VolumeId;
 use crate::plugin::{CreateVolume, Plugin, SnapshotFilter};
 use crate::server::blocking;
 use crate::state::{BackendKind, Source, VolumeRecord};
-use crate::{Error, Result, TOPOLOGY_KEY};
+use crate::{Error, Result};
+use blksnap_node_api::ids::VolumeId;
+use blksnap_node_api::TOPOLOGY_KEY;
 
 /// StorageClass parameter naming the backend (`pool` or `device`).
 pub const PARAM_BACKEND: &str = "backend";
@@ -123,7 +123,10 @@ impl ControllerService {
             }
             Some(Src::Snapshot(s)) => {
                 // An id that is not ours cannot name an existing snapshot.
-                if s.snapshot_id.parse::<crate::ids::SnapshotId>().is_err() {
+                if s.snapshot_id
+                    .parse::<blksnap_node_api::ids::SnapshotId>()
+                    .is_err()
+                {
                     return Err(Error::not_found("snapshot", &s.snapshot_id));
                 }
                 Some(Source::Snapshot(s.snapshot_id.clone()))
@@ -281,26 +284,9 @@ impl Controller for ControllerService {
         &self,
         _request: Request<csi::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
-        let caps = [
-            Cap::CreateDeleteVolume,
-            Cap::CreateDeleteSnapshot,
-            Cap::ListSnapshots,
-            Cap::GetSnapshot,
-            Cap::ListVolumes,
-            Cap::CloneVolume,
-            Cap::ExpandVolume,
-            Cap::GetCapacity,
-        ];
-        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
-            capabilities: caps
-                .into_iter()
-                .map(|t| csi::ControllerServiceCapability {
-                    r#type: Some(csi::controller_service_capability::Type::Rpc(
-                        csi::controller_service_capability::Rpc { r#type: t as i32 },
-                    )),
-                })
-                .collect(),
-        }))
+        Ok(Response::new(
+            blksnap_node_api::capabilities::controller_response(),
+        ))
     }
 
     async fn create_snapshot(
@@ -427,9 +413,10 @@ pub(crate) mod tests {
     //! the scope of the stand-ins).
 
     use super::*;
-    use crate::csi_convert::LOST_METADATA;
     use crate::guard::name_key;
     use crate::testing::{Env, NODE};
+    use blksnap_node_api::lost::LOST_METADATA;
+    use csi::controller_service_capability::rpc::Type as Cap;
     use csi::volume_capability::access_mode::Mode;
     use csi::volume_capability::AccessType;
     use tonic::Code;
@@ -688,7 +675,7 @@ pub(crate) mod tests {
                 setup!(|e| {
                     let v = new_volume(e, "pvc-0", MIB);
                     let s = new_snapshot(e, "snap", &v);
-                    let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+                    let id: blksnap_node_api::ids::SnapshotId = s.snapshot_id.parse().expect("id");
                     e.kernel.corrupt(id.kernel);
                     csi::CreateVolumeRequest {
                         volume_content_source: Some(csi::VolumeContentSource {
@@ -828,7 +815,7 @@ pub(crate) mod tests {
                 setup!(|e| {
                     let v = new_volume(e, "pvc-1", MIB);
                     let s = new_snapshot(e, "snap", &v);
-                    let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+                    let id: blksnap_node_api::ids::SnapshotId = s.snapshot_id.parse().expect("id");
                     e.kernel.corrupt(id.kernel);
                     // Listing notices the loss.
                     e.plugin
@@ -967,7 +954,10 @@ pub(crate) mod tests {
                 let s = r.get_ref().snapshot.as_ref().expect("snapshot");
                 assert!(s.ready_to_use, "{name}: cut means ready");
                 assert_eq!(s.source_volume_id, req.source_volume_id, "{name}");
-                assert!(s.snapshot_id.len() <= crate::ids::MAX_ID_LEN, "{name}");
+                assert!(
+                    s.snapshot_id.len() <= blksnap_node_api::ids::MAX_ID_LEN,
+                    "{name}"
+                );
                 assert!(s.creation_time.is_some(), "{name}");
             }
             assert_eq!(code(got), want, "case {name:?}");
@@ -1213,7 +1203,7 @@ pub(crate) mod tests {
         let env = Env::new();
         let v = new_volume(&env, "pvc", MIB);
         let s = new_snapshot(&env, "snap", &v);
-        let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+        let id: blksnap_node_api::ids::SnapshotId = s.snapshot_id.parse().expect("id");
         env.kernel.corrupt(id.kernel);
         let r = list(&env, csi::ListSnapshotsRequest::default())
             .await
@@ -1575,7 +1565,7 @@ pub(crate) mod tests {
         let env = Env::new();
         let v = new_volume(&env, "pvc", MIB);
         let s = new_snapshot(&env, "snap", &v);
-        let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+        let id: blksnap_node_api::ids::SnapshotId = s.snapshot_id.parse().expect("id");
         env.kernel.corrupt(id.kernel);
         // The first answer was lost on the way; the sidecar asks again.
         let replay = env
@@ -1695,7 +1685,9 @@ pub(crate) mod tests {
         );
 
         // Pages of 2; the last volume of a page is deleted before the next
-        // call, and its token still works.
+        // call, and its token still works. The snapshot goes first: the
+        // volume it holds may be that one, as the names are random.
+        delete_snapshot(&env, &s.snapshot_id);
         let first = list_vols(&env, 2, "").await.expect("page 1");
         assert_eq!(first.entries.len(), 2);
         assert!(!first.next_token.is_empty());
@@ -1740,7 +1732,7 @@ pub(crate) mod tests {
         let env = Env::new();
         let v = new_volume(&env, "pvc", MIB);
         let s = new_snapshot(&env, "snap-1", &v);
-        let id: crate::ids::SnapshotId = s.snapshot_id.parse().expect("id");
+        let id: blksnap_node_api::ids::SnapshotId = s.snapshot_id.parse().expect("id");
         // Destroyed behind the plugin's back (an operator's blksnapctl).
         crate::kernel::Kernel::snapshot_destroy(
             env.kernel.as_ref(),

@@ -1,6 +1,7 @@
 //! Conversions between the plugin's records and the CSI messages that
 //! more than one service speaks: volume capabilities, topology, snapshots
-//! and the metadata that tells why a snapshot is lost.
+//! and the metadata that tells why a snapshot is lost (its format is the
+//! contract's, [`blksnap_node_api::lost`]).
 
 use std::collections::HashMap;
 
@@ -9,17 +10,15 @@ use csi::volume_capability::AccessType;
 use csi_proto::csi::v1 as csi;
 use tonic::Response;
 
-use crate::ids::{GroupSnapshotId, VolumeId};
 use crate::plugin::Plugin;
 use crate::state::SnapshotRecord;
-use crate::{Error, Result, TOPOLOGY_KEY};
+use crate::{Error, Result};
+use blksnap_node_api::ids::{GroupSnapshotId, VolumeId};
+use blksnap_node_api::lost::{lost_value, LOST_METADATA};
+use blksnap_node_api::TOPOLOGY_KEY;
 
 /// File systems the node formats.
 pub const FS_TYPES: [&str; 2] = ["ext4", "xfs"];
-/// Metadata key that carries why a listed snapshot is not ready:
-/// `<snapshot id> <reason>` per lost snapshot (the CSI Snapshot message has
-/// no field for it).
-pub const LOST_METADATA: &str = "x-blksnap-lost";
 
 /// How a volume is consumed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +116,7 @@ pub fn csi_snapshot(plugin: &Plugin, rec: &SnapshotRecord) -> csi::Snapshot {
 pub fn annotate_lost<T>(plugin: &Plugin, response: &mut Response<T>, recs: &[SnapshotRecord]) {
     for rec in recs {
         if let Some(lost) = &rec.lost {
-            let value = format!("{} {}", plugin.snapshot_id(rec), lost.reason.as_str());
+            let value = lost_value(&plugin.snapshot_id(rec).to_string(), lost.reason.as_str());
             if let Ok(v) = value.parse() {
                 response.metadata_mut().append(LOST_METADATA, v);
             }

@@ -43,14 +43,9 @@ impl GroupController for GroupControllerService {
         &self,
         _request: Request<csi::GroupControllerGetCapabilitiesRequest>,
     ) -> Result<Response<csi::GroupControllerGetCapabilitiesResponse>, Status> {
-        use csi::group_controller_service_capability::{rpc::Type, Rpc, Type as Kind};
-        Ok(Response::new(csi::GroupControllerGetCapabilitiesResponse {
-            capabilities: vec![csi::GroupControllerServiceCapability {
-                r#type: Some(Kind::Rpc(Rpc {
-                    r#type: Type::CreateDeleteGetVolumeGroupSnapshot as i32,
-                })),
-            }],
-        }))
+        Ok(Response::new(
+            blksnap_node_api::capabilities::group_controller_response(),
+        ))
     }
 
     async fn create_volume_group_snapshot(
@@ -193,7 +188,7 @@ mod tests {
             .await;
         assert_eq!(bad.err().map(|s| s.code()), Some(Code::InvalidArgument));
         // The same group named as another node's: misrouted, refused, kept.
-        let mut foreign: crate::ids::GroupSnapshotId =
+        let mut foreign: blksnap_node_api::ids::GroupSnapshotId =
             g.group_snapshot_id.parse().expect("group id");
         foreign.node = "node-b".into();
         let misrouted = env

@@ -26,13 +26,13 @@ pub mod backend;
 pub mod block_volume;
 pub mod config;
 pub mod controller;
+pub mod controller_identity;
 pub mod csi_convert;
 pub mod filesystem_volume;
 pub mod format;
 pub mod group_controller;
 pub mod guard;
 pub mod identity;
-pub mod ids;
 pub mod kernel;
 pub mod kmod;
 pub mod metrics;
@@ -50,9 +50,6 @@ mod testing;
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Topology segment key naming the node that holds a volume.
-pub const TOPOLOGY_KEY: &str = "topology.blksnap.csi/node";
 
 /// Everything that can fail in the plugin. Each variant says which CSI
 /// status code it becomes; the mapping is the single `From` impl below.
@@ -145,6 +142,16 @@ impl Error {
         Error::NotFound {
             kind,
             id: id.into(),
+        }
+    }
+}
+
+impl From<blksnap_node_api::IdError> for Error {
+    fn from(e: blksnap_node_api::IdError) -> Self {
+        use blksnap_node_api::IdError;
+        match &e {
+            IdError::Malformed { field, .. } => Error::invalid(field, e.to_string()),
+            IdError::NodeName(_) => Error::Config(e.to_string()),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use blksnap_node_plugin::backend;
 use blksnap_node_plugin::config::{Config, LogFormat};
 use blksnap_node_plugin::controller::ControllerService;
+use blksnap_node_plugin::controller_identity::ControllerOnly;
 use blksnap_node_plugin::group_controller::GroupControllerService;
 use blksnap_node_plugin::identity::IdentityService;
 use blksnap_node_plugin::kmod::{self, ModuleSource};
@@ -88,6 +89,7 @@ async fn serve(
     let identity = IdentityService::new(&config.driver_name, Arc::clone(&plugin));
     let node = NodeService::new(Arc::clone(&plugin), config.max_volumes, &config.kubelet_dir)?;
     let api = NodeApi {
+        clients: ControllerOnly::new(&config.driver_name)?,
         identity: identity.clone(),
         controller: ControllerService::new(Arc::clone(&plugin)),
         group_controller: GroupControllerService::new(Arc::clone(&plugin)),

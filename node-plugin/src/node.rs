@@ -13,10 +13,10 @@ use tonic::{Request, Response, Status};
 use crate::backend::device_size;
 use crate::csi_convert::{access_of, topology, Access};
 use crate::guard::{node_volume_key, Guard};
-use crate::ids::VolumeId;
 use crate::plugin::Plugin;
 use crate::server::blocking;
 use crate::{block_volume, filesystem_volume, format, mount, Error, Result};
+use blksnap_node_api::ids::VolumeId;
 
 /// The Node service.
 ///
@@ -385,7 +385,7 @@ mod tests {
     use super::*;
     use crate::controller::tests::{block_cap, new_volume};
     use crate::testing::{Env, NODE};
-    use crate::TOPOLOGY_KEY;
+    use blksnap_node_api::TOPOLOGY_KEY;
     use tonic::Code;
 
     fn stage(

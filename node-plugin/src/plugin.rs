@@ -22,7 +22,6 @@ use uuid::Uuid;
 
 use crate::backend::Backend;
 use crate::guard::Locks;
-use crate::ids::VolumeId;
 use crate::kernel::Kernel;
 use crate::metrics::Metrics;
 use crate::state::{
@@ -30,6 +29,7 @@ use crate::state::{
     VolumeRecord,
 };
 use crate::{Error, Result};
+use blksnap_node_api::ids::VolumeId;
 
 mod snapshots;
 mod volumes;
@@ -201,7 +201,7 @@ impl Plugin {
         backends: Vec<Arc<dyn Backend>>,
         state: State,
     ) -> Result<Self> {
-        crate::ids::check_node(&settings.node_id)?;
+        blksnap_node_api::ids::check_node(&settings.node_id)?;
         let backends: BTreeMap<_, _> = backends.into_iter().map(|b| (b.kind(), b)).collect();
         if backends.is_empty() {
             return Err(Error::Config(

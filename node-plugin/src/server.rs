@@ -3,7 +3,8 @@
 //!
 //! The node API has no plaintext mode: a client must present a
 //! certificate signed by the configured CA, or the TLS handshake fails
-//! before any call is read.
+//! before any call is read; and a call is served only if that certificate
+//! names the controller ([`ControllerOnly`]).
 //!
 //! [`RpcLogLayer`] logs and times every call by method and status code,
 //! when the call ends: a stream, when its last message is sent.
@@ -25,6 +26,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::controller::ControllerService;
+use crate::controller_identity::ControllerOnly;
 use crate::group_controller::GroupControllerService;
 use crate::identity::IdentityService;
 use crate::metrics::{Metrics, RpcTimer};
@@ -312,9 +314,10 @@ pub async fn serve_kubelet(
         .map_err(|e| Error::io("serve", socket, std::io::Error::other(e)))
 }
 
-/// The services of the node API.
+/// The services of the node API, and who may call them.
 #[derive(Debug, Clone)]
 pub struct NodeApi {
+    pub clients: ControllerOnly,
     pub identity: IdentityService,
     pub controller: ControllerService,
     pub group_controller: GroupControllerService,
@@ -337,16 +340,26 @@ pub async fn serve_node_api(
     tracing::info!(address = %name, "serving the node API (mutual TLS)");
     builder
         .layer(RpcLogLayer::new(metrics, "node-api"))
-        .add_service(csi::identity_server::IdentityServer::new(api.identity))
-        .add_service(csi::controller_server::ControllerServer::new(
+        .add_service(csi::identity_server::IdentityServer::with_interceptor(
+            api.identity,
+            api.clients.clone(),
+        ))
+        .add_service(csi::controller_server::ControllerServer::with_interceptor(
             api.controller,
+            api.clients.clone(),
         ))
-        .add_service(csi::group_controller_server::GroupControllerServer::new(
-            api.group_controller,
-        ))
-        .add_service(csi::snapshot_metadata_server::SnapshotMetadataServer::new(
-            api.snapshot_metadata,
-        ))
+        .add_service(
+            csi::group_controller_server::GroupControllerServer::with_interceptor(
+                api.group_controller,
+                api.clients.clone(),
+            ),
+        )
+        .add_service(
+            csi::snapshot_metadata_server::SnapshotMetadataServer::with_interceptor(
+                api.snapshot_metadata,
+                api.clients,
+            ),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::io("serve", name, std::io::Error::other(e)))
@@ -554,6 +567,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let api = NodeApi {
+            clients: ControllerOnly::new("blksnap.csi.io").expect("name"),
             identity: IdentityService::new("blksnap.csi.io", Arc::clone(&env.plugin)),
             controller: ControllerService::new(Arc::clone(&env.plugin)),
             group_controller: GroupControllerService::new(Arc::clone(&env.plugin)),
@@ -605,9 +619,10 @@ mod tests {
     async fn node_api_requires_a_client_certificate_from_its_ca() {
         let pki = Pki::new("blksnap-csi test CA");
         let (addr, stop, _env) = start(&pki).await;
+        let controller = blksnap_node_api::identity::controller_name("blksnap.csi.io");
 
         // The controller's certificate, from the node API's CA: served.
-        let good = pki.leaf("blksnap-csi-controller", false);
+        let good = pki.leaf(&controller, false);
         assert_eq!(
             call(addr, &pki.ca_pem, Some(good))
                 .await
@@ -617,9 +632,27 @@ mod tests {
 
         // A certificate from another CA: refused.
         let foreign = Pki::new("someone else's CA");
-        let stranger = foreign.leaf("blksnap-csi-controller", false);
+        let stranger = foreign.leaf(&controller, false);
         let refused = call(addr, &pki.ca_pem, Some(stranger)).await;
         assert!(refused.is_err(), "foreign client served: {refused:?}");
+
+        // Another node's certificate from the same CA, used as a client:
+        // the handshake passes, the call is refused, saying why.
+        let node = blksnap_node_api::identity::node_server_name("worker-2", "blksnap.csi.io");
+        for (who, cert) in [
+            ("a node", pki.leaf(&node, false)),
+            (
+                "a client of another name",
+                pki.leaf("blksnap-csi-controller", false),
+            ),
+        ] {
+            let refused = call(addr, &pki.ca_pem, Some(cert)).await;
+            let message = refused.expect_err(who);
+            assert!(
+                message.contains("PermissionDenied") && message.contains(&controller),
+                "{who}: {message}"
+            );
+        }
 
         // No certificate at all: refused.
         let anonymous = call(addr, &pki.ca_pem, None).await;

@@ -253,7 +253,7 @@ mod tests {
         let s2 = new_snapshot(&env, "s2", &v).snapshot_id;
         let other = new_snapshot(&env, "w1", &w).snapshot_id;
         let newer = {
-            let mut id: crate::ids::SnapshotId = s2.parse().expect("id");
+            let mut id: blksnap_node_api::ids::SnapshotId = s2.parse().expect("id");
             id.number += 1;
             id.to_string()
         };
@@ -370,7 +370,7 @@ mod tests {
         let env = Env::new();
         let v = new_volume(&env, "pvc", 4 * MIB);
         let s1 = new_snapshot(&env, "s1", &v).snapshot_id;
-        let id: crate::ids::SnapshotId = s1.parse().expect("id");
+        let id: blksnap_node_api::ids::SnapshotId = s1.parse().expect("id");
         env.kernel.corrupt(id.kernel);
         assert_eq!(
             allocated(&env, &s1, 0).await.err().map(|s| s.code()),

@@ -11,8 +11,8 @@ use super::lost;
 use super::metrics::Kind;
 use super::resources::VolumeSnapshotContent;
 use super::{Context, NodeSnapshots, SnapshotState};
-use crate::ids;
 use crate::Result;
+use blksnap_node_api::ids;
 
 pub async fn reconcile<N: NodeSnapshots>(
     content: Arc<VolumeSnapshotContent>,

@@ -17,8 +17,8 @@ use super::lost;
 use super::metrics::Kind;
 use super::resources::{SnapshotError, VolumeGroupSnapshotContent};
 use super::{Context, NodeSnapshots, SnapshotState};
-use crate::ids;
 use crate::Result;
+use blksnap_node_api::ids;
 
 pub async fn reconcile<N: NodeSnapshots>(
     group: Arc<VolumeGroupSnapshotContent>,

@@ -25,8 +25,8 @@ use tracing::info;
 
 use super::resources::{SnapshotError, VolumeSnapshot, VolumeSnapshotContent};
 use super::{Context, NodeSnapshots};
-use crate::ids::LostReason;
 use crate::Result;
+use blksnap_node_api::lost::LostReason;
 
 /// Starts every error message this reconciler writes, so that it knows its
 /// own mark when it sees the object again.

@@ -11,8 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::ids::LostReason;
 use crate::Error;
+use blksnap_node_api::lost::LostReason;
 
 /// What a reconcile was about.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -37,8 +37,11 @@ impl ErrorClass {
         use crate::reconciler::NodeError;
         match e {
             Error::Kube(_) => ErrorClass::Api,
-            Error::Node(NodeError::Unavailable { .. }) => ErrorClass::NodeUnavailable,
-            Error::Node(NodeError::Failed { .. }) => ErrorClass::Node,
+            Error::NodeCall(NodeError::Unavailable { .. }) => ErrorClass::NodeUnavailable,
+            Error::NodeCall(NodeError::Failed { .. }) => ErrorClass::Node,
+            // The reconciler makes no other errors; the router's land here
+            // should they ever reach it.
+            _ => ErrorClass::Node,
         }
     }
 }
@@ -177,7 +180,7 @@ mod tests {
         m.lost(LostReason::Overflow);
         m.error(
             Kind::GroupContent,
-            &Error::Node(crate::reconciler::NodeError::Unavailable {
+            &Error::NodeCall(crate::reconciler::NodeError::Unavailable {
                 node: "n1".into(),
                 reason: "down".into(),
             }),

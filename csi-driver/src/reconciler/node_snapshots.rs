@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::SystemTime;
 
-use crate::ids::LostReason;
+use blksnap_node_api::lost::LostReason;
 
 /// What a node says about one snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use blksnap_csi_driver::ids::LostReason;
 use blksnap_csi_driver::reconciler;
 use blksnap_csi_driver::reconciler::lost::EVENT_REASON;
 use blksnap_csi_driver::reconciler::resources::VolumeGroupSnapshotContent;
+use blksnap_node_api::lost::LostReason;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Api;
@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::lost::context;
-use crate::nodes::Nodes;
+use crate::nodes::{group_id, Nodes};
 use crate::support::*;
 
 #[tokio::test]
@@ -29,7 +29,8 @@ async fn a_lost_member_marks_its_group_content_with_an_event() {
     let now = SystemTime::now();
     let m1 = nodes.take("n1", "vol-1", "k", now, Some("k"));
     let m2 = nodes.take("n1", "vol-2", "k", now, Some("k"));
-    let group_id = "g1:k:n1";
+    let group_id = group_id("n1", "k");
+    let group_id = group_id.as_str();
 
     // Pre-provisioned, with the status csi-snapshotter writes for a ready
     // group (no csi-snapshotter runs on the host).

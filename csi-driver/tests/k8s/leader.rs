@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use blksnap_csi_driver::ids::LostReason;
 use blksnap_csi_driver::reconciler::leader::{self, LeaseConfig};
 use blksnap_csi_driver::reconciler::{self, Metrics};
+use blksnap_node_api::lost::LostReason;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use blksnap_csi_driver::ids::LostReason;
 use blksnap_csi_driver::reconciler::lost::{EVENT_REASON, LOST_PREFIX};
 use blksnap_csi_driver::reconciler::resources::VolumeSnapshotContent;
 use blksnap_csi_driver::reconciler::{self, Config, Context, Metrics};
+use blksnap_node_api::lost::LostReason;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};

@@ -8,9 +8,29 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use blksnap_csi_driver::ids::{self, LostReason};
 use blksnap_csi_driver::reconciler::{NodeError, NodeSnapshot, NodeSnapshots, SnapshotState};
+use blksnap_node_api::ids::{node_of, GroupSnapshotId, SnapshotId, VolumeId};
+use blksnap_node_api::lost::LostReason;
 use tokio::time::Instant;
+use uuid::Uuid;
+
+/// A kernel snapshot id named by `name` (at most 16 bytes), so a test can
+/// write the ids it expects.
+fn named_uuid(name: &str) -> Uuid {
+    let mut bytes = [0; 16];
+    bytes[..name.len()].copy_from_slice(name.as_bytes());
+    Uuid::from_bytes(bytes)
+}
+
+/// The id of group snapshot `group` on `node`, as [`Nodes::take`] gives
+/// its members.
+pub fn group_id(node: &str, group: &str) -> String {
+    GroupSnapshotId {
+        kernel: named_uuid(group),
+        node: node.into(),
+    }
+    .to_string()
+}
 
 #[derive(Default)]
 struct State {
@@ -39,13 +59,22 @@ impl Nodes {
         created: SystemTime,
         group: Option<&str>,
     ) -> String {
-        // The payload's form does not matter to the controller: it reads
-        // only the node.
-        let id = format!("s1:{volume}:{local}:{node}");
+        let id = SnapshotId {
+            volume: volume.into(),
+            node: node.into(),
+            kernel: named_uuid(local),
+            generation: named_uuid(volume),
+            number: 1,
+        }
+        .to_string();
         let snap = NodeSnapshot {
             id: id.clone(),
-            source_volume: format!("v1:{volume}:{node}"),
-            group: group.map(|g| format!("g1:{g}:{node}")),
+            source_volume: VolumeId {
+                local: volume.into(),
+                node: node.into(),
+            }
+            .to_string(),
+            group: group.map(|g| group_id(node, g)),
             created,
         };
         self.state()
@@ -57,7 +86,7 @@ impl Nodes {
     }
 
     pub fn lose(&self, id: &str, reason: LostReason) {
-        let node = ids::node_of(id).unwrap().to_owned();
+        let node = node_of(id).unwrap();
         let mut st = self.state();
         let entry = st
             .held
@@ -68,10 +97,10 @@ impl Nodes {
     }
 
     pub fn holds(&self, id: &str) -> bool {
-        let node = ids::node_of(id).unwrap();
+        let node = node_of(id).unwrap();
         self.state()
             .held
-            .get(node)
+            .get(&node)
             .is_some_and(|m| m.contains_key(id))
     }
 
@@ -86,13 +115,13 @@ impl NodeSnapshots for Nodes {
     }
 
     async fn snapshot(&self, id: &str) -> Result<SnapshotState, NodeError> {
-        let node = ids::node_of(id).ok_or_else(|| NodeError::Failed {
+        let node = node_of(id).ok_or_else(|| NodeError::Failed {
             node: "?".into(),
             message: format!("{id} is not an id"),
         })?;
         let st = self.state();
-        let m = st.held.get(node).ok_or_else(|| NodeError::Unavailable {
-            node: node.into(),
+        let m = st.held.get(&node).ok_or_else(|| NodeError::Unavailable {
+            node: node.clone(),
             reason: "not discovered".into(),
         })?;
         Ok(m.get(id)
@@ -110,7 +139,7 @@ impl NodeSnapshots for Nodes {
     }
 
     async fn delete(&self, id: &str) -> Result<(), NodeError> {
-        let node = ids::node_of(id).unwrap().to_owned();
+        let node = node_of(id).unwrap();
         let mut st = self.state();
         if let Some(m) = st.held.get_mut(&node) {
             // A group id deletes its members, as DeleteVolumeGroupSnapshot does.

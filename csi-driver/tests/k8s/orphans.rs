@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::nodes::Nodes;
+use crate::nodes::{group_id, Nodes};
 use crate::support::*;
 
 #[tokio::test]
@@ -70,7 +70,7 @@ async fn unreferenced_snapshots_are_deleted_after_the_grace_period() {
     assert!(!nodes.holds(&member2), "a group goes as a whole");
     let deleted: Vec<String> = nodes.deleted().into_iter().map(|(id, _)| id).collect();
     assert!(
-        deleted.contains(&"g1:grp:n1".to_owned()),
+        deleted.contains(&group_id("n1", "grp")),
         "by its group id: {deleted:?}"
     );
 

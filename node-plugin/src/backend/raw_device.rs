@@ -16,9 +16,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::{device_size, open_exclusive, Backend, Provisioned};
-use crate::ids::is_local_name;
 use crate::state::{BackendKind, VolumeRecord};
 use crate::{Error, Result};
+use blksnap_node_api::ids::is_local_name;
 
 nix::ioctl_write_ptr_bad!(blkzeroout, 0x127f, [u64; 2]);
 

@@ -19,9 +19,9 @@ use uuid::Uuid;
 
 use super::{now, open_device, Paging, Plugin};
 use crate::guard::{name_key, snapshot_key, volume_key};
-use crate::ids::{GroupSnapshotId, SnapshotId, VolumeId};
 use crate::state::{self, GroupRecord, SnapshotRecord, VolumeRecord};
 use crate::{ranges, storage, Error, Result};
+use blksnap_node_api::ids::{GroupSnapshotId, SnapshotId, VolumeId};
 
 /// What ListSnapshots asks for.
 #[derive(Debug, Clone, Default)]
@@ -684,6 +684,8 @@ fn check_offset(starting_offset: i64, capacity: u64) -> Result<u64> {
 /// name.
 fn is_snapshot_key(key: &str) -> bool {
     key.split_once('.').is_some_and(|(k, v)| {
-        k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()) && crate::ids::is_local_name(v)
+        k.len() == 32
+            && k.bytes().all(|b| b.is_ascii_hexdigit())
+            && blksnap_node_api::ids::is_local_name(v)
     })
 }

@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::{now, open_device, Paging, Plugin};
 use crate::guard::{name_key, snapshot_key, volume_key};
-use crate::ids::{SnapshotId, VolumeId};
 use crate::state::{self, BackendKind, SnapshotRecord, Source, VolumeRecord};
 use crate::{Error, Result};
+use blksnap_node_api::ids::{SnapshotId, VolumeId};
 
 /// Copy unit of restores and clones.
 const COPY_CHUNK: usize = 1 << 20;
@@ -248,7 +248,11 @@ impl Plugin {
         max_entries: i32,
         starting_token: &str,
     ) -> Result<(Vec<VolumeRecord>, String)> {
-        let paging = Paging::new(max_entries, starting_token, crate::ids::is_local_name)?;
+        let paging = Paging::new(
+            max_entries,
+            starting_token,
+            blksnap_node_api::ids::is_local_name,
+        )?;
         let volumes = self.state.read(|t| {
             t.volumes
                 .values()

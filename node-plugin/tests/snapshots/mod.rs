@@ -2,7 +2,7 @@
 //! snapshot it names.
 
 use super::*;
-use blksnap_node_plugin::ids::SnapshotId;
+use blksnap_node_api::ids::SnapshotId;
 
 /// A CreateVolume that read the record of `s1` before `s1` was deleted
 /// and `s2` taken of the same volume still holds that record (put back

@@ -1,4 +1,4 @@
-//! The ids this plugin hands out, and their text form.
+//! The ids the node plugin hands out, and their text form.
 //!
 //! Every id names its node so that the controller can route a call to the
 //! node that holds the object. A snapshot id also carries the kernel
@@ -25,7 +25,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use uuid::Uuid;
 
-use crate::Error;
+use crate::IdError;
 
 /// Longest volume name on a node.
 pub const MAX_LOCAL_LEN: usize = 16;
@@ -38,7 +38,7 @@ pub const MAX_ID_LEN: usize = 128;
 const SNAPSHOT_PAYLOAD: usize = 16 + 16 + 1;
 
 /// Checks a node name for use in ids.
-pub fn check_node(node: &str) -> Result<(), Error> {
+pub fn check_node(node: &str) -> Result<(), IdError> {
     let ok = !node.is_empty()
         && node.len() <= MAX_NODE_LEN
         && node
@@ -47,9 +47,7 @@ pub fn check_node(node: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Config(format!(
-            "node id {node:?} must be 1 to {MAX_NODE_LEN} characters of [a-z0-9.-]"
-        )))
+        Err(IdError::NodeName(node.to_owned()))
     }
 }
 
@@ -100,8 +98,21 @@ impl SnapshotId {
     }
 }
 
-fn bad(what: &'static str, s: &str) -> Error {
-    Error::invalid(what, format!("{s:?} is not an id of this driver"))
+/// The node that holds the object a volume, snapshot or group snapshot id
+/// names; `None` for a text that is no id of this driver.
+pub fn node_of(id: &str) -> Option<String> {
+    id.parse::<VolumeId>()
+        .map(|v| v.node)
+        .or_else(|_| id.parse::<SnapshotId>().map(|s| s.node))
+        .or_else(|_| id.parse::<GroupSnapshotId>().map(|g| g.node))
+        .ok()
+}
+
+fn bad(field: &'static str, s: &str) -> IdError {
+    IdError::Malformed {
+        field,
+        text: s.to_owned(),
+    }
 }
 
 fn node_ok(node: &str) -> bool {
@@ -115,9 +126,9 @@ impl fmt::Display for VolumeId {
 }
 
 impl FromStr for VolumeId {
-    type Err = Error;
+    type Err = IdError;
 
-    fn from_str(s: &str) -> Result<Self, Error> {
+    fn from_str(s: &str) -> Result<Self, IdError> {
         let mut parts = s.splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
             (Some("v1"), Some(local), Some(node)) if is_local_name(local) && node_ok(node) => {
@@ -148,9 +159,9 @@ impl fmt::Display for SnapshotId {
 }
 
 impl FromStr for SnapshotId {
-    type Err = Error;
+    type Err = IdError;
 
-    fn from_str(s: &str) -> Result<Self, Error> {
+    fn from_str(s: &str) -> Result<Self, IdError> {
         let mut parts = s.splitn(4, ':');
         let (Some("s1"), Some(volume), Some(payload), Some(node)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -191,9 +202,9 @@ impl fmt::Display for GroupSnapshotId {
 }
 
 impl FromStr for GroupSnapshotId {
-    type Err = Error;
+    type Err = IdError;
 
-    fn from_str(s: &str) -> Result<Self, Error> {
+    fn from_str(s: &str) -> Result<Self, IdError> {
         let mut parts = s.splitn(3, ':');
         let (Some("g1"), Some(payload), Some(node)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -228,6 +239,38 @@ mod tests {
 
     fn uuid() -> impl Strategy<Value = Uuid> {
         any::<[u8; 16]>().prop_map(Uuid::from_bytes)
+    }
+
+    #[test]
+    fn the_node_is_read_from_every_id_kind() {
+        let kernel = Uuid::from_bytes([7; 16]);
+        let snapshot = SnapshotId {
+            volume: "vol-1".into(),
+            node: "node-a".into(),
+            kernel,
+            generation: Uuid::from_bytes([9; 16]),
+            number: 3,
+        };
+        let group = GroupSnapshotId {
+            kernel,
+            node: "n1.example".into(),
+        };
+        let volume = VolumeId {
+            local: "vol-1".into(),
+            node: "worker-3".into(),
+        };
+        assert_eq!(node_of(&snapshot.to_string()).as_deref(), Some("node-a"));
+        assert_eq!(node_of(&group.to_string()).as_deref(), Some("n1.example"));
+        assert_eq!(node_of(&volume.to_string()).as_deref(), Some("worker-3"));
+        for bad in [
+            "",
+            "s1:vol-1:node-a",
+            "g1::node-a",
+            "v1:vol-1:Node_A",
+            "x1:vol:node",
+        ] {
+            assert_eq!(node_of(bad), None, "{bad}");
+        }
     }
 
     proptest! {
@@ -289,7 +332,7 @@ mod tests {
             "g1:AAAA:node",
         ] {
             assert!(
-                matches!(s.parse::<VolumeId>(), Err(Error::Invalid { .. })),
+                matches!(s.parse::<VolumeId>(), Err(IdError::Malformed { .. })),
                 "{s}"
             );
             assert!(s.parse::<SnapshotId>().is_err(), "{s}");

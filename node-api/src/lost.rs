@@ -1,27 +1,22 @@
-//! What the controller reads from the node plugin's ids and metadata.
+//! The `x-blksnap-lost` response metadata: why a snapshot the node API
+//! returns is not ready (the CSI Snapshot message has no field for it).
 //!
-//! REPLACE with the contract crate (`node-api`) once it lands: it owns the
-//! id formats (`v1:<local>:<node>`, `s1:<local>:<b64>:<node>`,
-//! `g1:<b64>:<node>`) and the `x-blksnap-lost` reasons. Until then this is
-//! the one place the reconciler parses them, and it parses only what it
-//! needs: the node that owns an id, and why a snapshot was lost.
+//! One entry per lost snapshot, the value `<snapshot id> <reason>`; the
+//! reason is one word such as `overflow` or `kernel-forgot`.
 
-/// The node that holds the object named by a snapshot, group snapshot or
-/// volume id of this driver; `None` for anything else.
-pub fn node_of(id: &str) -> Option<&str> {
-    let fields = match id.split_once(':')? {
-        ("s1", _) => 4,
-        ("g1" | "v1", _) => 3,
-        _ => return None,
-    };
-    let parts: Vec<&str> = id.splitn(fields, ':').collect();
-    let node = *parts.last()?;
-    let ok = parts.len() == fields
-        && parts.iter().all(|p| !p.is_empty())
-        && node
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    ok.then_some(node)
+/// The metadata key.
+pub const LOST_METADATA: &str = "x-blksnap-lost";
+
+/// The value of one entry.
+pub fn lost_value(snapshot_id: &str, reason: &str) -> String {
+    format!("{snapshot_id} {reason}")
+}
+
+/// The snapshot id and reason of one entry; `None` for a value this
+/// contract does not write.
+pub fn parse_lost_value(value: &str) -> Option<(&str, &str)> {
+    let (id, reason) = value.split_once(' ')?;
+    (!id.is_empty() && !reason.is_empty()).then_some((id, reason))
 }
 
 /// Why a node says a snapshot can no longer be served: the reasons the node
@@ -82,22 +77,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_node_is_read_from_every_id_kind() {
-        for (id, node) in [
-            (
-                "s1:vol-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA:node-a",
-                Some("node-a"),
-            ),
-            ("g1:AAAAAAAAAAAAAAAAAAAAAA:n1.example", Some("n1.example")),
-            ("v1:vol-1:worker-3", Some("worker-3")),
-            ("s1:vol-1:node-a", None),
-            ("g1::node-a", None),
-            ("v1:vol-1:Node_A", None),
-            ("x1:vol:node", None),
-            ("", None),
-            ("s1:a:b:c:d", None),
-        ] {
-            assert_eq!(node_of(id), node, "{id}");
+    fn values_round_trip() {
+        let v = lost_value("s1:a:AAAA:n", "overflow");
+        assert_eq!(v, "s1:a:AAAA:n overflow");
+        assert_eq!(parse_lost_value(&v), Some(("s1:a:AAAA:n", "overflow")));
+        for bad in ["", "s1:a:AAAA:n", " overflow", "s1:a:AAAA:n "] {
+            assert_eq!(parse_lost_value(bad), None, "{bad:?}");
         }
     }
 

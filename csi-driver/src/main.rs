@@ -1,0 +1,81 @@
+//! blksnap-csi-driver: parses flags, starts logging and serves the CSI
+//! socket until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use blksnap_csi_driver::config::{Config, LogFormat};
+use blksnap_csi_driver::controller::ControllerService;
+use blksnap_csi_driver::group_controller::GroupControllerService;
+use blksnap_csi_driver::identity::IdentityService;
+use blksnap_csi_driver::nodes::{NodeTls, Nodes, StaticNodes};
+use blksnap_csi_driver::server::{self, Services};
+use blksnap_csi_driver::snapshot_metadata::SnapshotMetadataService;
+use blksnap_csi_driver::{Error, Result};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("blksnap-csi-driver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: Config) -> Result<()> {
+    let directory = StaticNodes::parse(&config.nodes, config.node_api_port)?;
+    let tls = NodeTls::from_files(
+        &config.tls_cert,
+        &config.tls_key,
+        &config.tls_ca,
+        &config.driver_name,
+    )?;
+    if config.metrics_address.is_some() {
+        tracing::warn!("--metrics-address: metrics are not served yet");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "start the tokio runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async {
+        let nodes = Arc::new(Nodes::new(Arc::new(directory), tls));
+        let services = Services {
+            identity: IdentityService::new(&config.driver_name),
+            controller: ControllerService::new(Arc::clone(&nodes)),
+            group_controller: GroupControllerService::new(Arc::clone(&nodes)),
+            snapshot_metadata: SnapshotMetadataService::new(nodes),
+        };
+        let listener = server::bind(&config.endpoint)?;
+        tracing::info!(socket = %config.endpoint.display(), nodes = config.nodes.len(), "serving CSI");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|source| Error::Io {
+                what: "install the SIGTERM handler".into(),
+                source,
+            })?;
+        server::serve(listener, services, async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("stopping");
+        })
+        .await
+    })
+}

@@ -114,7 +114,11 @@ struct diff_area *diff_area_new(struct tracker *tracker,
 	area->chunk_count = DIV_ROUND_UP_ULL(area->capacity,
 					     diff_area_chunk_sectors(area));
 	spin_lock_init(&area->lock);
-	xa_init(&area->chunks);
+	/*
+	 * Its lock nests in the area's, which bio completions take: it must
+	 * never be held with interrupts on (lockdep saw xa_reserve() do it).
+	 */
+	xa_init_flags(&area->chunks, XA_FLAGS_LOCK_IRQ);
 	bio_list_init(&area->deferred);
 	INIT_LIST_HEAD(&area->store_queue);
 	for (i = 0; i < DIFF_AREA_READ_BUCKETS; i++)
@@ -355,7 +359,7 @@ static int diff_area_cow_wait(struct diff_area *area, unsigned long n,
 	if (!new)
 		goto nomem;
 	for (;;) {
-		if (xa_reserve(&area->chunks, n, GFP_NOIO))
+		if (xa_reserve_irq(&area->chunks, n, GFP_NOIO))
 			goto nomem;
 		spin_lock_irq(&area->lock);
 		ret = __diff_area_lost(area);
@@ -386,8 +390,8 @@ nomem:
 	ret = -ENOMEM;
 	goto pass;
 release_unlock:
-	spin_unlock_irq(&area->lock);
 	xa_release(&area->chunks, n);
+	spin_unlock_irq(&area->lock);
 	goto drop;
 found:
 	if (chunk->state == CHUNK_LOADING && bio) {

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/error-injection.h>
 #include <linux/slab.h>
 #include <linux/mm.h>
 #include <linux/blkdev.h>
@@ -45,6 +46,7 @@ struct cbt_map *cbt_map_new(sector_t capacity)
 	uuid_gen(&map->generation_id);
 	return map;
 }
+ALLOW_ERROR_INJECTION(cbt_map_new, ERRNO);
 
 void cbt_map_free(struct cbt_map *map)
 {

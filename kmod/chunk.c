@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
+#include <linux/error-injection.h>
 #include <linux/slab.h>
 #include <linux/blkdev.h>
 #include "chunk.h"
 #include "diff_area.h"
+#include "hook.h"
 #include "diff_buffer.h"
 
 static void chunk_load_endio(struct bio *bio)
@@ -17,7 +19,7 @@ static void chunk_load_endio(struct bio *bio)
 }
 
 /* Reads of the chunk's part of the device, clipped at its end. */
-static int chunk_build_loads(struct chunk *chunk, gfp_t gfp)
+static noinline int chunk_build_loads(struct chunk *chunk, gfp_t gfp)
 {
 	struct diff_area *area = chunk->area;
 	sector_t sector = (sector_t)chunk->number << area->chunk_shift;
@@ -50,6 +52,7 @@ static int chunk_build_loads(struct chunk *chunk, gfp_t gfp)
 	}
 	return 0;
 }
+ALLOW_ERROR_INJECTION(chunk_build_loads, ERRNO);
 
 struct chunk *chunk_new(struct diff_area *area, unsigned long number,
 			gfp_t gfp)
@@ -73,6 +76,7 @@ struct chunk *chunk_new(struct diff_area *area, unsigned long number,
 	}
 	return chunk;
 }
+ALLOW_ERROR_INJECTION(chunk_new, NULL);
 
 void chunk_free(struct chunk *chunk)
 {
@@ -90,5 +94,5 @@ void chunk_load(struct chunk *chunk)
 	struct bio *bio;
 
 	while ((bio = bio_list_pop(&chunk->loads)))
-		submit_bio_noacct(bio);
+		hook_pass_bio(bio);
 }

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/error-injection.h>
 #include <linux/slab.h>
 #include <linux/blkdev.h>
 #include <linux/sched.h>
@@ -11,6 +12,7 @@
 #include "cbt_map.h"
 #include "chunk.h"
 #include "diff_area.h"
+#include "hook.h"
 #include "diff_storage.h"
 #include "event_queue.h"
 #include "tracker.h"
@@ -112,7 +114,11 @@ struct diff_area *diff_area_new(struct tracker *tracker,
 	area->chunk_count = DIV_ROUND_UP_ULL(area->capacity,
 					     diff_area_chunk_sectors(area));
 	spin_lock_init(&area->lock);
-	xa_init(&area->chunks);
+	/*
+	 * Its lock nests in the area's, which bio completions take: it must
+	 * never be held with interrupts on (lockdep saw xa_reserve() do it).
+	 */
+	xa_init_flags(&area->chunks, XA_FLAGS_LOCK_IRQ);
 	bio_list_init(&area->deferred);
 	INIT_LIST_HEAD(&area->store_queue);
 	for (i = 0; i < DIFF_AREA_READ_BUCKETS; i++)
@@ -147,6 +153,7 @@ fail_map:
 	kfree(area);
 	return ERR_PTR(ret);
 }
+ALLOW_ERROR_INJECTION(diff_area_new, ERRNO);
 
 static void diff_area_release(struct kref *kref)
 {
@@ -309,7 +316,7 @@ found:
 pass_unlock:
 	spin_unlock_irqrestore(&area->lock, flags);
 pass:
-	submit_bio_noacct(bio);
+	hook_pass_bio(bio);
 }
 
 /*
@@ -352,7 +359,7 @@ static int diff_area_cow_wait(struct diff_area *area, unsigned long n,
 	if (!new)
 		goto nomem;
 	for (;;) {
-		if (xa_reserve(&area->chunks, n, GFP_NOIO))
+		if (xa_reserve_irq(&area->chunks, n, GFP_NOIO))
 			goto nomem;
 		spin_lock_irq(&area->lock);
 		ret = __diff_area_lost(area);
@@ -383,8 +390,8 @@ nomem:
 	ret = -ENOMEM;
 	goto pass;
 release_unlock:
-	spin_unlock_irq(&area->lock);
 	xa_release(&area->chunks, n);
+	spin_unlock_irq(&area->lock);
 	goto drop;
 found:
 	if (chunk->state == CHUNK_LOADING && bio) {
@@ -398,7 +405,7 @@ drop:
 		diff_area_drop_chunk(area, new);
 pass:
 	if (bio)
-		submit_bio_noacct(bio);
+		hook_pass_bio(bio);
 	return ret;
 }
 
@@ -525,7 +532,7 @@ static bool diff_area_release_chunk(struct diff_area *area,
 	if (err)
 		diff_area_corrupt(area, err);
 	while ((bio = bio_list_pop(&bios)))
-		submit_bio_noacct(bio);
+		hook_pass_bio(bio);
 	wake_up_all(&area->wq);
 	return queued;
 }
@@ -654,7 +661,7 @@ static void diff_area_store_bios(struct diff_area *area,
 	list_for_each_entry(chunk, &sb->chunks, link) {
 		for (i = 0; i < area->pool.nr_pages; i++) {
 			if (bio && bio->bi_vcnt == bio->bi_max_vecs) {
-				submit_bio_noacct(bio);
+				hook_pass_bio(bio);
 				bio = NULL;
 			}
 			if (!bio) {
@@ -671,7 +678,7 @@ static void diff_area_store_bios(struct diff_area *area,
 		}
 	}
 	if (bio)
-		submit_bio_noacct(bio);
+		hook_pass_bio(bio);
 	diff_area_store_put(sb);
 }
 
@@ -685,8 +692,8 @@ static void diff_area_store_file_done(struct diff_storage_io *io, int err)
 }
 
 /* A file storage: the whole batch in one write. */
-static int diff_area_store_file(struct diff_area *area,
-				struct store_batch *sb)
+static noinline int diff_area_store_file(struct diff_area *area,
+					 struct store_batch *sb)
 {
 	unsigned int pages = area->pool.nr_pages;
 	struct iov_iter iter;
@@ -710,6 +717,7 @@ static int diff_area_store_file(struct diff_area *area,
 	diff_storage_submit(area->storage, &sb->io, true, sb->sector, &iter);
 	return 0;
 }
+ALLOW_ERROR_INJECTION(diff_area_store_file, ERRNO);
 
 /*
  * A batch's chunks go to their slots in device order, whatever order their
@@ -879,7 +887,7 @@ static void diff_area_clone(struct diff_area *area, struct bio *bio,
 	clone->bi_iter.bi_sector = sector;
 	clone->bi_end_io = diff_area_clone_endio;
 	bio_inc_remaining(bio);
-	submit_bio_noacct(clone);
+	hook_pass_bio(clone);
 }
 
 static void diff_area_file_io_done(struct diff_storage_io *io, int err)
@@ -899,10 +907,13 @@ static void diff_area_file_io_done(struct diff_storage_io *io, int err)
 
 /*
  * The next @len sectors of an image bio from or to a file storage at @at,
- * straight from the bio's pages. The caller counted it in @nr_clones.
+ * straight from the bio's pages. The caller counted it in @nr_clones, and
+ * uncounts it if this fails (which does nothing else, so that an error
+ * can be injected here).
  */
-static int diff_area_file_io(struct diff_area *area, struct bio *bio,
-			     sector_t len, sector_t at)
+static noinline int diff_area_file_io(struct diff_area *area,
+				      struct bio *bio, sector_t len,
+				      sector_t at)
 {
 	struct bvec_iter bi = bio->bi_iter, it;
 	struct diff_area_file_io *fio;
@@ -911,10 +922,8 @@ static int diff_area_file_io(struct diff_area *area, struct bio *bio,
 	struct bio_vec bv;
 
 	fio = kmalloc(sizeof(*fio), GFP_NOIO);
-	if (!fio) {
-		diff_area_clone_done(area, 0, 0);
+	if (!fio)
 		return -ENOMEM;
-	}
 	fio->area = area;
 	fio->parent = bio;
 	fio->io.done = diff_area_file_io_done;
@@ -930,6 +939,7 @@ static int diff_area_file_io(struct diff_area *area, struct bio *bio,
 			    at, &iter);
 	return 0;
 }
+ALLOW_ERROR_INJECTION(diff_area_file_io, ERRNO);
 
 static bool diff_area_chunk_settled(struct diff_area *area,
 				    struct chunk *chunk)
@@ -986,6 +996,7 @@ static int diff_area_image_part(struct diff_area *area, struct bio *bio,
 	unsigned int nr, i;
 	struct chunk *chunk;
 	sector_t at;
+	int ret;
 
 	for (;;) {
 		*len = min(end, (sector_t)(n + 1) << area->chunk_shift) - pos;
@@ -1012,8 +1023,12 @@ static int diff_area_image_part(struct diff_area *area, struct bio *bio,
 			     ((sector_t)n << area->chunk_shift);
 			area->nr_clones++;
 			spin_unlock_irq(&area->lock);
-			if (!target)
-				return diff_area_file_io(area, bio, *len, at);
+			if (!target) {
+				ret = diff_area_file_io(area, bio, *len, at);
+				if (ret)
+					diff_area_clone_done(area, 0, 0);
+				return ret;
+			}
 			diff_area_clone(area, bio, *len, n, 0, target, at);
 			return 0;
 		}

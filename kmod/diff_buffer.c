@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
+#include <linux/error-injection.h>
 #include <linux/slab.h>
 #include <linux/gfp.h>
 #include <linux/mm.h>
@@ -61,6 +62,7 @@ struct diff_buffer *diff_buffer_get(struct diff_buffer_pool *pool, gfp_t gfp)
 	}
 	return buf;
 }
+ALLOW_ERROR_INJECTION(diff_buffer_get, NULL);
 
 void diff_buffer_put(struct diff_buffer_pool *pool, struct diff_buffer *buf)
 {

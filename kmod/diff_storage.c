@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/error-injection.h>
 #include <linux/slab.h>
 #include <linux/file.h>
 #include <linux/fs.h>
@@ -14,7 +15,8 @@
 #include "diff_storage.h"
 
 /* Grows a file storage by at least @count sectors, within its limit. */
-static int __diff_storage_grow(struct diff_storage *storage, sector_t count)
+static noinline int __diff_storage_grow(struct diff_storage *storage,
+					sector_t count)
 {
 	unsigned int noio_flags;
 	sector_t grow;
@@ -42,6 +44,7 @@ static int __diff_storage_grow(struct diff_storage *storage, sector_t count)
 	storage->capacity += grow;
 	return 0;
 }
+ALLOW_ERROR_INJECTION(__diff_storage_grow, ERRNO);
 
 struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
 				      struct event_queue *events)
@@ -200,6 +203,7 @@ int diff_storage_alloc(struct diff_storage *storage, sector_t count,
 	mutex_unlock(&storage->lock);
 	return ret;
 }
+ALLOW_ERROR_INJECTION(diff_storage_alloc, ERRNO);
 
 /*
  * Buffered and synchronous, through the file's own methods: for a file

@@ -4,7 +4,9 @@
  * diverted to the module with ftrace, the way livepatch replaces a
  * function: submit_bio_noacct(), which every bio passes through, and
  * del_gendisk(), so that a device removed while attached is detached
- * before it goes. Calls made from the module itself reach the originals.
+ * before it goes. Calls made from the module itself reach the originals:
+ * its bios carry a mark for one submission (hook_pass_bio()), and its
+ * calls of del_gendisk() come from its own text.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 #include <linux/module.h>
@@ -23,10 +25,40 @@
 DEFINE_STATIC_SRCU(hook_srcu);
 
 /*
- * The original is called from below this frame, never as a tail call of
- * the target entered through ftrace, so the parent_ip of that call is in
- * the module whatever the compiler makes of tracker_submit_bio().
+ * Set in bi_flags by hook_pass_bio() and cleared by the hook at the entry
+ * of the submission it marks, so a bio is let through once, not for the
+ * rest of its life (a stacked driver may send the same bio on to a
+ * tracked device). The block layer's own flags are those below
+ * BIO_FLAG_LAST.
  */
+#define HOOK_BIO_PASS BIO_FLAG_LAST
+static_assert(sizeof_field(struct bio, bi_flags) * BITS_PER_BYTE > HOOK_BIO_PASS);
+
+/*
+ * Submits a bio of the module's own (a copy-on-write read or store, an
+ * image clone) or one it is done with to the original
+ * submit_bio_noacct(). A mark on the bio, not the caller's address: a
+ * tail call would leave the module's caller, perhaps the block layer, as
+ * the submission's parent.
+ */
+void hook_pass_bio(struct bio *bio)
+{
+	bio_set_flag(bio, HOOK_BIO_PASS);
+	submit_bio_noacct(bio);
+}
+
+/* For the submit hook: whether a bio is marked (and then unmark it) or wanted. */
+static bool notrace hook_bio_wanted(const void *arg)
+{
+	struct bio *bio = (struct bio *)arg;
+
+	if (unlikely(bio_flagged(bio, HOOK_BIO_PASS))) {
+		bio_clear_flag(bio, HOOK_BIO_PASS);
+		return false;
+	}
+	return tracker_wants(bio);
+}
+
 static void hook_submit_bio(struct bio *bio)
 {
 	int idx = srcu_read_lock(&hook_srcu);
@@ -51,7 +83,8 @@ static void hook_del_gendisk(struct gendisk *disk)
  * @name: the function's symbol.
  * @target: the module's replacement, with the same signature.
  * @wants: if set, whether a call, by its first argument, must go to
- *	@target; called with preemption off, it must not sleep.
+ *	@target; called with preemption off, it must not sleep. Without it,
+ *	every call not made from the module goes to @target.
  * @ops: the ftrace registration.
  * @registered: @ops is live.
  */
@@ -63,24 +96,23 @@ struct hook {
 	bool registered;
 };
 
-#ifdef BLKSNAP_HAVE_FTRACE_IPMODIFY
+#if defined(BLKSNAP_HAVE_FTRACE_IPMODIFY) && defined(BLKSNAP_HAVE_FTRACE_ARG0)
 static void notrace hook_redirect(unsigned long ip, unsigned long parent_ip,
 				  struct ftrace_ops *ops,
 				  struct ftrace_regs *fregs)
 {
 	struct hook *hook = container_of(ops, struct hook, ops);
 
-	if (within_module(parent_ip, THIS_MODULE))
-		return;
-#ifdef BLKSNAP_HAVE_FTRACE_ARG0
 	/*
 	 * Deciding here spares the calls that need nothing (reads, writes to
-	 * untracked disks) a second pass through ftrace when the replacement
-	 * calls the original.
+	 * untracked disks) a second pass through ftrace.
 	 */
-	if (hook->wants && !hook->wants((const void *)blksnap_ftrace_arg0(fregs)))
+	if (hook->wants) {
+		if (!hook->wants((const void *)blksnap_ftrace_arg0(fregs)))
+			return;
+	} else if (within_module(parent_ip, THIS_MODULE)) {
 		return;
-#endif
+	}
 	blksnap_ftrace_set_ip(fregs, hook->target);
 }
 
@@ -88,7 +120,7 @@ static struct hook hooks[] = {
 	{
 		.name = "submit_bio_noacct",
 		.target = (unsigned long)hook_submit_bio,
-		.wants = tracker_wants,
+		.wants = hook_bio_wanted,
 	},
 	{
 		.name = "del_gendisk",
@@ -151,7 +183,7 @@ int hook_init(void)
 #else
 int hook_init(void)
 {
-	pr_err("this kernel lacks CONFIG_DYNAMIC_FTRACE_WITH_ARGS or _WITH_REGS, which the module needs to intercept I/O\n");
+	pr_err("this kernel lacks CONFIG_DYNAMIC_FTRACE_WITH_ARGS or _WITH_REGS, or a way to read a traced call's arguments, which the module needs to intercept I/O\n");
 	return -EOPNOTSUPP;
 }
 

@@ -481,10 +481,14 @@ static long ioctl_ctl(struct blksnap_ctl __user *uarg)
 	if (ret)
 		goto out;
 
-	mutex_lock(&ctl_mutex);
-	tracker = tracker_find_locked(bdev);
-	ret = tracker ? ctl_run(arg.cmd, tracker, req) : -ENODEV;
-	mutex_unlock(&ctl_mutex);
+	tracker = tracker_find(bdev);
+	ret = -ENODEV;
+	if (tracker) {
+		mutex_lock(&ctl_mutex);
+		ret = ctl_run(arg.cmd, tracker, req);
+		mutex_unlock(&ctl_mutex);
+		tracker_put(tracker);
+	}
 	if (!ret)
 		ret = ctl_out(arg.cmd, req, opt);
 out:

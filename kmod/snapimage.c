@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+#include <linux/error-injection.h>
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/blkdev.h>
@@ -128,6 +129,7 @@ fail_ida:
 	kfree(image);
 	return ERR_PTR(ret);
 }
+ALLOW_ERROR_INJECTION(snapimage_new, ERRNO);
 
 /*
  * Adds the disk from a worker, so that its few milliseconds overlap the

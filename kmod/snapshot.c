@@ -161,7 +161,7 @@ static int snapshot_prepare(struct snapshot *snapshot)
 	int ret;
 
 	list_for_each_entry(sd, &snapshot->devices, link) {
-		if (sd->tracker->dead)
+		if (tracker_dead(sd->tracker))
 			return -ENODEV;
 		ret = cbt_map_prepare(sd->tracker->cbt_map);
 		if (ret)
@@ -228,7 +228,8 @@ static int snapshot_switch(struct snapshot *snapshot)
 	}
 	list_for_each_entry(sd, &snapshot->devices, link) {
 		cbt_map_switch(sd->tracker->cbt_map);
-		tracker_set_diff_area(sd->tracker, sd->area);
+		if (tracker_set_diff_area(sd->tracker, sd->area))
+			diff_area_corrupt(sd->area, -ENODEV);
 	}
 	snapshot->taken = true;
 	list_for_each_entry(sd, &snapshot->devices, link)
@@ -337,15 +338,4 @@ void snapshot_info(struct tracker *tracker, struct blksnap_snapshotinfo *info)
 		return;
 	info->error_code = diff_area_error(sd->area);
 	strscpy((char *)info->image, sd->image->disk->disk_name, sizeof(info->image));
-}
-
-/* The device of a snapshot is going away: its image is lost. */
-void snapshot_device_lost(struct snapshot *snapshot, struct tracker *tracker)
-{
-	struct snapshot_device *sd;
-
-	lockdep_assert_held(&ctl_mutex);
-	sd = snapshot_device_of(snapshot, tracker);
-	if (sd && sd->area)
-		diff_area_corrupt(sd->area, -ENODEV);
 }

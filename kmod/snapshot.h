@@ -39,6 +39,5 @@ unsigned int snapshot_count(void);
 void snapshot_collect(uuid_t *ids, unsigned int count);
 struct event_queue *snapshot_get_events(const uuid_t *id);
 void snapshot_info(struct tracker *tracker, struct blksnap_snapshotinfo *info);
-void snapshot_device_lost(struct snapshot *snapshot, struct tracker *tracker);
 
 #endif /* __BLKSNAP_SNAPSHOT_H */

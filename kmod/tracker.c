@@ -10,10 +10,14 @@
 #include "tracker.h"
 #include "cbt_map.h"
 #include "diff_area.h"
+#include "hook.h"
 #include "snapimage.h"
 #include "snapshot.h"
 
-/* Serializes every control operation: they are rare and may sleep. */
+/*
+ * Serializes the control operations (they are rare and may sleep): the
+ * snapshots and each tracker's @snapshot. Device removal never takes it.
+ */
 DEFINE_MUTEX(ctl_mutex);
 
 /*
@@ -23,7 +27,10 @@ DEFINE_MUTEX(ctl_mutex);
 DEFINE_STATIC_SRCU(tracker_srcu);
 
 #define TRACKER_HASH_BITS 6
-/* Trackers by disk; written under ctl_mutex, read under tracker_srcu. */
+/*
+ * Trackers by disk; written under tracker_table_lock, read under
+ * tracker_srcu by writes and under the lock by control paths.
+ */
 static struct hlist_head tracker_table[1 << TRACKER_HASH_BITS];
 
 /*
@@ -32,7 +39,7 @@ static struct hlist_head tracker_table[1 << TRACKER_HASH_BITS];
  * going: an attach either adds its tracker before the removal looks at the
  * bucket, so that the removal finds it, or fails.
  */
-static DEFINE_SPINLOCK(tracker_removing_lock); /* tracker_removing, bucket adds */
+static DEFINE_SPINLOCK(tracker_table_lock); /* tracker_table, tracker_removing */
 static LIST_HEAD(tracker_removing);
 
 /* Inlined: tracker_wants() runs inside ftrace and must make no traced call. */
@@ -135,11 +142,11 @@ void tracker_submit_bio(struct bio *bio)
 	tidx = srcu_read_lock(&tracker->srcu);
 	srcu_read_unlock(&tracker_srcu, idx);
 	if (!tracker_write(tracker, bio, pos))
-		submit_bio_noacct(bio);
+		hook_pass_bio(bio);
 	srcu_read_unlock(&tracker->srcu, tidx);
 	return;
 pass:
-	submit_bio_noacct(bio);
+	hook_pass_bio(bio);
 }
 
 static void tracker_work_fn(struct work_struct *work)
@@ -178,15 +185,20 @@ void tracker_put(struct tracker *tracker)
 	kref_put(&tracker->kref, tracker_release);
 }
 
-struct tracker *tracker_find_locked(struct block_device *bdev)
+/* The tracker of @bdev, with a reference the caller puts, or NULL. */
+struct tracker *tracker_find(struct block_device *bdev)
 {
-	struct tracker *tracker;
+	struct tracker *tracker, *found = NULL;
 
-	lockdep_assert_held(&ctl_mutex);
-	hlist_for_each_entry(tracker, tracker_bucket(bdev->bd_disk), link)
-		if (tracker->bdev == bdev)
-			return tracker;
-	return NULL;
+	spin_lock(&tracker_table_lock);
+	hlist_for_each_entry(tracker, tracker_bucket(bdev->bd_disk), link) {
+		if (tracker->bdev == bdev) {
+			found = tracker_get(tracker);
+			break;
+		}
+	}
+	spin_unlock(&tracker_table_lock);
+	return found;
 }
 
 /* A whole disk and its partitions cannot be tracked at the same time. */
@@ -194,7 +206,7 @@ static int __tracker_check_overlap(struct block_device *bdev)
 {
 	struct tracker *tracker;
 
-	lockdep_assert_held(&ctl_mutex);
+	lockdep_assert_held(&tracker_table_lock);
 	hlist_for_each_entry(tracker, tracker_bucket(bdev->bd_disk), link) {
 		if (tracker->bdev == bdev)
 			return -EALREADY;
@@ -210,7 +222,7 @@ static bool __tracker_disk_removing(struct gendisk *disk)
 {
 	struct tracker_removal *r;
 
-	lockdep_assert_held(&tracker_removing_lock);
+	lockdep_assert_held(&tracker_table_lock);
 	if (test_bit(GD_DEAD, &disk->state))
 		return true;
 	list_for_each_entry(r, &tracker_removing, link)
@@ -219,19 +231,36 @@ static bool __tracker_disk_removing(struct gendisk *disk)
 	return false;
 }
 
-/* Adds @tracker to the lookup table, unless its disk is being removed. */
+/*
+ * Adds @tracker to the lookup table, unless its device overlaps a tracked
+ * one or its disk is being removed.
+ */
 static int tracker_publish(struct tracker *tracker)
 {
 	struct gendisk *disk = tracker->bdev->bd_disk;
 	int ret = -ENODEV;
 
-	spin_lock(&tracker_removing_lock);
+	spin_lock(&tracker_table_lock);
 	if (!__tracker_disk_removing(disk)) {
-		hlist_add_head_rcu(&tracker->link, tracker_bucket(disk));
-		ret = 0;
+		ret = __tracker_check_overlap(tracker->bdev);
+		if (!ret)
+			hlist_add_head_rcu(&tracker->link, tracker_bucket(disk));
 	}
-	spin_unlock(&tracker_removing_lock);
+	spin_unlock(&tracker_table_lock);
 	return ret;
+}
+
+/* Takes @tracker out of the table; false if a removal or detach did. */
+static bool tracker_unpublish(struct tracker *tracker)
+{
+	bool ours;
+
+	spin_lock(&tracker_table_lock);
+	ours = !hlist_unhashed(&tracker->link);
+	if (ours)
+		hlist_del_init_rcu(&tracker->link);
+	spin_unlock(&tracker_table_lock);
+	return ours;
 }
 
 int tracker_attach(struct file *file)
@@ -245,9 +274,6 @@ int tracker_attach(struct file *file)
 		return -EOPNOTSUPP;
 	if (snapimage_is_image(bdev))
 		return -EINVAL;
-	ret = __tracker_check_overlap(bdev);
-	if (ret)
-		return ret;
 
 	tracker = kzalloc(sizeof(*tracker), GFP_KERNEL);
 	if (!tracker)
@@ -262,6 +288,7 @@ int tracker_attach(struct file *file)
 		goto fail_srcu;
 	kref_init(&tracker->kref);
 	spin_lock_init(&tracker->lock);
+	INIT_HLIST_NODE(&tracker->link);
 	bio_list_init(&tracker->pending);
 	INIT_WORK(&tracker->work, tracker_work_fn);
 	tracker->bdev = bdev;
@@ -291,10 +318,9 @@ fail_map:
 	return ret;
 }
 
-static void __tracker_remove(struct tracker *tracker)
+/* After tracker_unpublish(): no write finds it; the table's reference goes. */
+static void tracker_retire(struct tracker *tracker)
 {
-	lockdep_assert_held(&ctl_mutex);
-	hlist_del_init_rcu(&tracker->link);
 	synchronize_srcu(&tracker_srcu);
 	tracker_sync(tracker);
 	/* Whatever a take left held is submitted before the tracker goes. */
@@ -307,54 +333,88 @@ int tracker_detach(struct file *file)
 {
 	struct block_device *bdev = I_BDEV(file->f_mapping->host);
 	struct tracker *tracker;
+	int ret = 0;
 
 	lockdep_assert_held(&ctl_mutex);
-	tracker = tracker_find_locked(bdev);
+	tracker = tracker_find(bdev);
 	if (!tracker)
 		return -ENODEV;
 	if (tracker->snapshot)
-		return -EBUSY;
-	pr_info("detached from %pg\n", bdev);
-	__tracker_remove(tracker);
-	return 0;
+		ret = -EBUSY;
+	else if (!tracker_unpublish(tracker))
+		ret = -ENODEV;
+	if (!ret) {
+		pr_info("detached from %pg\n", bdev);
+		tracker_retire(tracker);
+	}
+	tracker_put(tracker);
+	return ret;
+}
+
+/*
+ * The device of @tracker is going: writes pass from now on, and the image
+ * of a snapshot taken of it, now or by a take that publishes its state
+ * after this, is corrupted.
+ */
+static void tracker_kill(struct tracker *tracker)
+{
+	struct diff_area *area;
+	int idx;
+
+	spin_lock_irq(&tracker->lock);
+	tracker->dead = true;
+	spin_unlock_irq(&tracker->lock);
+	idx = srcu_read_lock(&tracker->srcu);
+	area = srcu_dereference(tracker->diff_area, &tracker->srcu);
+	if (area)
+		diff_area_corrupt(area, -ENODEV);
+	srcu_read_unlock(&tracker->srcu, idx);
+}
+
+/* Takes a tracker of @disk out of the table and returns it, or NULL. */
+static struct tracker *tracker_unpublish_disk(struct gendisk *disk)
+{
+	struct tracker *tracker, *found = NULL;
+
+	spin_lock(&tracker_table_lock);
+	hlist_for_each_entry(tracker, tracker_bucket(disk), link) {
+		if (tracker->bdev->bd_disk == disk) {
+			hlist_del_init_rcu(&tracker->link);
+			found = tracker;
+			break;
+		}
+	}
+	spin_unlock(&tracker_table_lock);
+	return found;
 }
 
 /*
  * Called before del_gendisk(), with @r to pass to tracker_disk_gone()
- * once it returned: forget the disk before it goes.
+ * once it returned: forget the disk before it goes. Only the disk's own
+ * trackers are waited for, never a control operation: a take draining a
+ * slow device holds up no removal of another.
  */
 void tracker_disk_removed(struct gendisk *disk, struct tracker_removal *r)
 {
 	struct tracker *tracker;
-	struct hlist_node *next;
-	bool empty;
 
 	r->disk = disk;
-	spin_lock(&tracker_removing_lock);
+	spin_lock(&tracker_table_lock);
 	list_add(&r->link, &tracker_removing);
-	empty = hlist_empty(tracker_bucket(disk));
-	spin_unlock(&tracker_removing_lock);
-	if (empty)
-		return;
-	mutex_lock(&ctl_mutex);
-	hlist_for_each_entry_safe(tracker, next, tracker_bucket(disk), link) {
-		if (tracker->bdev->bd_disk != disk)
-			continue;
+	spin_unlock(&tracker_table_lock);
+	while ((tracker = tracker_unpublish_disk(disk))) {
 		pr_warn("%pg is being removed while attached; detaching\n",
 			tracker->bdev);
-		tracker->dead = true;
-		if (tracker->snapshot)
-			snapshot_device_lost(tracker->snapshot, tracker);
-		__tracker_remove(tracker);
+		tracker_kill(tracker);
+		tracker_retire(tracker);
 	}
-	mutex_unlock(&ctl_mutex);
 }
 
 void tracker_disk_gone(struct tracker_removal *r)
 {
-	spin_lock(&tracker_removing_lock);
+	spin_lock(&tracker_table_lock);
 	list_del(&r->link);
-	spin_unlock(&tracker_removing_lock);
+	spin_unlock(&tracker_table_lock);
 }
 
 void tracker_freeze(struct tracker *tracker)
@@ -372,10 +432,31 @@ void tracker_unfreeze(struct tracker *tracker)
 	queue_work(blksnap_wq, &tracker->work);
 }
 
-void tracker_set_diff_area(struct tracker *tracker, struct diff_area *area)
+/*
+ * Publishes @area (or none) for the device's writes. Returns -ENODEV when
+ * the device is being removed: its removal may have looked for an area
+ * before this one was published, so the caller corrupts it.
+ */
+int tracker_set_diff_area(struct tracker *tracker, struct diff_area *area)
 {
+	bool dead;
+
 	lockdep_assert_held(&ctl_mutex);
+	spin_lock_irq(&tracker->lock);
 	rcu_assign_pointer(tracker->diff_area, area);
+	dead = tracker->dead;
+	spin_unlock_irq(&tracker->lock);
+	return dead ? -ENODEV : 0;
+}
+
+bool tracker_dead(struct tracker *tracker)
+{
+	bool dead;
+
+	spin_lock_irq(&tracker->lock);
+	dead = tracker->dead;
+	spin_unlock_irq(&tracker->lock);
+	return dead;
 }
 
 /*

@@ -15,8 +15,9 @@ struct snapshot;
 
 /**
  * struct tracker - A block device the module is attached to.
- * @link: entry in the lookup table; added and removed under ctl_mutex,
- *	read under tracker_srcu.
+ * @link: entry in the lookup table; added and removed under
+ *	tracker_table_lock, read under tracker_srcu or that lock; unhashed
+ *	once a detach or the device's removal took the tracker out.
  * @srcu: held by every write the filter passes to the device, from its
  *	filtering until its submission returned (a submission may sleep):
  *	a take, a snapshot's release and the removal wait for the writes of
@@ -27,10 +28,11 @@ struct snapshot;
  * @bdev: the device.
  * @cbt_map: the change map.
  * @diff_area: copy-on-write state while a snapshot of the device is
- *	taken; written under ctl_mutex, read under @srcu.
+ *	taken; written under ctl_mutex and @lock, read under @srcu.
  * @snapshot: the snapshot the device was added to, under ctl_mutex.
- * @dead: the device was removed, under ctl_mutex.
- * @lock: guards @frozen and @pending.
+ * @dead: the device is being removed, under @lock.
+ * @lock: guards @dead, @frozen and @pending, and orders the publication
+ *	of @diff_area against @dead.
  * @frozen: a take is switching the device; writes are held in @pending.
  * @pending: writes held while frozen, resubmitted in order by @work.
  * @work: resubmits @pending once the take is over.
@@ -45,7 +47,7 @@ struct tracker {
 	struct diff_area __rcu *diff_area;
 	struct snapshot *snapshot;
 	bool dead;
-	spinlock_t lock; /* frozen and pending */
+	spinlock_t lock; /* dead, frozen, pending */
 	bool frozen;
 	struct bio_list pending;
 	struct work_struct work;
@@ -78,11 +80,12 @@ void tracker_disk_gone(struct tracker_removal *r);
 
 int tracker_attach(struct file *file);
 int tracker_detach(struct file *file);
-struct tracker *tracker_find_locked(struct block_device *bdev);
+struct tracker *tracker_find(struct block_device *bdev);
 void tracker_put(struct tracker *tracker);
 void tracker_freeze(struct tracker *tracker);
 void tracker_unfreeze(struct tracker *tracker);
-void tracker_set_diff_area(struct tracker *tracker, struct diff_area *area);
+int tracker_set_diff_area(struct tracker *tracker, struct diff_area *area);
+bool tracker_dead(struct tracker *tracker);
 void tracker_sync(struct tracker *tracker);
 
 static inline struct tracker *tracker_get(struct tracker *tracker)

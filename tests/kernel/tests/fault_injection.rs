@@ -1,15 +1,30 @@
-//! Allocation failures on the copy-on-write path, through the kernel's
-//! failslab. Debian's kernels are built without CONFIG_FAILSLAB: there the
-//! test says so and returns; it is meant for the debug kernel, where the
-//! harness runs it like any other.
+//! Faults under the module: allocation failures in its write, load, store
+//! and image paths (the kernel's failslab and fail_function), I/O errors
+//! under the difference storage (device-mapper's error and flakey targets)
+//! and under the original device (fail_make_request), a buffer pool too
+//! small for the writes, hot removal with writes in flight and during a
+//! take, and a take beside a suspended device. Whatever happens, the
+//! device holds every write that succeeded, and the image reads the data
+//! of the take or fails: it never serves other data while the snapshot
+//! reports itself whole.
+//!
+//! Debian's kernels are built without fault injection (CONFIG_FAILSLAB,
+//! CONFIG_FAIL_FUNCTION, CONFIG_FAIL_MAKE_REQUEST): the tests that need it
+//! say `skipped: <why>` there and run on the debug kernel.
 
 #[macro_use]
 mod common;
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
+use blksnap::{Control, Error};
 use common::*;
+use nix::errno::Errno;
 
 const FAILSLAB: &str = "/sys/kernel/debug/failslab";
 /// The xarray's nodes: a chunk's first insertion far from the others needs
@@ -49,13 +64,19 @@ impl Drop for AtomicNodeFailures {
     }
 }
 
-fn have_failslab() -> bool {
-    if !Path::new("/sys/kernel/debug/failslab").exists() {
+fn mount_debugfs() {
+    if !Path::new("/sys/kernel/debug/kmemleak").exists()
+        && !Path::new("/sys/kernel/debug/block").exists()
+    {
         let _ = Command::new("mount")
             .args(["-t", "debugfs", "debugfs", "/sys/kernel/debug"])
             .stderr(Stdio::null())
             .status();
     }
+}
+
+fn have_failslab() -> bool {
+    mount_debugfs();
     Path::new(FAILSLAB).exists() && Path::new(NODE_CACHE).exists()
 }
 
@@ -108,4 +129,654 @@ fn failed_atomic_chunk_insertions_never_pass_a_write_unpreserved() {
         "{} first writes under failing atomic node allocations; image whole",
         blocks.len()
     );
+}
+
+const FAIL_FUNCTION: &str = "/sys/kernel/debug/fail_function";
+
+/// Whether fail_function can fail `func`, one of the module's helpers
+/// marked ALLOW_ERROR_INJECTION.
+fn injectable(func: &str) -> bool {
+    mount_debugfs();
+    std::fs::read_to_string(format!("{FAIL_FUNCTION}/injectable")).is_ok_and(|list| {
+        list.lines()
+            .any(|l| l.split_whitespace().next() == Some(func))
+    })
+}
+
+/// Makes `func` return `retval` (an errno, or NULL for a pointer) at
+/// `percent` of its calls, from every task, until dropped.
+struct FailFunction;
+
+impl FailFunction {
+    fn start(func: &str, retval: i64, percent: u32) -> Self {
+        let dir = Path::new(FAIL_FUNCTION);
+        set(&format!("{FAIL_FUNCTION}/inject"), func);
+        // The retval file takes the register's 64 bits.
+        set(
+            &dir.join(func).join("retval").to_string_lossy(),
+            &format!("{:#x}", retval as u64),
+        );
+        for (attr, value) in [
+            ("verbose", "0"),
+            ("task-filter", "N"),
+            ("interval", "1"),
+            ("times", "-1"),
+            ("space", "0"),
+            ("probability", &percent.to_string()),
+        ] {
+            set(&dir.join(attr).to_string_lossy(), value);
+        }
+        FailFunction
+    }
+}
+
+impl Drop for FailFunction {
+    fn drop(&mut self) {
+        set(&format!("{FAIL_FUNCTION}/probability"), "0");
+        // Blanks clear the list of functions to fail.
+        set(&format!("{FAIL_FUNCTION}/inject"), "\n");
+    }
+}
+
+const NULL: i64 = 0;
+const ENOMEM: i64 = -12;
+
+/// What an image may read: the data of the take while the snapshot
+/// reports itself whole; only errors once it reports itself corrupted.
+/// Returns a word for the log.
+fn check_image(ctl: &Control, dev: &File, image: &Path, region: u64) -> &'static str {
+    let info = ctl.snapshot_info(dev).expect("snapshot_info");
+    let image = open_direct_ro(image);
+    match info.error {
+        None => {
+            verify_range(&image, 0, region, |_| 0)
+                .unwrap_or_else(|e| panic!("image reported whole but: {e}"));
+            "whole"
+        }
+        Some(err) => {
+            let mut buf = AlignedBuf::new(MIB as usize);
+            let read = image.read_exact_at(buf.as_mut_slice(), 0);
+            assert!(
+                read.is_err(),
+                "image reported corrupted ({err}) but served a read"
+            );
+            "corrupted"
+        }
+    }
+}
+
+/// Fills `region` blocks of data disk A, takes a snapshot of it into
+/// `storage` and runs `during` while two writers race over the region;
+/// then checks the device and the image. Returns what the image was.
+fn race_writes_under(
+    ctl: &Control,
+    disks: &Disks,
+    storage: &File,
+    limit: u64,
+    during: impl FnOnce() -> Box<dyn std::any::Any>,
+) -> &'static str {
+    let dev = open_direct(&disks.data_a);
+    let region = 32 * MIB / BLOCK;
+    write_range(&dev, 0, region, |_| 0);
+    let record = Record::new(region);
+    let _att = Attached::new(ctl, &dev);
+    let (snap, images) = Snap::take(ctl, storage, limit, &[&dev]);
+    {
+        let _fault = during();
+        random_writes(&dev, &record, 2, 24 * MIB, 9);
+    }
+    verify_range(&dev, 0, region, |b| record.get(b)).unwrap_or_else(|e| panic!("device: {e}"));
+    let what = check_image(ctl, &dev, &images[0], region);
+    snap.destroy().expect("destroy");
+    what
+}
+
+/// Allocation failures in every helper of the write, load and store
+/// paths, a third of their calls, while writes race. Each case either
+/// keeps the image whole (the worker retried) or reports it corrupted;
+/// the device always holds every write.
+#[test]
+fn allocation_failures_in_the_write_load_and_store_paths() {
+    // (helper, what it returns on failure, file storage?)
+    let cases: [(&str, i64, bool); 5] = [
+        ("chunk_new", NULL, false),
+        ("diff_buffer_get", NULL, false),
+        ("chunk_build_loads", ENOMEM, false),
+        ("diff_storage_alloc", ENOMEM, false),
+        ("diff_area_store_file", ENOMEM, true),
+    ];
+    if !cases.iter().all(|c| injectable(c.0)) {
+        say!("skipped: this kernel has no fail_function (CONFIG_FAIL_FUNCTION) for the module's helpers; run it on the debug kernel");
+        return;
+    }
+    let (ctl, disks) = setup();
+    let mut outcomes = Vec::new();
+    for (func, retval, file) in cases {
+        let what = if file {
+            let fs = TmpMount::ext4(&disks.storage);
+            let storage = tmpfile_in(&fs.path);
+            race_writes_under(&ctl, &disks, &storage, 256 * MIB / SECTOR, || {
+                Box::new(FailFunction::start(func, retval, 33))
+            })
+        } else {
+            let storage = open_excl(&disks.storage);
+            let limit = size_of(&storage) / SECTOR;
+            race_writes_under(&ctl, &disks, &storage, limit, || {
+                Box::new(FailFunction::start(func, retval, 33))
+            })
+        };
+        outcomes.push(format!("{func}: {what}"));
+    }
+    say!(
+        "racing writes with failing helpers: {}",
+        outcomes.join(", ")
+    );
+}
+
+/// The image's own allocations fail while it is read and the device
+/// written: each read returns the data of the take or an error. With a
+/// file storage, whose image reads of preserved chunks need an allocation
+/// each, and image writes whose chunk cannot be made.
+#[test]
+fn allocation_failures_in_the_image_path() {
+    if !injectable("diff_area_file_io") || !injectable("chunk_new") {
+        say!("skipped: this kernel has no fail_function (CONFIG_FAIL_FUNCTION) for the module's helpers; run it on the debug kernel");
+        return;
+    }
+    let (ctl, disks) = setup();
+    let dev = open_direct(&disks.data_a);
+    let region = 16 * MIB / BLOCK;
+    write_range(&dev, 0, region, |_| 0);
+    let fs = TmpMount::ext4(&disks.storage);
+    let storage = tmpfile_in(&fs.path);
+    let _att = Attached::new(&ctl, &dev);
+    let (snap, images) = Snap::take(&ctl, &storage, 256 * MIB / SECTOR, &[&dev]);
+    // Half the chunks preserved in the file before the faults begin.
+    write_range(&dev, 0, region / 2, |_| 1);
+    let image = open_direct_ro(&images[0]);
+    let (good, failed) = {
+        let _fault = FailFunction::start("diff_area_file_io", ENOMEM, 50);
+        let stop = AtomicBool::new(false);
+        let (good, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut rng = Rng::new(3);
+                // Never in the last two chunks: the image write below needs
+                // a chunk not preserved yet.
+                for _ in 0..400 {
+                    let first = rng.below(region - 128 - 16);
+                    write_blocks(&dev, first, 16, |_| 2);
+                }
+                stop.store(true, Ordering::SeqCst);
+            });
+            let mut rng = Rng::new(4);
+            let mut buf = AlignedBuf::new(MIB as usize);
+            while !stop.load(Ordering::SeqCst) {
+                let first = rng.below(region - 256);
+                let slice = buf.as_mut_slice();
+                match image.read_exact_at(slice, first * BLOCK) {
+                    Ok(()) => {
+                        for (i, blk) in slice.chunks_exact(BLOCK as usize).enumerate() {
+                            check_block(blk, first + i as u64, 0)
+                                .unwrap_or_else(|e| panic!("image read under faults: {e}"));
+                        }
+                        good.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        // The failed allocation's own error, or EIO.
+                        assert!(
+                            matches!(e.raw_os_error(), Some(nix::libc::EIO | nix::libc::ENOMEM)),
+                            "image read: {e}"
+                        );
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        (good.into_inner(), failed.into_inner())
+    };
+    assert!(
+        failed > 0,
+        "no image read failed: the fault was not injected"
+    );
+    // A failed image read is not a lost chunk: the image is still whole.
+    assert_eq!(check_image(&ctl, &dev, &images[0], region), "whole");
+
+    // Image writes to chunks not preserved yet: each needs a chunk.
+    let image_rw = open_direct(&images[0]);
+    let written = {
+        let _fault = FailFunction::start("chunk_new", NULL, 100);
+        let mut buf = AlignedBuf::new(BLOCK as usize);
+        fill_block(buf.as_mut_slice(), region - 1, 7);
+        image_rw.write_all_at(buf.as_slice(), (region - 1) * BLOCK)
+    };
+    assert!(written.is_err(), "an image write without a chunk succeeded");
+    let what = check_image(&ctl, &dev, &images[0], region);
+    drop(image_rw);
+    drop(image);
+    snap.destroy().expect("destroy");
+    say!("image reads under failing file I/O allocations: {good} whole, {failed} failed; image write without a chunk failed, image then {what}");
+}
+
+/// Failed allocations at attach and take fail the command cleanly: no
+/// tracker, no snapshot state is left half made, and the same command
+/// succeeds once the fault is gone.
+#[test]
+fn allocation_failures_at_attach_and_take_fail_cleanly() {
+    let funcs = ["cbt_map_new", "diff_area_new", "snapimage_new"];
+    if !funcs.iter().all(|f| injectable(f)) {
+        say!("skipped: this kernel has no fail_function (CONFIG_FAIL_FUNCTION) for the module's helpers; run it on the debug kernel");
+        return;
+    }
+    let (ctl, disks) = setup();
+    let dev = open_direct(&disks.data_a);
+    {
+        let _fault = FailFunction::start("cbt_map_new", ENOMEM, 100);
+        let r = ctl.attach(&dev);
+        assert_eq!(
+            r.err().and_then(|e| e.errno()),
+            Some(Errno::ENOMEM),
+            "attach"
+        );
+    }
+    assert!(matches!(ctl.cbt_info(&dev), Err(Error::NotAttached { .. })));
+    let _att = Attached::new(&ctl, &dev);
+    let storage = open_excl(&disks.storage);
+    let snap = Snap::create(&ctl, &storage, size_of(&storage) / SECTOR);
+    ctl.snapshot_add(snap.id, &dev).expect("snapshot_add");
+    for func in ["diff_area_new", "snapimage_new"] {
+        let _fault = FailFunction::start(func, ENOMEM, 100);
+        let r = ctl.snapshot_take(snap.id);
+        assert_eq!(
+            r.err().and_then(|e| e.errno()),
+            Some(Errno::ENOMEM),
+            "take with {func} failing"
+        );
+        let info = ctl.snapshot_info(&dev).expect("snapshot_info");
+        assert_eq!(info.image, None, "an image after a failed take");
+    }
+    ctl.snapshot_take(snap.id)
+        .expect("take once the faults are gone");
+    write_blocks(&dev, 0, 1, |_| 1);
+    let info = ctl.snapshot_info(&dev).expect("snapshot_info");
+    let path = info.image_path().expect("image");
+    wait_for_path(&path);
+    verify_range(&open_direct_ro(&path), 1, 2, |_| 0).expect("image after the retried take");
+    snap.destroy().expect("destroy");
+}
+
+/// A device-mapper device over the storage disk, removed on drop.
+struct DmDev {
+    name: String,
+    pub path: std::path::PathBuf,
+}
+
+impl DmDev {
+    fn new(name: &str, table: &str) -> Self {
+        let _ = Command::new("modprobe").arg("dm_mod").status();
+        run("dmsetup", &["create", name, "--table", table]);
+        let path = std::path::PathBuf::from(format!("/dev/mapper/{name}"));
+        wait_for_path(&path);
+        DmDev {
+            name: name.to_owned(),
+            path,
+        }
+    }
+
+    /// Replaces the table, as one suspend and resume.
+    fn swap(&self, table: &str) {
+        run("dmsetup", &["reload", &self.name, "--table", table]);
+        run("dmsetup", &["resume", &self.name]);
+    }
+}
+
+impl Drop for DmDev {
+    fn drop(&mut self) {
+        let _ = Command::new("dmsetup")
+            .args(["resume", &self.name])
+            .status();
+        let _ = Command::new("dmsetup")
+            .args(["remove", "--retry", &self.name])
+            .status();
+    }
+}
+
+fn have_dmsetup() -> bool {
+    Command::new("dmsetup")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The difference storage starts failing I/O while writes race, for good
+/// (the error target) or by turns (flakey): the snapshot is corrupted,
+/// the device holds every write.
+#[test]
+fn storage_io_errors_corrupt_the_snapshot_not_the_device() {
+    if !have_dmsetup() {
+        say!("skipped: no dmsetup in the guest");
+        return;
+    }
+    let (ctl, disks) = setup();
+    let sectors = {
+        let f = open_rw(&disks.storage);
+        size_of(&f) / SECTOR
+    };
+    let disk = disks.storage.to_str().expect("UTF-8 path");
+    let linear = format!("0 {sectors} linear {disk} 0");
+    let mut outcomes = Vec::new();
+    for (kind, bad) in [
+        ("error", format!("0 {sectors} error")),
+        ("flakey", format!("0 {sectors} flakey {disk} 0 1 1")),
+    ] {
+        let dm = DmDev::new("blksnap_store", &linear);
+        let storage = open_excl(&dm.path);
+        let what = race_writes_under(&ctl, &disks, &storage, sectors, || {
+            if kind == "flakey" {
+                let _ = Command::new("modprobe").arg("dm_flakey").status();
+            }
+            dm.swap(&bad);
+            Box::new(())
+        });
+        assert_eq!(
+            what, "corrupted",
+            "storage on dm {kind}: the snapshot stayed whole"
+        );
+        outcomes.push(format!("{kind}: {what}"));
+        drop(storage);
+    }
+    say!("storage I/O errors: {}", outcomes.join(", "));
+}
+
+const FAIL_MAKE_REQUEST: &str = "/sys/kernel/debug/fail_make_request";
+
+/// Fails `percent` of the bios submitted to `disk` (a whole disk's name
+/// below /sys/block), until dropped.
+struct FailRequests(String);
+
+impl FailRequests {
+    fn start(disk: &str, percent: u32) -> Self {
+        let dir = Path::new(FAIL_MAKE_REQUEST);
+        for (attr, value) in [
+            ("verbose", "0"),
+            ("task-filter", "N"),
+            ("interval", "1"),
+            ("times", "-1"),
+            ("space", "0"),
+            ("probability", &percent.to_string()),
+        ] {
+            set(&dir.join(attr).to_string_lossy(), value);
+        }
+        set(&format!("/sys/block/{disk}/make-it-fail"), "1");
+        FailRequests(disk.to_owned())
+    }
+}
+
+impl Drop for FailRequests {
+    fn drop(&mut self) {
+        set(&format!("/sys/block/{}/make-it-fail", self.0), "0");
+        set(&format!("{FAIL_MAKE_REQUEST}/probability"), "0");
+    }
+}
+
+/// Bios to the original device fail while single-block writes race: the
+/// copy-on-write reads among them, so the snapshot is corrupted, and
+/// writes, which then leave their block as it was. The device holds every
+/// write that succeeded; the image never serves other data.
+#[test]
+fn io_errors_under_the_original_device() {
+    mount_debugfs();
+    if !Path::new(FAIL_MAKE_REQUEST).exists() {
+        say!("skipped: this kernel has no fail_make_request (CONFIG_FAIL_MAKE_REQUEST); run it on the debug kernel");
+        return;
+    }
+    let (ctl, disks) = setup();
+    let dev = open_direct(&disks.data_a);
+    let disk = disks
+        .data_a
+        .file_name()
+        .expect("disk name")
+        .to_string_lossy()
+        .into_owned();
+    let region = 16 * MIB / BLOCK;
+    write_range(&dev, 0, region, |_| 0);
+    let record = Record::new(region);
+    let storage = open_excl(&disks.storage);
+    let _att = Attached::new(&ctl, &dev);
+    let (snap, images) = Snap::take(&ctl, &storage, size_of(&storage) / SECTOR, &[&dev]);
+    let (mut ok, mut failed) = (0u32, 0u32);
+    {
+        let _fault = FailRequests::start(&disk, 10);
+        let mut rng = Rng::new(11);
+        let mut buf = AlignedBuf::new(BLOCK as usize);
+        for seq in 1..=1500u32 {
+            let b = rng.below(region);
+            fill_block(buf.as_mut_slice(), b, seq);
+            // One block, one bio: it fails whole or lands whole.
+            match dev.write_all_at(buf.as_slice(), b * BLOCK) {
+                Ok(()) => {
+                    record.set(b, seq);
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "write: {e}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    assert!(failed > 0, "no write failed: the fault was not injected");
+    verify_range(&dev, 0, region, |b| record.get(b)).unwrap_or_else(|e| panic!("device: {e}"));
+    let what = check_image(&ctl, &dev, &images[0], region);
+    snap.destroy().expect("destroy");
+    say!("{ok} writes landed, {failed} failed under failing requests; image {what}");
+}
+
+/// The smallest buffer pool (4 chunks) under two writers on two devices
+/// in one snapshot: most first writes find no free buffer and wait in the
+/// deferral path. The images still read the data of the take.
+#[test]
+fn a_small_buffer_pool_defers_writes_and_keeps_the_images_whole() {
+    let restore = reload_module_with(&["free_diff_buffer_pool_size=4"]);
+    assert_eq!(
+        module_param("free_diff_buffer_pool_size").as_deref(),
+        Some("4")
+    );
+    {
+        let (ctl, disks) = setup();
+        let a = open_direct(&disks.data_a);
+        let b = open_direct(&disks.data_b);
+        let region = 32 * MIB / BLOCK;
+        write_range(&a, 0, region, |_| 0);
+        write_range(&b, 0, region, |_| 0);
+        let (ra, rb) = (Record::new(region), Record::new(region));
+        let _att_a = Attached::new(&ctl, &a);
+        let _att_b = Attached::new(&ctl, &b);
+        let storage = open_excl(&disks.storage);
+        let (snap, images) = Snap::take(&ctl, &storage, size_of(&storage) / SECTOR, &[&a, &b]);
+        std::thread::scope(|s| {
+            s.spawn(|| random_writes(&a, &ra, 2, 24 * MIB, 21));
+            s.spawn(|| random_writes(&b, &rb, 2, 24 * MIB, 22));
+        });
+        verify_range(&a, 0, region, |x| ra.get(x)).unwrap_or_else(|e| panic!("A: {e}"));
+        verify_range(&b, 0, region, |x| rb.get(x)).unwrap_or_else(|e| panic!("B: {e}"));
+        for (dev, image) in [(&a, &images[0]), (&b, &images[1])] {
+            assert_eq!(check_image(&ctl, dev, image, region), "whole");
+        }
+        snap.destroy().expect("destroy");
+    }
+    drop(restore);
+    say!("2 x 24 MiB of racing writes through a pool of 4 buffers; images whole");
+}
+
+/// Writers keep writing to an attached null_blk in a snapshot while it is
+/// removed: nothing hangs, the writes fail once it is gone, the image
+/// fails its reads, the snapshot can be destroyed.
+#[test]
+fn hot_removal_with_writes_in_flight() {
+    let (ctl, _disks) = setup();
+    let mut nullb = NullBlk::new("blksnap_inflight", 128 * MIB);
+    let dev = open_direct(&nullb.dev);
+    let region = 32 * MIB / BLOCK;
+    write_range(&dev, 0, region, |_| 0);
+    let fs = TmpMount::tmpfs(96 * MIB);
+    let storage = tmpfile_in(&fs.path);
+    ctl.attach(&dev).expect("attach");
+    let (snap, images) = Snap::take(&ctl, &storage, 80 * MIB / SECTOR, &[&dev]);
+    let image = open_direct_ro(&images[0]);
+    let stop = AtomicBool::new(false);
+    let writes = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for w in 0..2u64 {
+            let (dev, stop, writes) = (&dev, &stop, &writes);
+            s.spawn(move || {
+                let mut rng = Rng::new(30 + w);
+                let mut buf = AlignedBuf::new(64 * KIB as usize);
+                while !stop.load(Ordering::SeqCst) {
+                    let first = rng.below(region - 16);
+                    for (i, blk) in buf
+                        .as_mut_slice()
+                        .chunks_exact_mut(BLOCK as usize)
+                        .enumerate()
+                    {
+                        fill_block(blk, first + i as u64, 1);
+                    }
+                    if dev.write_all_at(buf.as_slice(), first * BLOCK).is_err() {
+                        break;
+                    }
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        nullb.power_off();
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::SeqCst);
+    });
+    let mut buf = AlignedBuf::new(MIB as usize);
+    assert!(
+        image.read_exact_at(buf.as_mut_slice(), 0).is_err(),
+        "the image of a removed device served a read"
+    );
+    assert!(matches!(
+        ctl.snapshot_info(&dev),
+        Err(Error::NotAttached { .. })
+    ));
+    drop(image);
+    snap.destroy().expect("destroy after removal");
+    say!(
+        "null_blk removed under {} completed 64 KiB writes",
+        writes.load(Ordering::Relaxed)
+    );
+}
+
+/// The device is removed while a take drains it (a write it completes
+/// only after `STALL` holds the take): the take ends, in error or with an
+/// image that reports the device lost, and nothing hangs.
+#[test]
+fn hot_removal_during_a_take() {
+    // Short: every read of the partition scan at creation waits as long.
+    const STALL: Duration = Duration::from_secs(4);
+    let (ctl, _disks) = setup();
+    let nanos = STALL.as_nanos().to_string();
+    let mut slow = NullBlk::with(
+        "blksnap_slowrm",
+        64 * MIB,
+        &[
+            ("irqmode", "2"),
+            ("completion_nsec", &nanos),
+            ("submit_queues", "1"),
+            ("hw_queue_depth", "1"),
+        ],
+    );
+    let name = slow
+        .dev
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    for (attr, value) in [("scheduler", "none"), ("io_timeout", "600000")] {
+        let path = format!("/sys/block/{name}/queue/{attr}");
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    let dev = open_direct(&slow.dev);
+    ctl.attach(&dev).expect("attach");
+    let fs = TmpMount::tmpfs(64 * MIB);
+    let storage = tmpfile_in(&fs.path);
+    let snap = Snap::create(&ctl, &storage, 48 * MIB / SECTOR);
+    ctl.snapshot_add(snap.id, &dev).expect("snapshot_add");
+    let taken = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = dev.write_all_at(AlignedBuf::new(BLOCK as usize).as_slice(), 0);
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let take = s.spawn(|| ctl.snapshot_take(snap.id));
+        std::thread::sleep(Duration::from_secs(1));
+        slow.power_off();
+        take.join().expect("take thread panicked")
+    });
+    match &taken {
+        Ok(()) => {
+            // The image exists but its device is gone: never readable.
+            let path = std::path::PathBuf::from("/dev/blksnap-image0");
+            if let Ok(image) = std::fs::File::open(&path) {
+                let mut buf = vec![0u8; 4096];
+                assert!(
+                    image.read_exact_at(&mut buf, 0).is_err(),
+                    "the image of a device removed during its take served a read"
+                );
+            }
+        }
+        Err(e) => assert_eq!(e.errno(), Some(Errno::ENODEV), "take: {e}"),
+    }
+    assert!(matches!(
+        ctl.snapshot_info(&dev),
+        Err(Error::NotAttached { .. })
+    ));
+    snap.destroy().expect("destroy");
+    say!("device removed during its take; take: {taken:?}");
+}
+
+/// A take of A while B, an attached dm device, is suspended with a write
+/// queued in it: the take does not wait for B.
+#[test]
+fn take_beside_a_suspended_device() {
+    if !have_dmsetup() {
+        say!("skipped: no dmsetup in the guest");
+        return;
+    }
+    let (ctl, disks) = setup();
+    let sectors = {
+        let f = open_rw(&disks.data_b);
+        size_of(&f) / SECTOR
+    };
+    let disk = disks.data_b.to_str().expect("UTF-8 path");
+    let dm = DmDev::new("blksnap_susp", &format!("0 {sectors} linear {disk} 0"));
+    let b = open_direct(&dm.path);
+    let _att_b = Attached::new(&ctl, &b);
+    let a = open_direct(&disks.data_a);
+    let _att_a = Attached::new(&ctl, &a);
+    let storage = open_excl(&disks.storage);
+    let snap = Snap::create(&ctl, &storage, size_of(&storage) / SECTOR);
+    ctl.snapshot_add(snap.id, &a).expect("snapshot_add");
+    run("dmsetup", &["suspend", "--nolockfs", "blksnap_susp"]);
+    let taken = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            write_blocks(&b, 0, 1, |_| 1);
+            taken.load(Ordering::SeqCst)
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        ctl.snapshot_take(snap.id).expect("snapshot_take");
+        taken.store(true, Ordering::SeqCst);
+        run("dmsetup", &["resume", "blksnap_susp"]);
+        assert!(
+            writer.join().expect("writer panicked"),
+            "the write to the suspended B completed before the take of A"
+        );
+    });
+    verify_range(&b, 0, 1, |_| 1).unwrap_or_else(|e| panic!("B: {e}"));
+    snap.destroy().expect("destroy");
 }

@@ -298,23 +298,7 @@ fn take_does_not_wait_for_writes_stuck_on_another_device() {
     const STALL: Duration = Duration::from_secs(16);
 
     let (ctl, disks) = setup();
-    let nanos = STALL.as_nanos().to_string();
-    let slow = NullBlk::with(
-        "blksnap_slow",
-        64 * MIB,
-        &[
-            ("irqmode", "2"),
-            ("completion_nsec", &nanos),
-            ("submit_queues", "1"),
-            ("hw_queue_depth", "1"),
-        ],
-    );
-    let name = slow.dev.file_name().expect("name").to_string_lossy();
-    // No scheduler, and no request timeout before the completion comes.
-    for (attr, value) in [("scheduler", "none"), ("io_timeout", "600000")] {
-        let path = format!("/sys/block/{name}/queue/{attr}");
-        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
-    }
+    let slow = slow_null_blk("blksnap_slow", STALL);
     let b = open_direct(&slow.dev);
     let _att_b = Attached::new(&ctl, &b);
     let a = open_direct(&disks.data_a);
@@ -395,4 +379,87 @@ fn partitions_of_a_removed_disk_are_not_attached() {
         matches!(left, Err(Error::NotAttached { .. })),
         "left attached: {left:?}"
     );
+}
+
+/// A slow null_blk: one tag, every request completed after `stall`, no
+/// scheduler and no request timeout before the completion comes.
+fn slow_null_blk(name: &str, stall: std::time::Duration) -> NullBlk {
+    let nanos = stall.as_nanos().to_string();
+    let slow = NullBlk::with(
+        name,
+        64 * MIB,
+        &[
+            ("irqmode", "2"),
+            ("completion_nsec", &nanos),
+            ("submit_queues", "1"),
+            ("hw_queue_depth", "1"),
+        ],
+    );
+    let dev = slow.dev.file_name().expect("name").to_string_lossy();
+    for (attr, value) in [("scheduler", "none"), ("io_timeout", "600000")] {
+        let path = format!("/sys/block/{dev}/queue/{attr}");
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    slow
+}
+
+/// The removal of a disk waits for its own trackers only, never for a
+/// control operation. A take of A drains a write that A (a slow null_blk)
+/// completes after `STALL`; meanwhile C, another attached disk, is
+/// removed, and its removal must return while the take still drains.
+/// Before the fix the removal took the module-wide control mutex, which
+/// the take holds throughout, and returned only after the take.
+#[test]
+fn removal_of_a_disk_does_not_wait_for_a_take_of_another() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    // Short: every read of the partition scan at creation waits as long.
+    const STALL: Duration = Duration::from_secs(8);
+
+    let (ctl, _disks) = setup();
+    let slow = slow_null_blk("blksnap_slow", STALL);
+    let a = open_direct(&slow.dev);
+    let _att_a = Attached::new(&ctl, &a);
+    let mut other = NullBlk::new("blksnap_other", 64 * MIB);
+    let c = open_direct(&other.dev);
+    ctl.attach(&c).expect("attach C");
+    let fs = TmpMount::tmpfs(64 * MIB);
+    let storage = tmpfile_in(&fs.path);
+    let snap = Snap::create(&ctl, &storage, 48 * MIB / SECTOR);
+    ctl.snapshot_add(snap.id, &a).expect("snapshot_add");
+
+    let taken = AtomicBool::new(false);
+    let removed_during_take = std::thread::scope(|s| {
+        s.spawn(|| write_blocks(&a, 0, 1, |_| 1));
+        // The write is on A, holding its only tag until STALL is over.
+        std::thread::sleep(Duration::from_secs(1));
+        let take = s.spawn(|| {
+            let r = ctl.snapshot_take(snap.id);
+            taken.store(true, Ordering::SeqCst);
+            r
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            !taken.load(Ordering::SeqCst),
+            "the take did not wait for the write in flight on A"
+        );
+        other.power_off();
+        let during = !taken.load(Ordering::SeqCst);
+        take.join()
+            .expect("take thread panicked")
+            .expect("snapshot_take");
+        during
+    });
+    assert!(
+        removed_during_take,
+        "the removal of C waited for the take of A"
+    );
+    let left = ctl.cbt_info(&c);
+    assert!(
+        matches!(left, Err(Error::NotAttached { .. })),
+        "C after its removal: {left:?}"
+    );
+    verify_range(&a, 0, 1, |_| 1).unwrap_or_else(|e| panic!("A: {e}"));
+    snap.destroy().expect("destroy");
+    say!("C removed while the take of A drained a write stuck for {STALL:?}");
 }

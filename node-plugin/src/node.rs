@@ -75,6 +75,18 @@ impl KubeletDir {
         }
         Ok(p)
     }
+
+    /// `v` as a path a volume was published at. The plugin publishes only
+    /// below the kubelet's directory, so an absolute path elsewhere is one
+    /// the volume is not at: NOT_FOUND, as the spec wants of
+    /// NodeGetVolumeStats, not a malformed request.
+    fn published_path(&self, field: &'static str, v: &str) -> Result<PathBuf> {
+        let p = Path::new(v);
+        if p.is_absolute() && !p.starts_with(&self.given) {
+            return Err(Error::not_found(field, v));
+        }
+        self.path(field, v)
+    }
 }
 
 fn required(field: &'static str, v: &str) -> Result<()> {
@@ -247,7 +259,7 @@ impl Node for NodeService {
             // Only reads: no guard, so that a long call on the volume does
             // not hide its statistics.
             let dev = plugin.device_of(&plugin.volume(&vid)?)?;
-            let volume_path = kubelet.path("volume_path", &r.volume_path)?;
+            let volume_path = kubelet.published_path("volume_path", &r.volume_path)?;
             let meta = match std::fs::metadata(&volume_path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -590,6 +602,11 @@ mod tests {
                 "the kubelet's directory itself",
                 stats(&v, &dir),
                 Code::InvalidArgument,
+            ),
+            (
+                "a path outside the kubelet's directory",
+                stats(&v, "/nonexistent/path"),
+                Code::NotFound,
             ),
             ("a directory", stats(&v, &sub), Code::Ok),
         ] {

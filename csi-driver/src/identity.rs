@@ -1,7 +1,7 @@
 //! CSI Identity of the controller, answered without asking any node.
 
+use blksnap_node_api::capabilities;
 use csi::identity_server::Identity;
-use csi::plugin_capability::service::Type as Service;
 use csi_proto::csi::v1 as csi;
 use tonic::{Request, Response, Status};
 
@@ -23,41 +23,14 @@ impl Identity for IdentityService {
         &self,
         _request: Request<csi::GetPluginInfoRequest>,
     ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
-        Ok(Response::new(csi::GetPluginInfoResponse {
-            name: self.name.clone(),
-            vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: Default::default(),
-        }))
+        Ok(Response::new(capabilities::plugin_info(&self.name)))
     }
 
     async fn get_plugin_capabilities(
         &self,
         _request: Request<csi::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
-        use csi::plugin_capability::{volume_expansion, Type, VolumeExpansion};
-        let services = [
-            Service::ControllerService,
-            Service::VolumeAccessibilityConstraints,
-            Service::GroupControllerService,
-            Service::SnapshotMetadataService,
-        ];
-        let mut capabilities: Vec<csi::PluginCapability> = services
-            .into_iter()
-            .map(|s| csi::PluginCapability {
-                r#type: Some(Type::Service(csi::plugin_capability::Service {
-                    r#type: s as i32,
-                })),
-            })
-            .collect();
-        // Pool volumes grow while in use (the node plugin's answer).
-        capabilities.push(csi::PluginCapability {
-            r#type: Some(Type::VolumeExpansion(VolumeExpansion {
-                r#type: volume_expansion::Type::Online as i32,
-            })),
-        });
-        Ok(Response::new(csi::GetPluginCapabilitiesResponse {
-            capabilities,
-        }))
+        Ok(Response::new(capabilities::plugin_response()))
     }
 
     async fn probe(

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use blksnap_node_api::capabilities;
 use csi::identity_server::Identity;
-use csi::plugin_capability::service::Type as Service;
 use csi_proto::csi::v1 as csi;
 use tonic::{Request, Response, Status};
 
@@ -32,41 +32,14 @@ impl Identity for IdentityService {
         &self,
         _request: Request<csi::GetPluginInfoRequest>,
     ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
-        Ok(Response::new(csi::GetPluginInfoResponse {
-            name: self.name.clone(),
-            vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: Default::default(),
-        }))
+        Ok(Response::new(capabilities::plugin_info(&self.name)))
     }
 
     async fn get_plugin_capabilities(
         &self,
         _request: Request<csi::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
-        use csi::plugin_capability::{volume_expansion, Type, VolumeExpansion};
-        let services = [
-            Service::ControllerService,
-            Service::VolumeAccessibilityConstraints,
-            Service::GroupControllerService,
-            Service::SnapshotMetadataService,
-        ];
-        let mut capabilities: Vec<csi::PluginCapability> = services
-            .into_iter()
-            .map(|s| csi::PluginCapability {
-                r#type: Some(Type::Service(csi::plugin_capability::Service {
-                    r#type: s as i32,
-                })),
-            })
-            .collect();
-        // Pool volumes grow while in use; the file system grows on the node.
-        capabilities.push(csi::PluginCapability {
-            r#type: Some(Type::VolumeExpansion(VolumeExpansion {
-                r#type: volume_expansion::Type::Online as i32,
-            })),
-        });
-        Ok(Response::new(csi::GetPluginCapabilitiesResponse {
-            capabilities,
-        }))
+        Ok(Response::new(capabilities::plugin_response()))
     }
 
     async fn probe(
@@ -84,6 +57,8 @@ impl Identity for IdentityService {
 mod tests {
     use super::*;
     use crate::testing::Env;
+
+    use csi::plugin_capability::service::Type as Service;
 
     #[tokio::test]
     async fn identity_answers() {

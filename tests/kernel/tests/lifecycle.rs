@@ -266,9 +266,10 @@ fn collect_lists_more_than_4096_snapshots() {
     const COUNT: usize = 4097 + 3;
     let ctl = control();
     let fs = TmpMount::tmpfs(16 * MIB);
-    let storage = tmpfile_in(&fs.path);
+    // A storage each: the module refuses one that a live snapshot uses.
+    // The module keeps its own reference, so the descriptor can go.
     let snaps: Vec<Snap> = (0..COUNT)
-        .map(|_| Snap::create(&ctl, &storage, 8))
+        .map(|_| Snap::create(&ctl, &tmpfile_in(&fs.path), 8))
         .collect();
     let mut listed = ctl
         .snapshot_collect()

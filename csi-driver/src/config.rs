@@ -48,6 +48,15 @@ pub struct Config {
     #[arg(long, env = "NODE_API_PORT", default_value_t = blksnap_node_api::identity::NODE_API_PORT)]
     pub node_api_port: u16,
 
+    /// Namespace of the node plugin's pods, watched to find each node's
+    /// API when no `--node` is given.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// Label selector of the node plugin's pods.
+    #[arg(long, default_value = crate::discovery::DEFAULT_SELECTOR)]
+    pub node_selector: String,
+
     /// Address of the Prometheus endpoint (not served yet).
     #[arg(long, env = "METRICS_ADDRESS")]
     pub metrics_address: Option<SocketAddr>,

@@ -25,19 +25,19 @@ pub type NodeMap = BTreeMap<String, SocketAddr>;
 /// The current node API address of each node, shared by the router and
 /// the reconciler; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct NodeDirectory {
+pub struct DiscoveredNodes {
     map: Arc<watch::Sender<NodeMap>>,
 }
 
-impl Default for NodeDirectory {
+impl Default for DiscoveredNodes {
     fn default() -> Self {
-        NodeDirectory {
+        DiscoveredNodes {
             map: Arc::new(watch::Sender::new(NodeMap::new())),
         }
     }
 }
 
-impl NodeDirectory {
+impl DiscoveredNodes {
     /// Where `node`'s node API listens, if the node is known.
     pub fn get(&self, node: &str) -> Option<SocketAddr> {
         self.map.borrow().get(node).copied()
@@ -74,6 +74,17 @@ impl NodeDirectory {
     }
 }
 
+/// The router's view: where a node's API is, as discovered.
+impl crate::nodes::NodeDirectory for DiscoveredNodes {
+    fn address(&self, node: &str) -> Option<String> {
+        self.get(node).map(|a| a.to_string())
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        DiscoveredNodes::nodes(self)
+    }
+}
+
 /// Which pods to watch.
 #[derive(Clone, Debug)]
 pub struct DiscoveryConfig {
@@ -87,7 +98,7 @@ pub struct DiscoveryConfig {
 
 /// Keeps `directory` in step with the node plugin's pods until the watch
 /// stream ends (it retries API errors with backoff, so only on shutdown).
-pub async fn run(client: Client, config: DiscoveryConfig, directory: NodeDirectory) {
+pub async fn run(client: Client, config: DiscoveryConfig, directory: DiscoveredNodes) {
     let pods: Api<Pod> = Api::namespaced(client, &config.namespace);
     let (reader, writer) = reflector::store();
     let watch = watcher(pods, watcher::Config::default().labels(&config.selector))
@@ -187,7 +198,7 @@ mod tests {
 
     #[test]
     fn subscribers_wake_only_on_a_change() {
-        let dir = NodeDirectory::default();
+        let dir = DiscoveredNodes::default();
         let mut rx = dir.subscribe();
         let a: SocketAddr = "10.0.0.1:9000".parse().unwrap();
         dir.set(NodeMap::from([("n1".into(), a)]));

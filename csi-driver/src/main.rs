@@ -1,14 +1,16 @@
-//! blksnap-csi-driver: parses flags, starts logging and serves the CSI
-//! socket until SIGTERM or SIGINT.
+//! blksnap-csi-driver: parses flags, starts logging, finds the nodes
+//! (the `--node` map, or the node plugin's pods in Kubernetes) and serves
+//! the CSI socket until SIGTERM or SIGINT.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use blksnap_csi_driver::config::{Config, LogFormat};
 use blksnap_csi_driver::controller::ControllerService;
+use blksnap_csi_driver::discovery::{self, DiscoveredNodes, DiscoveryConfig};
 use blksnap_csi_driver::group_controller::GroupControllerService;
 use blksnap_csi_driver::identity::IdentityService;
-use blksnap_csi_driver::nodes::{NodeTls, Nodes, StaticNodes};
+use blksnap_csi_driver::nodes::{NodeDirectory, NodeTls, Nodes, StaticNodes};
 use blksnap_csi_driver::server::{self, Services};
 use blksnap_csi_driver::snapshot_metadata::SnapshotMetadataService;
 use blksnap_csi_driver::{Error, Result};
@@ -37,7 +39,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(config: Config) -> Result<()> {
-    let directory = StaticNodes::parse(&config.nodes, config.node_api_port)?;
+    let static_nodes = StaticNodes::parse(&config.nodes, config.node_api_port)?;
     let tls = NodeTls::from_files(
         &config.tls_cert,
         &config.tls_key,
@@ -55,7 +57,23 @@ fn run(config: Config) -> Result<()> {
             source,
         })?;
     runtime.block_on(async {
-        let nodes = Arc::new(Nodes::new(Arc::new(directory), tls));
+        let directory: Arc<dyn NodeDirectory> = if config.nodes.is_empty() {
+            // Reads the in-cluster configuration only: the watch connects
+            // in the background, so the socket answers at once.
+            let client = kube::Client::try_default().await?;
+            let found = DiscoveredNodes::default();
+            let watch = DiscoveryConfig {
+                namespace: config.namespace.clone(),
+                selector: config.node_selector.clone(),
+                port: config.node_api_port,
+            };
+            tracing::info!(namespace = %watch.namespace, selector = %watch.selector, "discovering nodes");
+            tokio::spawn(discovery::run(client, watch, found.clone()));
+            Arc::new(found)
+        } else {
+            Arc::new(static_nodes)
+        };
+        let nodes = Arc::new(Nodes::new(directory, tls));
         let services = Services {
             identity: IdentityService::new(&config.driver_name),
             controller: ControllerService::new(Arc::clone(&nodes)),
@@ -63,7 +81,7 @@ fn run(config: Config) -> Result<()> {
             snapshot_metadata: SnapshotMetadataService::new(nodes),
         };
         let listener = server::bind(&config.endpoint)?;
-        tracing::info!(socket = %config.endpoint.display(), nodes = config.nodes.len(), "serving CSI");
+        tracing::info!(socket = %config.endpoint.display(), static_nodes = config.nodes.len(), "serving CSI");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|source| Error::Io {
                 what: "install the SIGTERM handler".into(),

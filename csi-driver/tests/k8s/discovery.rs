@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use blksnap_csi_driver::discovery::{self, DiscoveryConfig, NodeDirectory, DEFAULT_SELECTOR};
+use blksnap_csi_driver::discovery::{self, DiscoveredNodes, DiscoveryConfig, DEFAULT_SELECTOR};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -64,7 +64,7 @@ async fn node(client: &Client, name: &str) {
     api.create(&PostParams::default(), &n).await.expect("node");
 }
 
-async fn until(dir: &NodeDirectory, what: &str, node: &str, want: Option<&str>) {
+async fn until(dir: &DiscoveredNodes, what: &str, node: &str, want: Option<&str>) {
     let want: Option<SocketAddr> = want.map(|ip| format!("{ip}:{PORT}").parse().unwrap());
     let mut rx = dir.subscribe();
     let ok = tokio::time::timeout(Duration::from_secs(30), async {
@@ -93,7 +93,7 @@ async fn discovery_follows_pods_created_readied_and_deleted() {
     for n in [&n1, &n2, &n3] {
         node(&client, n).await;
     }
-    let dir = NodeDirectory::default();
+    let dir = DiscoveredNodes::default();
     let task = tokio::spawn(discovery::run(
         client.clone(),
         DiscoveryConfig {

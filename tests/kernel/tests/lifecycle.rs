@@ -265,8 +265,9 @@ fn image_opened_during_the_take_reads_the_data_of_the_take() {
 fn collect_lists_more_than_4096_snapshots() {
     const COUNT: usize = 4097 + 3;
     let ctl = control();
-    let fs = TmpMount::tmpfs(16 * MIB);
-    // A storage each: the module refuses one that a live snapshot uses.
+    // A storage each (a page of tmpfs at least): the module refuses one
+    // that a live snapshot uses.
+    let fs = TmpMount::tmpfs(64 * MIB);
     // The module keeps its own reference, so the descriptor can go.
     let snaps: Vec<Snap> = (0..COUNT)
         .map(|_| Snap::create(&ctl, &tmpfile_in(&fs.path), 8))

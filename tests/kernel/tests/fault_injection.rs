@@ -460,10 +460,10 @@ fn have_dmsetup() -> bool {
 }
 
 /// The difference storage starts failing I/O while writes race, for good
-/// (the error target) or by turns (flakey): the snapshot is corrupted,
-/// the device holds every write.
+/// (the error target) or by turns (flakey): the image serves the data of
+/// the take or fails, the device holds every write.
 #[test]
-fn storage_io_errors_corrupt_the_snapshot_not_the_device() {
+fn storage_io_errors_never_serve_other_data_nor_harm_the_device() {
     if !have_dmsetup() {
         say!("skipped: no dmsetup in the guest");
         return;
@@ -489,12 +489,9 @@ fn storage_io_errors_corrupt_the_snapshot_not_the_device() {
             dm.swap(&bad);
             Box::new(())
         });
-        // Never the data of after the take: corrupted, or (when every
-        // copy was stored before the storage broke) unreadable.
-        assert_ne!(
-            what, "whole",
-            "storage on dm {kind}: the image read whole from broken storage"
-        );
+        // check_image has refused any data but the take's. Whole is
+        // right too: copies still in the module's buffers are served from
+        // memory, and the race may make none; which one is timing.
         outcomes.push(format!("{kind}: {what}"));
         drop(storage);
     }

@@ -4,14 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+use blksnap_daemon::{socket_path, LogFormat};
+use clap::Parser;
 
 /// The blksnap-csi controller.
 #[derive(Debug, Clone, Parser)]
@@ -64,23 +58,6 @@ pub struct Config {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-}
-
-/// The socket path of a CSI endpoint: `/path` or `unix:///path`.
-fn socket_path(v: &str) -> Result<PathBuf, String> {
-    let path = match v.split_once("://") {
-        None => v,
-        Some(("unix", path)) => path,
-        Some((scheme, _)) => return Err(format!("{scheme}:// is not a unix socket endpoint")),
-    };
-    let path = PathBuf::from(path);
-    if path.is_absolute() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{v:?} is not an absolute path (unix:///... has three slashes)"
-        ))
-    }
 }
 
 #[cfg(test)]

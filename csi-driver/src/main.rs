@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use blksnap_csi_driver::config::{Config, LogFormat};
+use blksnap_csi_driver::config::Config;
 use blksnap_csi_driver::controller::ControllerService;
 use blksnap_csi_driver::discovery::{self, DiscoveredNodes, DiscoveryConfig};
 use blksnap_csi_driver::group_controller::GroupControllerService;
@@ -18,23 +18,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    init_logging(config.log_format);
+    blksnap_daemon::init_logging(config.log_format);
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("blksnap-csi-driver: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -4,16 +4,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use blksnap_daemon::{socket_path, LogFormat};
 use clap::{Parser, ValueEnum};
 
 use crate::state::BackendKind;
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Backend choice on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,23 +119,6 @@ pub struct Config {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-}
-
-/// The socket path of a CSI endpoint: `/path` or `unix:///path`.
-fn socket_path(v: &str) -> Result<PathBuf, String> {
-    let path = match v.split_once("://") {
-        None => v,
-        Some(("unix", path)) => path,
-        Some((scheme, _)) => return Err(format!("{scheme}:// is not a unix socket endpoint")),
-    };
-    let path = PathBuf::from(path);
-    if path.is_absolute() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{v:?} is not an absolute path (unix:///... has three slashes)"
-        ))
-    }
 }
 
 #[cfg(test)]

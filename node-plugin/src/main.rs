@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use blksnap_node_plugin::backend;
-use blksnap_node_plugin::config::{Config, LogFormat};
+use blksnap_node_plugin::config::Config;
 use blksnap_node_plugin::controller::ControllerService;
 use blksnap_node_plugin::controller_identity::ControllerOnly;
 use blksnap_node_plugin::group_controller::GroupControllerService;
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    init_logging(config.log_format);
+    blksnap_daemon::init_logging(config.log_format);
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -31,16 +31,6 @@ fn main() -> ExitCode {
             eprintln!("blksnap-node-plugin: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

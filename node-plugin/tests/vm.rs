@@ -534,7 +534,31 @@ fn static_device_volume_snapshots_and_is_zeroed_on_delete() {
     assert!(matches!(other, Err(Error::Exhausted(_))), "{other:?}");
     w.p().delete_snapshot(&s2).expect("delete");
     w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
-    verify(&reopen(&dev), 0..16 * MIB, |_| None);
+    drop(dev);
+    // The zeroing runs on a thread of its own and keeps the device taken:
+    // it is handed out again only once zeroed, so the next volume on it
+    // must read zeros.
+    let again = std::iter::repeat_with(|| {
+        w.p().create_volume(&CreateVolume {
+            name: "pvc-raw-3".into(),
+            required: MIB,
+            limit: 0,
+            backend: Some(BackendKind::Device),
+            source: None,
+        })
+    })
+    .take(600)
+    .find_map(|r| match r {
+        Err(Error::Exhausted(_)) => {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            None
+        }
+        other => Some(other),
+    })
+    .expect("the device zeroed within 60 s")
+    .expect("create on the zeroed device");
+    assert_eq!(again.location, "disk-b");
+    verify(&reopen(&w.dev(&again)), 0..16 * MIB, |_| None);
 }
 
 #[test]

@@ -39,6 +39,11 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+/// The Lease of `driver`'s reconciler (one per driver in a namespace).
+pub fn lease_name(driver: &str) -> String {
+    format!("{}-reconciler", driver.replace('.', "-"))
+}
+
 impl LeaseConfig {
     pub fn new(namespace: &str, name: &str, identity: &str) -> LeaseConfig {
         LeaseConfig {

@@ -152,8 +152,8 @@ async fn stopped(mut stopping: watch::Receiver<bool>) {
 }
 
 /// Starts the reconciler: under the Lease with `--leader-election`, else
-/// at once. It ends when `stopping` says so (releasing the Lease), or on
-/// an error of its own.
+/// at once. It ends when `stopping` says so (releasing the Lease if held),
+/// or on an error of its own.
 fn reconcile(
     config: &Config,
     client: kube::Client,
@@ -182,20 +182,15 @@ fn reconcile(
         settings,
         metrics.clone(),
     ));
-    let stop_work = stopping.clone();
-    let work = move || {
-        let (ctx, stopping) = (Arc::clone(&ctx), stop_work.clone());
-        async move {
+    if !config.leader_election {
+        tracing::info!(identity, "reconciling (no leader election)");
+        metrics.leader.set(1);
+        return tokio::spawn(async move {
             tokio::select! {
                 r = reconciler::run(ctx) => r,
                 () = stopped(stopping) => Ok(()),
             }
-        }
-    };
-    if !config.leader_election {
-        tracing::info!(identity, "reconciling (no leader election)");
-        metrics.leader.set(1);
-        return tokio::spawn(work());
+        });
     }
     let lease = LeaseConfig {
         namespace: config
@@ -209,20 +204,11 @@ fn reconcile(
         retry_period: config.leader_election_retry_period,
     };
     tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "electing the reconciler's leader");
-    tokio::spawn(async move {
-        let lead = leader::lead(client, lease, metrics.clone(), work);
-        tokio::pin!(lead);
-        tokio::select! {
-            r = &mut lead => r,
-            () = stopped(stopping) => {
-                // A leader's work sees the stop too, and `lead` then
-                // releases the Lease; a candidate just goes.
-                if metrics.leader.get() == 1 {
-                    lead.await
-                } else {
-                    Ok(())
-                }
-            }
-        }
-    })
+    tokio::spawn(leader::lead(
+        client,
+        lease,
+        metrics,
+        stopped(stopping),
+        move || reconciler::run(Arc::clone(&ctx)),
+    ))
 }

@@ -58,6 +58,12 @@ impl Pki {
     }
 
     pub fn leaf(&self, dns: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> Identity {
+        let (cert, key) = self.leaf_pem(dns, usage);
+        Identity::from_pem(cert, key)
+    }
+
+    /// A certificate for `dns` and its key, in PEM.
+    pub fn leaf_pem(&self, dns: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
         let mut params = rcgen::CertificateParams::new(vec![dns.to_owned()]).expect("params");
         params
             .distinguished_name
@@ -65,7 +71,7 @@ impl Pki {
         params.extended_key_usages = vec![usage];
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        Identity::from_pem(cert.pem(), key.serialize_pem())
+        (cert.pem(), key.serialize_pem())
     }
 }
 

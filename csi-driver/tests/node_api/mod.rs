@@ -24,8 +24,8 @@ use blksnap_node_api::ids::{GroupSnapshotId, SnapshotId, VolumeId};
 use blksnap_node_api::lost::LOST_METADATA;
 use csi_proto::csi::v1 as csi;
 use prometheus_client::registry::Registry;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::Stream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Channel, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
@@ -96,6 +96,43 @@ pub struct TestNode {
     pub seen: Arc<Seen>,
     /// Snapshots it reports lost, with the reason word.
     pub lost: Arc<Mutex<HashMap<String, &'static str>>>,
+    /// The whole delta it streams at once; without it, an endless slow one.
+    pub delta: Option<DeltaShape>,
+}
+
+/// A finite delta: every `extent` bytes of a `capacity`-byte volume
+/// changed, `per_message` extents to a message, sent as fast as the
+/// transport takes them.
+#[derive(Clone, Copy, Debug)]
+pub struct DeltaShape {
+    pub capacity: i64,
+    pub extent: i64,
+    pub per_message: usize,
+}
+
+impl DeltaShape {
+    pub fn messages(&self) -> usize {
+        let extents = (self.capacity / self.extent) as usize;
+        extents.div_ceil(self.per_message)
+    }
+
+    fn stream(self) -> impl Stream<Item = Result<csi::GetMetadataDeltaResponse, Status>> + Send {
+        let step = self.extent * self.per_message as i64;
+        tokio_stream::iter((0..self.capacity).step_by(step as usize).map(move |start| {
+            let end = (start + step).min(self.capacity);
+            Ok(csi::GetMetadataDeltaResponse {
+                block_metadata_type: csi::BlockMetadataType::VariableLength as i32,
+                volume_capacity_bytes: self.capacity,
+                block_metadata: (start..end)
+                    .step_by(self.extent as usize)
+                    .map(|o| csi::BlockMetadata {
+                        byte_offset: o,
+                        size_bytes: self.extent,
+                    })
+                    .collect(),
+            })
+        }))
+    }
 }
 
 impl TestNode {
@@ -414,6 +451,9 @@ impl csi::snapshot_metadata_server::SnapshotMetadata for TestNode {
         r: Request<csi::GetMetadataDeltaRequest>,
     ) -> Result<Response<Delta>, Status> {
         self.saw(&r);
+        if let Some(shape) = self.delta {
+            return Ok(Response::new(Box::pin(shape.stream())));
+        }
         Ok(Response::new(Box::pin(Endless {
             n: 0,
             seen: Arc::clone(&self.seen),
@@ -441,28 +481,32 @@ pub async fn serve_node(node: TestNode, cert: Identity, client_ca: &str) -> Stri
         .add_service(csi::snapshot_metadata_server::SnapshotMetadataServer::new(
             node,
         ));
-    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+    // TCP_NODELAY, as the node plugin serves its node API.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(router.serve_with_incoming(incoming));
     addr
+}
+
+/// The id of the `i`th snapshot a [`test_node`] of `node` lists.
+pub fn snapshot_of(node: &str, i: usize) -> String {
+    SnapshotId {
+        volume: format!("v{i}"),
+        node: node.into(),
+        kernel: Default::default(),
+        generation: Default::default(),
+        number: 1,
+    }
+    .to_string()
 }
 
 pub fn test_node(name: &str, snapshots: usize, full: bool) -> TestNode {
     TestNode {
         name: name.into(),
-        snapshots: (0..snapshots)
-            .map(|i| {
-                SnapshotId {
-                    volume: format!("v{i}"),
-                    node: name.into(),
-                    kernel: Default::default(),
-                    generation: Default::default(),
-                    number: 1,
-                }
-                .to_string()
-            })
-            .collect(),
+        snapshots: (0..snapshots).map(|i| snapshot_of(name, i)).collect(),
         full,
         seen: Arc::default(),
         lost: Arc::default(),
+        delta: None,
     }
 }
 

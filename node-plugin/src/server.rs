@@ -22,7 +22,8 @@ use std::task::{Context, Poll};
 
 use csi_proto::csi::v1 as csi;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::controller::ControllerService;
@@ -360,7 +361,14 @@ pub async fn serve_node_api(
                 api.clients,
             ),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // TCP_NODELAY, tonic's default where it binds the address itself:
+        // a bare listener leaves Nagle's algorithm on, which can hold a
+        // unary answer's last small write (the trailers) until the
+        // controller's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .map_err(|e| Error::io("serve", name, std::io::Error::other(e)))
 }
@@ -453,9 +461,12 @@ mod tests {
                 .add_service(csi::snapshot_metadata_server::SnapshotMetadataServer::new(
                     FailingMidStream,
                 ))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
         );
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")

@@ -159,8 +159,10 @@ check("provisioner: Topology, capacity with its owner, extra metadata, strict to
       all(a in prov for a in ("--feature-gates=Topology=true", "--enable-capacity", "--capacity-ownerref-level=2",
                               "--extra-create-metadata", "--strict-topology", "--leader-election"))
       and {"NAMESPACE", "POD_NAME"} <= set(env(ctl_c["csi-provisioner"])), str(prov))
-check("snapshotter and resizer elect a leader",
-      all("--leader-election" in ctl_c[c]["args"] for c in ("csi-snapshotter", "csi-resizer")))
+check("snapshotter, resizer and our driver elect a leader",
+      all("--leader-election" in ctl_c[c]["args"] for c in ("csi-snapshotter", "csi-resizer", "csi-driver"))
+      and "--leader-election-namespace=$(NAMESPACE)" in ctl_c["csi-driver"]["args"]
+      and {"NAMESPACE", "POD_NAME"} <= set(env(ctl_c["csi-driver"])))
 
 # Named ports of probes must be ports of the same container (the kubelet looks there).
 bad_ports = []

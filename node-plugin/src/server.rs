@@ -21,8 +21,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use csi_proto::csi::v1 as csi;
+use csi_proto::pluginregistration::registration_server::RegistrationServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::controller::ControllerService;
@@ -31,7 +33,9 @@ use crate::group_controller::GroupControllerService;
 use crate::identity::IdentityService;
 use crate::metrics::{Metrics, RpcTimer};
 use crate::node::NodeService;
+use crate::registration::RegistrationService;
 use crate::snapshot_metadata::SnapshotMetadataService;
+use crate::uds_authority::AuthorityFix;
 use crate::{Error, Result};
 
 /// Runs `f` on the blocking pool (ioctls, copies and fsyncs block) and
@@ -293,17 +297,7 @@ pub async fn serve_kubelet(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove stale", socket, e)),
-    }
-    let listener = UnixListener::bind(socket).map_err(|e| Error::io("bind", socket, e))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| Error::io("chmod", socket, e))?;
+    let listener = bind_unix(socket)?;
     tracing::info!(socket = %socket.display(), "serving Identity and Node for the kubelet");
     Server::builder()
         .layer(RpcLogLayer::new(metrics, "kubelet"))
@@ -312,6 +306,51 @@ pub async fn serve_kubelet(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::io("serve", socket, std::io::Error::other(e)))
+}
+
+/// Serves the kubelet's plugin registration API on `socket` until
+/// `shutdown`, each connection through [`AuthorityFix`] (the kubelet sends
+/// the socket's path as the HTTP/2 authority); [`remove_socket`] at stop
+/// unregisters the driver.
+pub async fn serve_registration(
+    socket: &Path,
+    registration: RegistrationService,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let listener = bind_unix(socket)?;
+    tracing::info!(socket = %socket.display(), "serving plugin registration for the kubelet");
+    Server::builder()
+        .layer(RpcLogLayer::new(metrics, "registration"))
+        .add_service(RegistrationServer::new(registration))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|s| s.map(AuthorityFix::new)),
+            shutdown,
+        )
+        .await
+        .map_err(|e| Error::io("serve", socket, std::io::Error::other(e)))
+}
+
+/// A unix listener on `socket` (its directory made, a stale socket
+/// removed), readable and writable by owner and group only.
+fn bind_unix(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    }
+    remove_socket(socket)?;
+    let listener = UnixListener::bind(socket).map_err(|e| Error::io("bind", socket, e))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::io("chmod", socket, e))?;
+    Ok(listener)
+}
+
+/// Removes `socket`; one that is not there is fine.
+pub fn remove_socket(socket: &Path) -> Result<()> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", socket, e)),
+    }
 }
 
 /// The services of the node API, and who may call them.

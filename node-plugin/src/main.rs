@@ -115,9 +115,10 @@ async fn serve(
     {
         let (m, rx, socket) = (Arc::clone(&metrics), stop_rx.clone(), socket.clone());
         let service = RegistrationService::new(&config.driver_name, endpoint);
-        tasks.spawn(
-            async move { server::serve_registration(&socket, service, m, stopped(rx)).await },
-        );
+        tasks.spawn(async move {
+            server::serve_registration(&socket, service, registration::RETRY_AFTER, m, stopped(rx))
+                .await
+        });
     }
     if let Some(addr) = config.metrics {
         let m = Arc::clone(&metrics);

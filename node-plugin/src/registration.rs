@@ -10,6 +10,10 @@
 //! [`NotifyRegistrationStatus`]: Registration::notify_registration_status
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use csi_proto::pluginregistration as reg;
 use reg::registration_server::Registration;
@@ -20,6 +24,13 @@ pub const CSI_PLUGIN_TYPE: &str = "CSIPlugin";
 
 /// The CSI versions this plugin tells the kubelet it speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0"];
+
+/// How long after a refusal the socket is made anew, which the kubelet's
+/// plugin watcher takes as a new plugin and tries again (it does not retry
+/// a refused one by itself; node-driver-registrar exits and is restarted).
+/// A kubelet that starts with the plugin already running can refuse the
+/// first try, while its Node object does not exist yet.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Where the registration socket of `driver` goes under the kubelet's
 /// directory (the kubelet watches `plugins_registry`; the file name is the
@@ -35,6 +46,7 @@ pub fn socket_path(kubelet_dir: &Path, driver: &str) -> PathBuf {
 pub struct RegistrationService {
     driver: String,
     endpoint: PathBuf,
+    refused: Arc<Notify>,
 }
 
 impl RegistrationService {
@@ -44,7 +56,14 @@ impl RegistrationService {
         RegistrationService {
             driver: driver.into(),
             endpoint: endpoint.into(),
+            refused: Arc::new(Notify::new()),
         }
+    }
+
+    /// Signalled once for each registration the kubelet refused (a refusal
+    /// before anyone waits is kept).
+    pub fn refusals(&self) -> Arc<Notify> {
+        Arc::clone(&self.refused)
     }
 }
 
@@ -70,9 +89,10 @@ impl Registration for RegistrationService {
         if status.plugin_registered {
             tracing::info!(driver = %self.driver, "registered with the kubelet");
         } else {
-            // The kubelet tries again when the socket is seen anew; the
-            // reason is what an operator needs.
+            // The reason is what an operator needs; the socket is made
+            // anew after RETRY_AFTER, so the kubelet tries again.
             tracing::error!(driver = %self.driver, error = %status.error, "the kubelet refused the registration");
+            self.refused.notify_one();
         }
         Ok(Response::new(reg::RegistrationStatusResponse {}))
     }

@@ -186,7 +186,8 @@ int diff_area_error(struct diff_area *area)
 
 /*
  * The image can no longer be whole. Writes to the device pass from now on;
- * image reads fail. Only the first error is kept and reported.
+ * image reads fail. Only the first error is kept and reported. Also from
+ * bio completion (a failed image I/O to the storage): nothing here sleeps.
  */
 void diff_area_corrupt(struct diff_area *area, int err)
 {
@@ -195,14 +196,15 @@ void diff_area_corrupt(struct diff_area *area, int err)
 		.dev_id_mn = MINOR(area->bdev->bd_dev),
 		.err_code = err,
 	};
+	unsigned long flags;
 
-	spin_lock_irq(&area->lock);
+	spin_lock_irqsave(&area->lock, flags);
 	if (area->error) {
-		spin_unlock_irq(&area->lock);
+		spin_unlock_irqrestore(&area->lock, flags);
 		return;
 	}
 	area->error = err;
-	spin_unlock_irq(&area->lock);
+	spin_unlock_irqrestore(&area->lock, flags);
 
 	pr_err("snapshot image of %pg is corrupted: %d\n", area->bdev, err);
 	event_queue_push(area->events, blksnap_event_code_corrupted, &data,
@@ -857,8 +859,18 @@ static void diff_area_clone_endio(struct bio *clone)
 	unsigned long first = dc->chunk;
 	unsigned int nr_reads = dc->nr_reads;
 
-	if (clone->bi_status)
+	if (clone->bi_status) {
 		parent->bi_status = clone->bi_status;
+		/*
+		 * A clone that counts no reads went to the storage: the chunk
+		 * it read or wrote there can no longer be trusted. Marked
+		 * before the image bio ends, so that no later read of the
+		 * image finds it healthy.
+		 */
+		if (!nr_reads)
+			diff_area_corrupt(area,
+					  blk_status_to_errno(clone->bi_status));
+	}
 	bio_put(clone);
 	bio_endio(parent);
 	diff_area_clone_done(area, first, nr_reads);
@@ -899,8 +911,11 @@ static void diff_area_file_io_done(struct diff_storage_io *io, int err)
 	struct bio *parent = fio->parent;
 
 	kfree(fio);
-	if (err)
+	if (err) {
 		parent->bi_status = errno_to_blk_status(err);
+		/* As in diff_area_clone_endio(), before the image bio ends. */
+		diff_area_corrupt(area, err);
+	}
 	bio_endio(parent);
 	diff_area_clone_done(area, 0, 0);
 }

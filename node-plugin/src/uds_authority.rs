@@ -12,11 +12,15 @@
 //! HEADERS frame the client sends, the value of a header field whose name
 //! is HPACK's static `:authority` entry to `localhost` (on a unix socket
 //! the authority names nothing). Only the HPACK representations are walked,
-//! the values are not decoded, so Huffman coding does not matter; an
-//! indexed literal keeps its place in the dynamic table (only its value is
-//! shorter), so later references stay in step with the client. A header
-//! block split over CONTINUATION frames is passed on unchanged. Writes go
-//! through untouched.
+//! the values are not decoded, so Huffman coding does not matter. A literal
+//! with incremental indexing keeps its representation and so its place in
+//! the dynamic table: only its value is shorter. Our decoder's table then
+//! counts fewer bytes than the client's encoder's and evicts no sooner, so
+//! it holds at least the client's newest entries in the same order, and
+//! every index the client sends names the same entry on both sides (making
+//! it never-indexed instead would shift every later index). A header block
+//! split over CONTINUATION frames is passed on unchanged. Writes go through
+//! untouched.
 
 use std::io;
 use std::pin::Pin;

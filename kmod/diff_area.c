@@ -980,8 +980,19 @@ static void diff_area_clone_endio(struct bio *clone)
 	unsigned long first = dc->chunk;
 	unsigned int nr_reads = dc->nr_reads;
 
-	if (clone->bi_status)
+	if (clone->bi_status) {
 		parent->bi_status = clone->bi_status;
+		/*
+		 * A clone that counts no reads went to the storage: the chunk
+		 * it read or wrote there can no longer be trusted by this
+		 * view (another view sharing the copy finds out on its own
+		 * read). Marked before the image bio ends, so that no later
+		 * read of the image finds it healthy.
+		 */
+		if (!nr_reads)
+			diff_view_corrupt(view,
+					  blk_status_to_errno(clone->bi_status));
+	}
 	bio_put(clone);
 	bio_endio(parent);
 	diff_area_clone_done(view, first, nr_reads);
@@ -1022,8 +1033,11 @@ static void diff_area_file_io_done(struct diff_storage_io *io, int err)
 	struct bio *parent = fio->parent;
 
 	kfree(fio);
-	if (err)
+	if (err) {
 		parent->bi_status = errno_to_blk_status(err);
+		/* As in diff_area_clone_endio(), before the image bio ends. */
+		diff_view_corrupt(view, err);
+	}
 	bio_endio(parent);
 	diff_area_clone_done(view, 0, 0);
 }

@@ -183,38 +183,49 @@ int diff_view_error(struct diff_view *view)
 }
 
 /*
- * Corrupts the views taken in (@after, @last] that are still whole and
- * queues their events. In process context.
+ * Corrupts @view if it is still whole and queues its event. Also from bio
+ * completion (a failed image I/O to the storage): nothing here sleeps.
  */
-void diff_area_corrupt_range(struct diff_area *area, u64 after, u64 last,
-			     int err)
+void diff_view_corrupt(struct diff_view *view, int err)
 {
+	struct diff_area *area = view->area;
 	struct blksnap_event_corrupted data = {
 		.dev_id_mj = MAJOR(area->bdev->bd_dev),
 		.dev_id_mn = MINOR(area->bdev->bd_dev),
 		.err_code = err,
 	};
-	struct diff_view *view;
+	unsigned long flags;
 	bool first;
+
+	spin_lock_irqsave(&area->lock, flags);
+	first = !view->error;
+	if (first)
+		view->error = err;
+	spin_unlock_irqrestore(&area->lock, flags);
+	if (!first)
+		return;
+	pr_err("snapshot image %llu of %pg is corrupted: %d\n",
+	       view->seq, area->bdev, err);
+	event_queue_push(view->events, blksnap_event_code_corrupted, &data,
+			 sizeof(data));
+	wake_up_all(&area->wq);
+}
+
+/*
+ * Corrupts the views taken in (@after, @last] that are still whole. In
+ * process context.
+ */
+void diff_area_corrupt_range(struct diff_area *area, u64 after, u64 last,
+			     int err)
+{
+	struct diff_view *view;
 
 	mutex_lock(&area->views_mutex);
 	list_for_each_entry(view, &area->views, link) {
-		if (view->seq <= after || view->seq > last)
-			continue;
-		spin_lock_irq(&area->lock);
-		first = !view->error;
-		if (first)
-			view->error = err;
-		spin_unlock_irq(&area->lock);
-		if (!first)
-			continue;
-		pr_err("snapshot image %llu of %pg is corrupted: %d\n",
-		       view->seq, area->bdev, err);
-		event_queue_push(view->events, blksnap_event_code_corrupted,
-				 &data, sizeof(data));
+		if (view->seq > after && view->seq <= last)
+			diff_view_corrupt(view, err);
 	}
 	mutex_unlock(&area->views_mutex);
-	wake_up_all(&area->wq);
 }
 
 /*

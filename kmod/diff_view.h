@@ -46,6 +46,7 @@ void diff_view_add(struct diff_view *view);
 bool diff_view_remove(struct diff_view *view);
 void diff_view_free(struct diff_view *view, bool trim);
 int diff_view_error(struct diff_view *view);
+void diff_view_corrupt(struct diff_view *view, int err);
 void diff_area_corrupt_range(struct diff_area *area, u64 after, u64 last,
 			     int err);
 struct chunk *__diff_view_copy(struct diff_view *view, unsigned long n);

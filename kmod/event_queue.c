@@ -48,14 +48,17 @@ void event_queue_close(struct event_queue *queue)
 	wake_up_all(&queue->wq);
 }
 
-/* Called from the I/O workers: an event that cannot be allocated is lost. */
+/*
+ * Called from the I/O workers and from bio completion, so without
+ * sleeping: an event that cannot be allocated is lost.
+ */
 void event_queue_push(struct event_queue *queue, unsigned int code,
 		      const void *data, unsigned int size)
 {
 	struct event *event;
 	unsigned long flags;
 
-	event = kzalloc(struct_size(event, data, size), GFP_NOIO);
+	event = kzalloc(struct_size(event, data, size), GFP_ATOMIC);
 	if (!event)
 		return;
 	event->time = ktime_get_ns();

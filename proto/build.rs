@@ -1,6 +1,8 @@
 //! Compiles `csi.proto` with the system's protoc (Debian's protobuf-compiler)
 //! into prost messages and tonic clients and servers, and writes the file
-//! descriptor set that `csi_proto::FILE_DESCRIPTOR_SET` embeds.
+//! descriptor set that `csi_proto::FILE_DESCRIPTOR_SET` embeds; compiles
+//! the kubelet's `pluginregistration.proto` the same way, apart, so the
+//! descriptor set stays the CSI interface alone.
 //!
 //! Nothing is fetched: protoc comes from `PROTOC` or `PATH`, and the
 //! well-known types (descriptor, timestamp, wrappers) from `PROTOC_INCLUDE`
@@ -11,10 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::exit;
 
 const PROTO: &str = "csi.proto";
+const REGISTRATION_PROTO: &str = "pluginregistration.proto";
 const DESCRIPTOR_SET: &str = "csi_v1_descriptor.bin";
 
 fn main() {
     println!("cargo:rerun-if-changed={PROTO}");
+    println!("cargo:rerun-if-changed={REGISTRATION_PROTO}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PROTOC");
     println!("cargo:rerun-if-env-changed=PROTOC_INCLUDE");
@@ -42,6 +46,13 @@ fn main() {
         );
     if let Err(err) = result {
         fail(&format!("compiling {PROTO} failed: {err}"));
+    }
+    let result = tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&[manifest_dir.join(REGISTRATION_PROTO)], &[manifest_dir]);
+    if let Err(err) = result {
+        fail(&format!("compiling {REGISTRATION_PROTO} failed: {err}"));
     }
 }
 

@@ -73,8 +73,12 @@ impl ControllerService {
         r: csi::ListSnapshotsRequest,
     ) -> Result<Page<csi::list_snapshots_response::Entry>> {
         let mut client = ControllerClient::new(nodes.channel(&node)?);
-        let answer = client
-            .list_snapshots(request(&meta, r))
+        let answer = nodes
+            .timed(
+                &node,
+                "ListSnapshots",
+                client.list_snapshots(request(&meta, r)),
+            )
             .await
             .map_err(|s| node_error(&node, s))?;
         let lost = lost_of(answer.metadata());
@@ -106,9 +110,14 @@ impl Controller for ControllerService {
         )?;
         let mut full = Vec::new();
         for node in order {
+            let mut client = self.client(&node)?;
             let answer = self
-                .client(&node)?
-                .create_volume(request(&meta, r.clone()))
+                .nodes
+                .timed(
+                    &node,
+                    "CreateVolume",
+                    client.create_volume(request(&meta, r.clone())),
+                )
                 .await;
             match answer {
                 Err(s) if s.code() == Code::ResourceExhausted => {
@@ -142,10 +151,9 @@ impl Controller for ControllerService {
         let Some(node) = volume_node(&r.volume_id) else {
             return Ok(Response::new(csi::DeleteVolumeResponse {}));
         };
-        relay(
-            &node,
-            self.client(&node)?.delete_volume(request(&meta, r)).await,
-        )
+        let mut client = self.client(&node)?;
+        let call = client.delete_volume(request(&meta, r));
+        relay(&node, self.nodes.timed(&node, "DeleteVolume", call).await)
     }
 
     async fn controller_publish_volume(
@@ -176,10 +184,12 @@ impl Controller for ControllerService {
         }
         let node =
             volume_node(&r.volume_id).ok_or_else(|| Error::not_found("volume", &r.volume_id))?;
+        let mut client = self.client(&node)?;
+        let call = client.validate_volume_capabilities(request(&meta, r));
         relay(
             &node,
-            self.client(&node)?
-                .validate_volume_capabilities(request(&meta, r))
+            self.nodes
+                .timed(&node, "ValidateVolumeCapabilities", call)
                 .await,
         )
     }
@@ -197,14 +207,15 @@ impl Controller for ControllerService {
                 let (nodes, meta) = (Arc::clone(&self.nodes), meta.clone());
                 async move {
                     let mut client = ControllerClient::new(nodes.channel(&node)?);
-                    let a = client
-                        .list_volumes(request(
-                            &meta,
-                            csi::ListVolumesRequest {
-                                max_entries,
-                                starting_token,
-                            },
-                        ))
+                    let call = client.list_volumes(request(
+                        &meta,
+                        csi::ListVolumesRequest {
+                            max_entries,
+                            starting_token,
+                        },
+                    ));
+                    let a = nodes
+                        .timed(&node, "ListVolumes", call)
                         .await
                         .map_err(|s| node_error(&node, s))?
                         .into_inner();
@@ -234,10 +245,9 @@ impl Controller for ControllerService {
             .and_then(|t| t.segments.get(TOPOLOGY_KEY))
             .cloned();
         if let Some(node) = segment {
-            return relay(
-                &node,
-                self.client(&node)?.get_capacity(request(&meta, r)).await,
-            );
+            let mut client = self.client(&node)?;
+            let call = client.get_capacity(request(&meta, r));
+            return relay(&node, self.nodes.timed(&node, "GetCapacity", call).await);
         }
         // No node named: the capacity over all of them.
         let known = self.nodes.known();
@@ -245,8 +255,9 @@ impl Controller for ControllerService {
             let (meta, r) = (meta.clone(), r.clone());
             async move {
                 let mut client = self.client(node)?;
-                client
-                    .get_capacity(request(&meta, r))
+                let call = client.get_capacity(request(&meta, r));
+                self.nodes
+                    .timed(node, "GetCapacity", call)
                     .await
                     .map(Response::into_inner)
                     .map_err(|s| node_error(node, s))
@@ -290,10 +301,9 @@ impl Controller for ControllerService {
         }
         let node = volume_node(&r.source_volume_id)
             .ok_or_else(|| Error::not_found("volume", &r.source_volume_id))?;
-        relay(
-            &node,
-            self.client(&node)?.create_snapshot(request(&meta, r)).await,
-        )
+        let mut client = self.client(&node)?;
+        let call = client.create_snapshot(request(&meta, r));
+        relay(&node, self.nodes.timed(&node, "CreateSnapshot", call).await)
     }
 
     async fn delete_snapshot(
@@ -307,10 +317,9 @@ impl Controller for ControllerService {
         let Some(node) = snapshot_node(&r.snapshot_id) else {
             return Ok(Response::new(csi::DeleteSnapshotResponse {}));
         };
-        relay(
-            &node,
-            self.client(&node)?.delete_snapshot(request(&meta, r)).await,
-        )
+        let mut client = self.client(&node)?;
+        let call = client.delete_snapshot(request(&meta, r));
+        relay(&node, self.nodes.timed(&node, "DeleteSnapshot", call).await)
     }
 
     async fn list_snapshots(
@@ -373,10 +382,9 @@ impl Controller for ControllerService {
         }
         let node = snapshot_node(&r.snapshot_id)
             .ok_or_else(|| Error::not_found("snapshot", &r.snapshot_id))?;
-        relay(
-            &node,
-            self.client(&node)?.get_snapshot(request(&meta, r)).await,
-        )
+        let mut client = self.client(&node)?;
+        let call = client.get_snapshot(request(&meta, r));
+        relay(&node, self.nodes.timed(&node, "GetSnapshot", call).await)
     }
 
     async fn controller_expand_volume(
@@ -389,10 +397,12 @@ impl Controller for ControllerService {
         }
         let node =
             volume_node(&r.volume_id).ok_or_else(|| Error::not_found("volume", &r.volume_id))?;
+        let mut client = self.client(&node)?;
+        let call = client.controller_expand_volume(request(&meta, r));
         relay(
             &node,
-            self.client(&node)?
-                .controller_expand_volume(request(&meta, r))
+            self.nodes
+                .timed(&node, "ControllerExpandVolume", call)
                 .await,
         )
     }

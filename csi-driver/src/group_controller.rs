@@ -76,10 +76,12 @@ impl GroupController for GroupControllerService {
             return Err(Error::Missing("name").into());
         }
         let node = members_node(&r.source_volume_ids)?;
+        let mut client = self.client(&node)?;
+        let call = client.create_volume_group_snapshot(request(&meta, r));
         relay(
             &node,
-            self.client(&node)?
-                .create_volume_group_snapshot(request(&meta, r))
+            self.nodes
+                .timed(&node, "CreateVolumeGroupSnapshot", call)
                 .await,
         )
     }
@@ -95,10 +97,12 @@ impl GroupController for GroupControllerService {
         let Some(node) = group_node(&r.group_snapshot_id) else {
             return Ok(Response::new(csi::DeleteVolumeGroupSnapshotResponse {}));
         };
+        let mut client = self.client(&node)?;
+        let call = client.delete_volume_group_snapshot(request(&meta, r));
         relay(
             &node,
-            self.client(&node)?
-                .delete_volume_group_snapshot(request(&meta, r))
+            self.nodes
+                .timed(&node, "DeleteVolumeGroupSnapshot", call)
                 .await,
         )
     }
@@ -113,10 +117,12 @@ impl GroupController for GroupControllerService {
         }
         let node = group_node(&r.group_snapshot_id)
             .ok_or_else(|| Error::not_found("group snapshot", &r.group_snapshot_id))?;
+        let mut client = self.client(&node)?;
+        let call = client.get_volume_group_snapshot(request(&meta, r));
         relay(
             &node,
-            self.client(&node)?
-                .get_volume_group_snapshot(request(&meta, r))
+            self.nodes
+                .timed(&node, "GetVolumeGroupSnapshot", call)
                 .await,
         )
     }

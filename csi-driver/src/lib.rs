@@ -11,7 +11,8 @@
 //! [`placement`] chooses the node of a new volume and [`paging`] spans a
 //! listing over all nodes with one token. [`discovery`] finds the nodes'
 //! endpoints in Kubernetes and [`reconciler`] keeps the snapshot API true
-//! to what the nodes hold. This file owns [`Error`] and its one mapping to
+//! to what the nodes hold, asking them through [`node_snapshots`];
+//! [`metrics`] counts and times every call to a node. This file owns [`Error`] and its one mapping to
 //! CSI status codes.
 
 pub mod config;
@@ -19,6 +20,8 @@ pub mod controller;
 pub mod discovery;
 pub mod group_controller;
 pub mod identity;
+pub mod metrics;
+pub mod node_snapshots;
 pub mod nodes;
 pub mod paging;
 pub mod placement;
@@ -66,6 +69,9 @@ pub enum Error {
     /// A reconciler's call to a node got no answer.
     #[error(transparent)]
     NodeCall(#[from] reconciler::NodeError),
+    /// A part that must run for good ended.
+    #[error("{0} stopped")]
+    Stopped(&'static str),
     /// Serving failed.
     #[error("{what}: {source}")]
     Io {
@@ -115,6 +121,7 @@ impl From<Error> for tonic::Status {
             Error::Node { status, .. } => status.code(),
             Error::NodeCall(reconciler::NodeError::Unavailable { .. }) => Code::Unavailable,
             Error::Config(_)
+            | Error::Stopped(_)
             | Error::Io { .. }
             | Error::Kube(_)
             | Error::NodeCall(reconciler::NodeError::Failed { .. }) => Code::Internal,
@@ -146,6 +153,7 @@ mod tests {
                 Code::AlreadyExists,
             ),
             (Error::Config("c".into()), Code::Internal),
+            (Error::Stopped("the reconciler"), Code::Internal),
         ];
         for (e, code) in table {
             let text = e.to_string();

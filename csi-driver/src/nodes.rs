@@ -7,9 +7,10 @@
 //! when the directory gives the node another address.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use blksnap_node_api::identity::node_server_name;
 use blksnap_node_api::lost::LOST_METADATA;
@@ -17,6 +18,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status};
 
+use crate::metrics::NodeCallMetrics;
 use crate::{Error, Result};
 
 /// Where each node's API is. The static map of `--node` is one
@@ -106,15 +108,34 @@ pub struct Nodes {
     tls: NodeTls,
     /// Node name to the address its channel was made for, and the channel.
     channels: Mutex<HashMap<String, (String, Channel)>>,
+    metrics: NodeCallMetrics,
 }
 
 impl Nodes {
-    pub fn new(directory: Arc<dyn NodeDirectory>, tls: NodeTls) -> Self {
+    pub fn new(directory: Arc<dyn NodeDirectory>, tls: NodeTls, metrics: NodeCallMetrics) -> Self {
         Nodes {
             directory,
             tls,
             channels: Mutex::new(HashMap::new()),
+            metrics,
         }
+    }
+
+    /// Awaits `call`, a call of `method` to `node` (a node whose channel
+    /// was made, so a known one), and records its latency and outcome.
+    pub async fn timed<T>(
+        &self,
+        node: &str,
+        method: &'static str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let answer = call.await;
+        let code = answer
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.record(node, method, code, start.elapsed());
+        answer
     }
 
     /// Every known node, sorted by name.

@@ -99,8 +99,10 @@ impl SnapshotMetadata for SnapshotMetadataService {
         let node = node_of("snapshot_id", &r.snapshot_id)?;
         let deadline = deadline(&meta);
         let mut client = SnapshotMetadataClient::new(self.nodes.channel(&node)?);
-        let stream = client
-            .get_metadata_allocated(request(&meta, r))
+        let call = client.get_metadata_allocated(request(&meta, r));
+        let stream = self
+            .nodes
+            .timed(&node, "GetMetadataAllocated", call)
             .await
             .map_err(|s| Status::from(node_error(&node, s)))?
             .into_inner();
@@ -119,8 +121,10 @@ impl SnapshotMetadata for SnapshotMetadataService {
         let node = node_of("target_snapshot_id", &r.target_snapshot_id)?;
         let deadline = deadline(&meta);
         let mut client = SnapshotMetadataClient::new(self.nodes.channel(&node)?);
-        let stream = client
-            .get_metadata_delta(request(&meta, r))
+        let call = client.get_metadata_delta(request(&meta, r));
+        let stream = self
+            .nodes
+            .timed(&node, "GetMetadataDelta", call)
             .await
             .map_err(|s| Status::from(node_error(&node, s)))?
             .into_inner();

@@ -1,484 +1,20 @@
-//! The router against node APIs over real mutual TLS (rcgen certificates).
-//!
-//! The nodes here are small in-process tonic servers that speak the node
-//! API, each answering with ids of its own node: the real node plugin
-//! cannot run on the host, as it needs blksnap.ko (csi-driver/tests/sanity
-//! runs the two real binaries together in the VM). The controller side is
-//! the real one: its unix socket, routing, channels and TLS.
+//! The router against node APIs over real mutual TLS: the nodes are the
+//! in-process node APIs of `node_api`; the controller side is the real
+//! one: its unix socket, routing, channels and TLS.
+
+mod node_api;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use blksnap_csi_driver::controller::ControllerService;
-use blksnap_csi_driver::group_controller::GroupControllerService;
-use blksnap_csi_driver::identity::IdentityService;
-use blksnap_csi_driver::nodes::{NodeTls, Nodes, StaticNodes};
-use blksnap_csi_driver::server::{self, Services};
-use blksnap_csi_driver::snapshot_metadata::SnapshotMetadataService;
-use blksnap_node_api::identity::{controller_name, node_server_name};
+use blksnap_csi_driver::node_snapshots::RoutedSnapshots;
+use blksnap_csi_driver::reconciler::{NodeError, NodeSnapshots, SnapshotState};
 use blksnap_node_api::ids::{GroupSnapshotId, SnapshotId, VolumeId};
-use blksnap_node_api::lost::LOST_METADATA;
+use blksnap_node_api::lost::{LostReason, LOST_METADATA};
 use csi_proto::csi::v1 as csi;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::Stream;
-use tonic::transport::{Certificate, Channel, Endpoint, Identity, Server, ServerTlsConfig};
-use tonic::{Code, Request, Response, Status};
-
-const DRIVER: &str = "blksnap.csi.io";
-
-/// A CA and the certificates it signs.
-struct Pki {
-    ca_pem: String,
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer =
-            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("key"))
-                .expect("CA");
-        Pki {
-            ca_pem: issuer.pem(),
-            issuer,
-        }
-    }
-
-    fn leaf(&self, dns: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> Identity {
-        let mut params = rcgen::CertificateParams::new(vec![dns.to_owned()]).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, dns);
-        params.extended_key_usages = vec![usage];
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        Identity::from_pem(cert.pem(), key.serialize_pem())
-    }
-}
-
-/// What a test node saw.
-#[derive(Default)]
-struct Seen {
-    calls: AtomicUsize,
-    timeouts: Mutex<Vec<String>>,
-    stream_dropped: AtomicBool,
-}
-
-/// One node's API: volumes and snapshots named for its node.
-#[derive(Clone)]
-struct TestNode {
-    name: String,
-    /// Snapshot ids it lists, in order.
-    snapshots: Vec<String>,
-    /// Whether CreateVolume finds no room.
-    full: bool,
-    seen: Arc<Seen>,
-}
-
-impl TestNode {
-    fn saw<T>(&self, r: &Request<T>) {
-        self.seen.calls.fetch_add(1, Ordering::SeqCst);
-        if let Some(t) = r.metadata().get("grpc-timeout") {
-            let t = t.to_str().expect("ascii").to_owned();
-            self.seen.timeouts.lock().expect("lock").push(t);
-        }
-    }
-
-    fn snapshot(&self, id: &str) -> csi::Snapshot {
-        csi::Snapshot {
-            snapshot_id: id.to_owned(),
-            ready_to_use: true,
-            ..Default::default()
-        }
-    }
-}
-
-fn unoffered<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented("not in this test node"))
-}
-
-#[tonic::async_trait]
-impl csi::controller_server::Controller for TestNode {
-    async fn create_volume(
-        &self,
-        r: Request<csi::CreateVolumeRequest>,
-    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
-        self.saw(&r);
-        if self.full {
-            return Err(Status::resource_exhausted("pool full"));
-        }
-        let id = VolumeId {
-            local: "v0".into(),
-            node: self.name.clone(),
-        };
-        Ok(Response::new(csi::CreateVolumeResponse {
-            volume: Some(csi::Volume {
-                volume_id: id.to_string(),
-                capacity_bytes: r
-                    .into_inner()
-                    .capacity_range
-                    .map_or(0, |c| c.required_bytes),
-                ..Default::default()
-            }),
-        }))
-    }
-    async fn delete_volume(
-        &self,
-        r: Request<csi::DeleteVolumeRequest>,
-    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
-        self.saw(&r);
-        Ok(Response::new(csi::DeleteVolumeResponse {}))
-    }
-    async fn controller_publish_volume(
-        &self,
-        _: Request<csi::ControllerPublishVolumeRequest>,
-    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        unoffered()
-    }
-    async fn controller_unpublish_volume(
-        &self,
-        _: Request<csi::ControllerUnpublishVolumeRequest>,
-    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        unoffered()
-    }
-    async fn validate_volume_capabilities(
-        &self,
-        _: Request<csi::ValidateVolumeCapabilitiesRequest>,
-    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
-        unoffered()
-    }
-    async fn list_volumes(
-        &self,
-        _: Request<csi::ListVolumesRequest>,
-    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        unoffered()
-    }
-    async fn get_capacity(
-        &self,
-        r: Request<csi::GetCapacityRequest>,
-    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
-        self.saw(&r);
-        Ok(Response::new(csi::GetCapacityResponse {
-            available_capacity: if self.full { 0 } else { 1 << 30 },
-            ..Default::default()
-        }))
-    }
-    async fn controller_get_capabilities(
-        &self,
-        _: Request<csi::ControllerGetCapabilitiesRequest>,
-    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
-        unoffered()
-    }
-    async fn create_snapshot(
-        &self,
-        r: Request<csi::CreateSnapshotRequest>,
-    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        self.saw(&r);
-        let r = r.into_inner();
-        let volume: VolumeId = r.source_volume_id.parse().expect("routed with a volume id");
-        assert_eq!(volume.node, self.name, "routed to the wrong node");
-        let id = SnapshotId {
-            volume: volume.local,
-            node: self.name.clone(),
-            kernel: Default::default(),
-            generation: Default::default(),
-            number: 1,
-        }
-        .to_string();
-        let mut response = Response::new(csi::CreateSnapshotResponse {
-            snapshot: Some(self.snapshot(&id)),
-        });
-        let lost = format!("{id} overflow").parse().expect("ascii");
-        response.metadata_mut().append(LOST_METADATA, lost);
-        Ok(response)
-    }
-    async fn delete_snapshot(
-        &self,
-        _: Request<csi::DeleteSnapshotRequest>,
-    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        unoffered()
-    }
-    async fn list_snapshots(
-        &self,
-        r: Request<csi::ListSnapshotsRequest>,
-    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        self.saw(&r);
-        let r = r.into_inner();
-        let from: usize = if r.starting_token.is_empty() {
-            0
-        } else {
-            r.starting_token
-                .parse()
-                .map_err(|_| Status::aborted("not my token"))?
-        };
-        let max = if r.max_entries == 0 {
-            usize::MAX
-        } else {
-            r.max_entries as usize
-        };
-        let to = from.saturating_add(max).min(self.snapshots.len());
-        Ok(Response::new(csi::ListSnapshotsResponse {
-            entries: self.snapshots[from..to]
-                .iter()
-                .map(|id| csi::list_snapshots_response::Entry {
-                    snapshot: Some(self.snapshot(id)),
-                })
-                .collect(),
-            next_token: if to < self.snapshots.len() {
-                to.to_string()
-            } else {
-                String::new()
-            },
-        }))
-    }
-    async fn get_snapshot(
-        &self,
-        _: Request<csi::GetSnapshotRequest>,
-    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
-        unoffered()
-    }
-    async fn controller_expand_volume(
-        &self,
-        _: Request<csi::ControllerExpandVolumeRequest>,
-    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        unoffered()
-    }
-    async fn controller_get_volume(
-        &self,
-        _: Request<csi::ControllerGetVolumeRequest>,
-    ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        unoffered()
-    }
-    async fn controller_modify_volume(
-        &self,
-        _: Request<csi::ControllerModifyVolumeRequest>,
-    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        unoffered()
-    }
-}
-
-#[tonic::async_trait]
-impl csi::group_controller_server::GroupController for TestNode {
-    async fn group_controller_get_capabilities(
-        &self,
-        _: Request<csi::GroupControllerGetCapabilitiesRequest>,
-    ) -> Result<Response<csi::GroupControllerGetCapabilitiesResponse>, Status> {
-        unoffered()
-    }
-    async fn create_volume_group_snapshot(
-        &self,
-        r: Request<csi::CreateVolumeGroupSnapshotRequest>,
-    ) -> Result<Response<csi::CreateVolumeGroupSnapshotResponse>, Status> {
-        self.saw(&r);
-        Ok(Response::new(csi::CreateVolumeGroupSnapshotResponse {
-            group_snapshot: Some(csi::VolumeGroupSnapshot {
-                group_snapshot_id: GroupSnapshotId {
-                    kernel: Default::default(),
-                    node: self.name.clone(),
-                }
-                .to_string(),
-                ..Default::default()
-            }),
-        }))
-    }
-    async fn delete_volume_group_snapshot(
-        &self,
-        _: Request<csi::DeleteVolumeGroupSnapshotRequest>,
-    ) -> Result<Response<csi::DeleteVolumeGroupSnapshotResponse>, Status> {
-        unoffered()
-    }
-    async fn get_volume_group_snapshot(
-        &self,
-        _: Request<csi::GetVolumeGroupSnapshotRequest>,
-    ) -> Result<Response<csi::GetVolumeGroupSnapshotResponse>, Status> {
-        unoffered()
-    }
-}
-
-type Delta = Pin<Box<dyn Stream<Item = Result<csi::GetMetadataDeltaResponse, Status>> + Send>>;
-
-/// An endless delta stream that records when the node's side is dropped.
-struct Endless {
-    n: i64,
-    seen: Arc<Seen>,
-    tick: tokio::time::Interval,
-}
-
-impl Stream for Endless {
-    type Item = Result<csi::GetMetadataDeltaResponse, Status>;
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        match self.tick.poll_tick(cx) {
-            std::task::Poll::Pending => std::task::Poll::Pending,
-            std::task::Poll::Ready(_) => {
-                self.n += 1;
-                let offset = self.n * 4096;
-                std::task::Poll::Ready(Some(Ok(csi::GetMetadataDeltaResponse {
-                    block_metadata_type: csi::BlockMetadataType::VariableLength as i32,
-                    volume_capacity_bytes: 1 << 40,
-                    block_metadata: vec![csi::BlockMetadata {
-                        byte_offset: offset,
-                        size_bytes: 4096,
-                    }],
-                })))
-            }
-        }
-    }
-}
-
-impl Drop for Endless {
-    fn drop(&mut self) {
-        self.seen.stream_dropped.store(true, Ordering::SeqCst);
-    }
-}
-
-#[tonic::async_trait]
-impl csi::snapshot_metadata_server::SnapshotMetadata for TestNode {
-    type GetMetadataAllocatedStream =
-        Pin<Box<dyn Stream<Item = Result<csi::GetMetadataAllocatedResponse, Status>> + Send>>;
-    type GetMetadataDeltaStream = Delta;
-
-    async fn get_metadata_allocated(
-        &self,
-        _: Request<csi::GetMetadataAllocatedRequest>,
-    ) -> Result<Response<Self::GetMetadataAllocatedStream>, Status> {
-        unoffered()
-    }
-    async fn get_metadata_delta(
-        &self,
-        r: Request<csi::GetMetadataDeltaRequest>,
-    ) -> Result<Response<Delta>, Status> {
-        self.saw(&r);
-        Ok(Response::new(Box::pin(Endless {
-            n: 0,
-            seen: Arc::clone(&self.seen),
-            tick: tokio::time::interval(Duration::from_millis(5)),
-        })))
-    }
-}
-
-/// Serves `node` over mutual TLS with `cert`, trusting `client_ca`.
-async fn serve_node(node: TestNode, cert: Identity, client_ca: &str) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let tls = ServerTlsConfig::new()
-        .identity(cert)
-        .client_ca_root(Certificate::from_pem(client_ca));
-    let router = Server::builder()
-        .tls_config(tls)
-        .expect("tls")
-        .add_service(csi::controller_server::ControllerServer::new(node.clone()))
-        .add_service(csi::group_controller_server::GroupControllerServer::new(
-            node.clone(),
-        ))
-        .add_service(csi::snapshot_metadata_server::SnapshotMetadataServer::new(
-            node,
-        ));
-    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
-    addr
-}
-
-fn test_node(name: &str, snapshots: usize, full: bool) -> TestNode {
-    TestNode {
-        name: name.into(),
-        snapshots: (0..snapshots)
-            .map(|i| {
-                SnapshotId {
-                    volume: format!("v{i}"),
-                    node: name.into(),
-                    kernel: Default::default(),
-                    generation: Default::default(),
-                    number: 1,
-                }
-                .to_string()
-            })
-            .collect(),
-        full,
-        seen: Arc::default(),
-    }
-}
-
-/// The controller, serving its unix socket, with `directory` as its nodes.
-struct Controller {
-    _dir: tempfile::TempDir,
-    channel: Channel,
-}
-
-async fn controller(pki: &Pki, directory: &[(String, String)]) -> Controller {
-    let entries: Vec<String> = directory.iter().map(|(n, a)| format!("{n}={a}")).collect();
-    let tls = NodeTls {
-        ca: Certificate::from_pem(&pki.ca_pem),
-        identity: pki.leaf(
-            &controller_name(DRIVER),
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ),
-        driver_name: DRIVER.into(),
-    };
-    let nodes = Arc::new(Nodes::new(
-        Arc::new(StaticNodes::parse(&entries, 9820).expect("nodes")),
-        tls,
-    ));
-    let services = Services {
-        identity: IdentityService::new(DRIVER),
-        controller: ControllerService::new(Arc::clone(&nodes)),
-        group_controller: GroupControllerService::new(Arc::clone(&nodes)),
-        snapshot_metadata: SnapshotMetadataService::new(nodes),
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket: PathBuf = dir.path().join("csi.sock");
-    let listener = server::bind(&socket).expect("bind");
-    tokio::spawn(server::serve(listener, services, std::future::pending()));
-    let channel = Endpoint::from_shared(format!("unix://{}", socket.display()))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    Controller { _dir: dir, channel }
-}
-
-fn node_cert(pki: &Pki, node: &str) -> Identity {
-    pki.leaf(
-        &node_server_name(node, DRIVER),
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-    )
-}
-
-fn vol(local: &str, node: &str) -> String {
-    VolumeId {
-        local: local.into(),
-        node: node.into(),
-    }
-    .to_string()
-}
-
-/// Nodes a, b, c, each serving with its own certificate.
-async fn three_nodes(pki: &Pki, snapshots: usize) -> (Vec<TestNode>, Vec<(String, String)>) {
-    let mut nodes = vec![];
-    let mut directory = vec![];
-    for name in ["node-a", "node-b", "node-c"] {
-        let node = test_node(name, snapshots, false);
-        let addr = serve_node(node.clone(), node_cert(pki, name), &pki.ca_pem).await;
-        directory.push((name.to_owned(), addr));
-        nodes.push(node);
-    }
-    (nodes, directory)
-}
+use node_api::*;
+use tonic::{Code, Request};
 
 #[tokio::test]
 async fn calls_go_to_the_node_in_the_id_and_an_unknown_node_is_unavailable() {
@@ -814,4 +350,97 @@ async fn metadata_streams_are_relayed_and_cancellation_and_deadlines_reach_the_n
         tokio::time::sleep(Duration::from_millis(10)).await;
         waited += 1;
     }
+}
+
+#[tokio::test]
+async fn the_reconciler_asks_the_nodes_through_the_router_and_every_call_is_counted() {
+    let pki = Pki::new("test CA");
+    let (nodes, directory) = three_nodes(&pki, 3).await;
+    let c = controller(&pki, &directory).await;
+    let routed = RoutedSnapshots::new(std::sync::Arc::clone(&c.nodes));
+    assert_eq!(routed.nodes(), ["node-a", "node-b", "node-c"]);
+
+    let b = &nodes[1];
+    let (held, lost) = (&b.snapshots[0], &b.snapshots[1]);
+    b.lost.lock().unwrap().insert(lost.clone(), "overflow");
+    assert_eq!(routed.snapshot(held).await.unwrap(), SnapshotState::Ready);
+    assert_eq!(
+        routed.snapshot(lost).await.unwrap(),
+        SnapshotState::Lost(LostReason::Overflow)
+    );
+    let unknown = SnapshotId {
+        volume: "v9".into(),
+        node: "node-b".into(),
+        kernel: Default::default(),
+        generation: Default::default(),
+        number: 1,
+    }
+    .to_string();
+    assert_eq!(
+        routed.snapshot(&unknown).await.unwrap(),
+        SnapshotState::Lost(LostReason::Gone),
+        "NOT_FOUND: the node has no record"
+    );
+    let elsewhere = unknown.replace("node-b", "node-z");
+    assert!(matches!(
+        routed.snapshot(&elsewhere).await,
+        Err(NodeError::Unavailable { node, .. }) if node == "node-z"
+    ));
+
+    // Listed over pages (of 500: all three at once here), lost ones too.
+    let listed = routed.list("node-b").await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        b.snapshots.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(listed.iter().all(
+        |s| s.created == std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    ));
+
+    let group = GroupSnapshotId {
+        kernel: Default::default(),
+        node: "node-c".into(),
+    }
+    .to_string();
+    routed.delete(held).await.unwrap();
+    routed.delete(&group).await.unwrap();
+    assert_eq!(
+        b.seen.deleted.lock().unwrap().as_slice(),
+        std::slice::from_ref(held)
+    );
+    assert_eq!(
+        *nodes[2].seen.deleted.lock().unwrap(),
+        [group],
+        "a group id is deleted with DeleteVolumeGroupSnapshot"
+    );
+    // Each reconciler call carries its own deadline.
+    assert!(!b.seen.timeouts.lock().unwrap().is_empty());
+
+    let text = blksnap_csi_driver::metrics::encode(&c.registry);
+    let count = |node: &str, method: &str, code: &str| {
+        let key = format!(
+            "blksnap_csi_controller_node_call_duration_seconds_count{{node=\"{node}\",method=\"{method}\",code=\"{code}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .map(|n| n.parse::<u64>().expect("a count"))
+    };
+    assert_eq!(count("node-b", "GetSnapshot", "Ok"), Some(2), "{text}");
+    assert_eq!(
+        count("node-b", "GetSnapshot", "NotFound"),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(count("node-b", "ListSnapshots", "Ok"), Some(1), "{text}");
+    assert_eq!(count("node-b", "DeleteSnapshot", "Ok"), Some(1), "{text}");
+    assert_eq!(
+        count("node-c", "DeleteVolumeGroupSnapshot", "Ok"),
+        Some(1),
+        "{text}"
+    );
+    assert!(
+        !text.contains("node-z"),
+        "an unknown node is no label: {text}"
+    );
 }

@@ -47,6 +47,13 @@ pub struct Config {
     #[arg(long, env = "KUBELET_DIR", default_value = "/var/lib/kubelet")]
     pub kubelet_dir: PathBuf,
 
+    /// The CSI socket's path as the kubelet sees it. When given, the plugin
+    /// registers itself with the kubelet (the plugin registration API on
+    /// `<kubelet-dir>/plugins_registry/<driver>-reg.sock`), in place of
+    /// node-driver-registrar.
+    #[arg(long, env = "KUBELET_REGISTRATION_PATH", value_parser = socket_path)]
+    pub kubelet_registration_path: Option<PathBuf>,
+
     /// Address of the node API for the controller (mutual TLS only).
     #[arg(long, env = "NODE_API_ADDRESS",
           default_value_t = SocketAddr::from(([0, 0, 0, 0], blksnap_node_api::identity::NODE_API_PORT)))]
@@ -144,6 +151,7 @@ mod tests {
         assert!(c.metrics.is_none());
         assert_eq!(c.csi_socket, PathBuf::from("/csi/csi.sock"));
         assert_eq!(c.kubelet_dir, PathBuf::from("/var/lib/kubelet"));
+        assert!(c.kubelet_registration_path.is_none());
     }
 
     #[test]

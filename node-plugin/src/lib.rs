@@ -11,6 +11,10 @@
 //!   volumes of this node ([`controller`], [`group_controller`],
 //!   [`snapshot_metadata`]).
 //!
+//! Optionally a third, the kubelet's plugin registration socket
+//! ([`registration`], [`uds_authority`]), where node-driver-registrar is
+//! not run.
+//!
 //! The services are thin: they validate requests and translate messages.
 //! The work lives in [`plugin::Plugin`] (volumes, snapshots, recovery),
 //! which drives the kernel through the [`kernel::Kernel`] trait and the
@@ -40,10 +44,12 @@ pub mod mount;
 pub mod node;
 pub mod plugin;
 pub mod ranges;
+pub mod registration;
 pub mod server;
 pub mod snapshot_metadata;
 pub mod state;
 pub mod storage;
+pub mod uds_authority;
 
 #[cfg(test)]
 mod testing;

@@ -15,6 +15,7 @@ use blksnap_node_plugin::kmod::{self, ModuleSource};
 use blksnap_node_plugin::metrics::{self, Metrics};
 use blksnap_node_plugin::node::NodeService;
 use blksnap_node_plugin::plugin::{Plugin, Settings};
+use blksnap_node_plugin::registration::{self, RegistrationService};
 use blksnap_node_plugin::server::{self, NodeApi};
 use blksnap_node_plugin::snapshot_metadata::SnapshotMetadataService;
 use blksnap_node_plugin::{Error, Result};
@@ -105,6 +106,20 @@ async fn serve(
         tasks
             .spawn(async move { server::serve_node_api(listener, tls, api, m, stopped(rx)).await });
     }
+    let registration_socket = config
+        .kubelet_registration_path
+        .as_ref()
+        .map(|_| registration::socket_path(&config.kubelet_dir, &config.driver_name));
+    if let (Some(endpoint), Some(socket)) =
+        (&config.kubelet_registration_path, &registration_socket)
+    {
+        let (m, rx, socket) = (Arc::clone(&metrics), stop_rx.clone(), socket.clone());
+        let service = RegistrationService::new(&config.driver_name, endpoint);
+        tasks.spawn(async move {
+            server::serve_registration(&socket, service, registration::RETRY_AFTER, m, stopped(rx))
+                .await
+        });
+    }
     if let Some(addr) = config.metrics {
         let m = Arc::clone(&metrics);
         tasks.spawn(async move { metrics::serve(addr, m).await });
@@ -124,5 +139,9 @@ async fn serve(
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     tasks.abort_all();
+    // Gone from the registry, the kubelet unregisters the driver.
+    if let Some(socket) = &registration_socket {
+        server::remove_socket(socket)?;
+    }
     result
 }

@@ -19,10 +19,14 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use csi_proto::csi::v1 as csi;
+use csi_proto::pluginregistration::registration_server::RegistrationServer;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::controller::ControllerService;
@@ -31,7 +35,9 @@ use crate::group_controller::GroupControllerService;
 use crate::identity::IdentityService;
 use crate::metrics::{Metrics, RpcTimer};
 use crate::node::NodeService;
+use crate::registration::RegistrationService;
 use crate::snapshot_metadata::SnapshotMetadataService;
+use crate::uds_authority::AuthorityFix;
 use crate::{Error, Result};
 
 /// Runs `f` on the blocking pool (ioctls, copies and fsyncs block) and
@@ -293,17 +299,7 @@ pub async fn serve_kubelet(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove stale", socket, e)),
-    }
-    let listener = UnixListener::bind(socket).map_err(|e| Error::io("bind", socket, e))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| Error::io("chmod", socket, e))?;
+    let listener = bind_unix(socket)?;
     tracing::info!(socket = %socket.display(), "serving Identity and Node for the kubelet");
     Server::builder()
         .layer(RpcLogLayer::new(metrics, "kubelet"))
@@ -312,6 +308,66 @@ pub async fn serve_kubelet(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::io("serve", socket, std::io::Error::other(e)))
+}
+
+/// Serves the kubelet's plugin registration API on `socket` until
+/// `shutdown`, each connection through [`AuthorityFix`] (the kubelet sends
+/// the socket's path as the HTTP/2 authority). After the kubelet refused
+/// the registration, the socket is made anew `retry_after` later, which
+/// makes the kubelet try again; [`remove_socket`] at stop unregisters the
+/// driver.
+pub async fn serve_registration(
+    socket: &Path,
+    registration: RegistrationService,
+    retry_after: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let refused = registration.refusals();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let listener = bind_unix(socket)?;
+        tracing::info!(socket = %socket.display(), "serving plugin registration for the kubelet");
+        let again = async {
+            refused.notified().await;
+            tokio::time::sleep(retry_after).await;
+        };
+        let served = Server::builder()
+            .layer(RpcLogLayer::new(Arc::clone(&metrics), "registration"))
+            .add_service(RegistrationServer::new(registration.clone()))
+            .serve_with_incoming(
+                UnixListenerStream::new(listener).map(|s| s.map(AuthorityFix::new)),
+            );
+        // Not a graceful shutdown on a retry: a connection the kubelet
+        // left open must not keep the old socket alive.
+        tokio::select! {
+            served = served => served.map_err(|e| Error::io("serve", socket, std::io::Error::other(e)))?,
+            () = again => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+/// A unix listener on `socket` (its directory made, a stale socket
+/// removed), readable and writable by owner and group only.
+fn bind_unix(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    }
+    remove_socket(socket)?;
+    let listener = UnixListener::bind(socket).map_err(|e| Error::io("bind", socket, e))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::io("chmod", socket, e))?;
+    Ok(listener)
+}
+
+/// Removes `socket`; one that is not there is fine.
+pub fn remove_socket(socket: &Path) -> Result<()> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", socket, e)),
+    }
 }
 
 /// The services of the node API, and who may call them.
@@ -360,7 +416,14 @@ pub async fn serve_node_api(
                 api.clients,
             ),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // TCP_NODELAY, tonic's default where it binds the address itself:
+        // a bare listener leaves Nagle's algorithm on, which can hold a
+        // unary answer's last small write (the trailers) until the
+        // controller's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .map_err(|e| Error::io("serve", name, std::io::Error::other(e)))
 }
@@ -369,6 +432,90 @@ pub async fn serve_node_api(
 mod tests {
     use super::*;
     use crate::snapshot_metadata::MetadataStream;
+
+    #[tokio::test]
+    async fn a_refused_registration_makes_the_socket_anew_and_stop_ends_the_server() {
+        use csi_proto::pluginregistration as reg;
+        use reg::registration_client::RegistrationClient;
+        use std::os::unix::fs::MetadataExt;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("plugins_registry/d-reg.sock");
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let server = {
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                serve_registration(
+                    &socket,
+                    RegistrationService::new("d", "/k/plugins/d/csi.sock"),
+                    Duration::from_millis(50),
+                    Arc::new(Metrics::new()),
+                    async move {
+                        let _ = stop_rx.wait_for(|s| *s).await;
+                    },
+                )
+                .await
+            })
+        };
+        let client = || async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))
+                    .expect("endpoint")
+                    .connect()
+                    .await
+                    .expect("connect");
+            RegistrationClient::new(channel)
+        };
+        let inode = || std::fs::metadata(&socket).map(|m| m.ino()).ok();
+        for _ in 0..200 {
+            if inode().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first = inode().expect("the socket is there");
+        let mut c = client().await;
+        assert_eq!(
+            c.get_info(reg::InfoRequest {})
+                .await
+                .expect("GetInfo")
+                .into_inner()
+                .name,
+            "d"
+        );
+        c.notify_registration_status(reg::RegistrationStatus {
+            plugin_registered: false,
+            error: "no node yet".into(),
+        })
+        .await
+        .expect("NotifyRegistrationStatus");
+        let mut again = None;
+        for _ in 0..500 {
+            match inode() {
+                Some(i) if i != first => {
+                    again = Some(i);
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        assert!(
+            again.is_some(),
+            "the socket was not made anew after the refusal"
+        );
+        let info = client()
+            .await
+            .get_info(reg::InfoRequest {})
+            .await
+            .expect("GetInfo again");
+        assert_eq!(info.into_inner().endpoint, "/k/plugins/d/csi.sock");
+        stop_tx.send(true).expect("stop");
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server stops")
+            .expect("task")
+            .expect("served");
+    }
 
     #[test]
     fn method_labels_come_from_a_fixed_set() {
@@ -453,9 +600,12 @@ mod tests {
                 .add_service(csi::snapshot_metadata_server::SnapshotMetadataServer::new(
                     FailingMidStream,
                 ))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
         );
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")

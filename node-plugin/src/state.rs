@@ -229,12 +229,16 @@ pub enum LostReason {
 }
 
 impl LostReason {
+    /// The word the node API sends for it (`x-blksnap-lost`): the
+    /// contract's, so that the controller parses what the node writes.
     pub fn as_str(self) -> &'static str {
+        use blksnap_node_api::lost::LostReason as Wire;
         match self {
-            LostReason::KernelForgot => "kernel-forgot",
-            LostReason::Overflow => "overflow",
-            LostReason::IoError => "io-error",
+            LostReason::KernelForgot => Wire::KernelForgot,
+            LostReason::Overflow => Wire::Overflow,
+            LostReason::IoError => Wire::IoError,
         }
+        .as_str()
     }
 }
 
@@ -478,6 +482,20 @@ pub fn whole(capacity: u64) -> Vec<Range<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_reasons_are_stored_and_sent_as_the_contract_parses_them() {
+        use blksnap_node_api::lost::LostReason as Wire;
+        for r in [
+            LostReason::KernelForgot,
+            LostReason::Overflow,
+            LostReason::IoError,
+        ] {
+            let stored = serde_json::to_string(&r).expect("json");
+            assert_eq!(stored, format!("\"{}\"", r.as_str()));
+            assert_ne!(Wire::parse(r.as_str()), Wire::Other, "{r:?}");
+        }
+    }
 
     fn snapshot(volume: &str) -> SnapshotRecord {
         SnapshotRecord {

@@ -37,6 +37,22 @@ pub mod csi {
     }
 }
 
+/// The kubelet's plugin registration API v1 (protobuf package
+/// `pluginregistration`), which a CSI node plugin serves in the kubelet's
+/// `plugins_registry` directory so the kubelet finds its socket:
+/// [`pluginregistration::registration_server::RegistrationServer`] and the
+/// client beside it.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    rustdoc::all
+)]
+pub mod pluginregistration {
+    tonic::include_proto!("pluginregistration");
+}
+
 /// The CSI version this crate declares.
 pub const CSI_VERSION: &str = "1.12.0";
 

@@ -159,8 +159,10 @@ check("provisioner: Topology, capacity with its owner, extra metadata, strict to
       all(a in prov for a in ("--feature-gates=Topology=true", "--enable-capacity", "--capacity-ownerref-level=2",
                               "--extra-create-metadata", "--strict-topology", "--leader-election"))
       and {"NAMESPACE", "POD_NAME"} <= set(env(ctl_c["csi-provisioner"])), str(prov))
-check("snapshotter and resizer elect a leader",
-      all("--leader-election" in ctl_c[c]["args"] for c in ("csi-snapshotter", "csi-resizer")))
+check("snapshotter, resizer and our driver elect a leader",
+      all("--leader-election" in ctl_c[c]["args"] for c in ("csi-snapshotter", "csi-resizer", "csi-driver"))
+      and "--leader-election-namespace=$(NAMESPACE)" in ctl_c["csi-driver"]["args"]
+      and {"NAMESPACE", "POD_NAME"} <= set(env(ctl_c["csi-driver"])))
 
 # Named ports of probes must be ports of the same container (the kubelet looks there).
 bad_ports = []
@@ -206,6 +208,19 @@ if SET not in ("images", "overrides"):
     check("sidecar images at the versions of tests/k8s/versions", not drift, str(drift))
     ours = [c for _, w in pods for init in (False, True) for c in containers(w, init).values() if "blksnap-csi-" in c["image"]]
     check("our three images: never pulled (IfNotPresent)", len(ours) == 3 and all(c["imagePullPolicy"] == "IfNotPresent" for c in ours))
+    # The chart must ask for what the build tags, or an imported image is
+    # not found: names from packaging/images/name, the workspace's version.
+    if SET == "default":
+        cargo = open("Cargo.toml").read().split("[workspace.package]")[1]
+        version = next(l.split('"')[1] for l in cargo.splitlines() if l.startswith("version = "))
+        built = {c: "localhost/" + subprocess.run(["packaging/images/name", n], capture_output=True,
+                                                  text=True, check=True).stdout.strip() + ":" + version
+                 for c, n in (("module-loader", "module-loader"), ("node-plugin", "node-plugin"),
+                              ("csi-driver", "csi-driver"))}
+        got = {"module-loader": containers(ds, True)["module-loader"]["image"],
+               "node-plugin": ds_c["node-plugin"]["image"], "csi-driver": ctl_c["csi-driver"]["image"]}
+        check("our images' defaults are the tags packaging/images/build gives", got == built,
+              f"chart {got}, build {built}")
 
 # ---- TLS ----------------------------------------------------------------------
 
@@ -261,7 +276,7 @@ elif SET == "images":
     np_img = ds_c["node-plugin"]
     check("images: digest wins over tag, pullPolicy Never",
           np_img["image"].endswith("@sha256:" + "0123456789abcdef" * 4) and np_img["imagePullPolicy"] == "Never"
-          and ctl_c["csi-driver"]["image"] == "localhost/blksnap-csi-driver:0.1.0-dev")
+          and ctl_c["csi-driver"]["image"] == "mirror.example.com/blksnap/blksnap-csi-driver:0.1.0-dev")
     check("images: pull secrets on both pods",
           all(w["spec"]["template"]["spec"].get("imagePullSecrets") == [{"name": "mirror-credentials"}] for _, w in pods))
 elif SET == "host-module":

@@ -39,6 +39,11 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+/// The Lease of `driver`'s reconciler (one per driver in a namespace).
+pub fn lease_name(driver: &str) -> String {
+    format!("{}-reconciler", driver.replace('.', "-"))
+}
+
 impl LeaseConfig {
     pub fn new(namespace: &str, name: &str, identity: &str) -> LeaseConfig {
         LeaseConfig {
@@ -54,12 +59,14 @@ impl LeaseConfig {
 
 /// Runs `work` whenever this replica leads: waits for the Lease, runs one
 /// `work()` while it is held, and drops (cancels) it when the Lease is lost,
-/// then competes again. Returns when a `work()` returns, after releasing
-/// the Lease so that another replica takes over at once.
+/// then competes again. Returns when a `work()` returns or `stop`
+/// resolves, after releasing the Lease if held, so that another replica
+/// takes over at once.
 pub async fn lead<F, Fut>(
     client: Client,
     config: LeaseConfig,
     metrics: Metrics,
+    stop: impl Future<Output = ()>,
     mut work: F,
 ) -> Result<()>
 where
@@ -67,12 +74,17 @@ where
     Fut: Future<Output = Result<()>>,
 {
     let mut lease = Elector::new(client, config);
+    tokio::pin!(stop);
     loop {
-        lease.acquire().await;
+        tokio::select! {
+            () = lease.acquire() => {}
+            () = &mut stop => return Ok(()),
+        }
         metrics.leader.set(1);
         info!(lease = %lease.config.name, identity = %lease.config.identity, "leading");
         let outcome = tokio::select! {
             r = work() => Some(r),
+            () = &mut stop => Some(Ok(())),
             () = lease.keep() => None,
         };
         metrics.leader.set(0);
@@ -196,25 +208,32 @@ impl Elector {
     }
 
     /// Gives the Lease up if this replica still holds it: no holder and a
-    /// duration of one second, as client-go does.
+    /// duration of one second, as client-go does. A write that loses a
+    /// race (a renewal that was in flight when the work stopped may land
+    /// after the read) is tried again, within the retry period.
     async fn release(&mut self) {
         let released = async {
-            let mut lease = self.api.get(&self.config.name).await?;
-            let spec = lease.spec.get_or_insert_with(Default::default);
-            if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
-                return Ok(false);
-            }
-            spec.holder_identity = None;
-            spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
-            conflict_is_false(
-                self.api
+            loop {
+                let mut lease = self.api.get(&self.config.name).await?;
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+                    return Ok::<_, crate::Error>(false);
+                }
+                spec.holder_identity = None;
+                spec.lease_duration_seconds = Some(1);
+                spec.renew_time = Some(MicroTime(Timestamp::now()));
+                let put = self
+                    .api
                     .replace(&self.config.name, &PostParams::default(), &lease)
-                    .await,
-            )
+                    .await;
+                if conflict_is_false(put)? {
+                    return Ok(true);
+                }
+            }
         };
         match tokio::time::timeout(self.config.retry_period, released).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(true)) => info!(lease = %self.config.name, "released the lease"),
+            Ok(Ok(false)) => {}
             Ok(Err(e)) => warn!(error = %e, lease = %self.config.name, "releasing the lease"),
             Err(_) => warn!(lease = %self.config.name, "releasing the lease timed out"),
         }

@@ -117,7 +117,7 @@ impl Metrics {
         );
         r.register(
             "leader",
-            "1 while this replica holds the leader lease",
+            "1 while this replica reconciles (holds the leader Lease, or runs without leader election)",
             m.leader.clone(),
         );
         m

@@ -16,7 +16,7 @@ use crate::support::{cluster, delete_namespace, namespace, unique, wait_for};
 
 const PORT: u16 = 9443;
 
-async fn pod(client: &Client, ns: &str, name: &str, node: &str, labelled: bool) {
+pub async fn pod(client: &Client, ns: &str, name: &str, node: &str, labelled: bool) {
     let labels = if labelled {
         json!({"app.kubernetes.io/name": "blksnap-csi", "app.kubernetes.io/component": "node"})
     } else {
@@ -41,7 +41,7 @@ async fn pod(client: &Client, ns: &str, name: &str, node: &str, labelled: bool) 
 }
 
 /// Writes the status a kubelet writes for a running pod.
-async fn pod_status(client: &Client, ns: &str, name: &str, ip: &str, ready: bool) {
+pub async fn pod_status(client: &Client, ns: &str, name: &str, ip: &str, ready: bool) {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let ready = if ready { "True" } else { "False" };
     api.patch_status(
@@ -58,7 +58,7 @@ async fn pod_status(client: &Client, ns: &str, name: &str, ip: &str, ready: bool
     .expect("pod status");
 }
 
-async fn node(client: &Client, name: &str) {
+pub async fn node(client: &Client, name: &str) {
     let api: Api<Node> = Api::all(client.clone());
     let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
     api.create(&PostParams::default(), &n).await.expect("node");

@@ -39,6 +39,7 @@ fn replica(
         client.clone(),
         cfg,
         metrics.clone(),
+        std::future::pending(),
         move || reconciler::run(ctx.clone()),
     ));
     Replica { metrics, task }

@@ -4,10 +4,13 @@
 //! stops it; without `BLKSNAP_K8S_KUBECONFIG` (or `KUBECONFIG`) every test
 //! prints `skipped: <why>`.
 
+mod binary;
 mod discovery;
 mod group;
 mod leader;
 mod lost;
+#[path = "../node_api/mod.rs"]
+mod node_api;
 mod nodes;
 mod orphans;
 mod support;

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use blksnap::{Control, Error};
+use blksnap::{Control, Error, Event};
 use common::*;
 use nix::errno::Errno;
 
@@ -183,22 +183,22 @@ const ENOMEM: i64 = -12;
 
 /// What an image may read: the data of the take while the snapshot
 /// reports itself whole; only errors once it reports itself corrupted.
-/// Returns a word for the log.
+/// A read that fails (only broken storage makes one fail here) must leave
+/// the snapshot corrupted: a chunk that cannot be read is lost. Returns a
+/// word for the log.
 fn check_image(ctl: &Control, dev: &File, image: &Path, region: u64) -> &'static str {
     let info = ctl.snapshot_info(dev).expect("snapshot_info");
     let image = open_direct_ro(image);
     match info.error {
         None => match verify_range(&image, 0, region, |_| 0) {
             Ok(_) => "whole",
-            // A read that meets broken storage fails: an error is no other
-            // data. The read may corrupt the snapshot then; if it does not,
-            // the snapshot still says whole while a chunk cannot be read
-            // (the module does not yet mark that), reported as such.
             Err(e) if e.starts_with("read ") => {
-                match ctl.snapshot_info(dev).expect("snapshot_info").error {
-                    Some(_) => "corrupted",
-                    None => "unreadable",
-                }
+                let after = ctl.snapshot_info(dev).expect("snapshot_info");
+                assert!(
+                    after.error.is_some(),
+                    "image {e}, yet the snapshot still reports itself whole"
+                );
+                "corrupted"
             }
             Err(e) => panic!("image reported whole but: {e}"),
         },
@@ -279,6 +279,74 @@ fn allocation_failures_in_the_write_load_and_store_paths() {
     say!(
         "racing writes with failing helpers: {}",
         outcomes.join(", ")
+    );
+}
+
+/// The file storage must grow under first writes (a small growth step,
+/// twice its size copied) while every growth fails for lack of memory:
+/// the copies that find no room corrupt the snapshot with ENOMEM, its
+/// event is queued, the image reads fail and the device holds every write.
+#[test]
+fn a_failed_storage_growth_corrupts_the_snapshot_not_the_device() {
+    if !injectable("__diff_storage_grow") {
+        say!("skipped: this kernel has no fail_function (CONFIG_FAIL_FUNCTION) for __diff_storage_grow; run it on the debug kernel");
+        return;
+    }
+    const MINIMUM: u64 = 32 * MIB / SECTOR;
+    let _restore = reload_module_with(&[&format!("diff_storage_minimum={MINIMUM}")]);
+    let (ctl, disks) = setup();
+    let fs = TmpMount::ext4(&disks.storage);
+    let storage = tmpfile_in(&fs.path);
+    let dev = open_direct(&disks.data_a);
+    let (major, minor) = dev_numbers(&dev);
+    let region = 2 * MINIMUM * SECTOR / BLOCK;
+    write_range(&dev, 0, region, |_| 0);
+    let _att = Attached::new(&ctl, &dev);
+    let (snap, images) = Snap::take(&ctl, &storage, 1024 * MIB / SECTOR, &[&dev]);
+    let held = storage.metadata().expect("fstat").len();
+    {
+        let _fault = FailFunction::start("__diff_storage_grow", ENOMEM, 100);
+        write_range(&dev, 0, region, |_| 1);
+        let event = loop {
+            match ctl.wait_event(snap.id, Duration::from_secs(30)) {
+                Ok(Some(Event::LowSpace { .. })) => continue,
+                Ok(Some(e)) => break e,
+                other => panic!("no corrupted event: {other:?}"),
+            }
+        };
+        assert_eq!(
+            event,
+            Event::Corrupted {
+                major,
+                minor,
+                errno: Errno::ENOMEM
+            }
+        );
+    }
+    let info = ctl.snapshot_info(&dev).expect("snapshot_info");
+    assert_eq!(info.error, Some(Errno::ENOMEM), "snapshotinfo");
+    assert_eq!(
+        storage.metadata().expect("fstat").len(),
+        held,
+        "the storage grew while every growth failed"
+    );
+    let image = open_direct_ro(&images[0]);
+    let mut buf = AlignedBuf::new(MIB as usize);
+    let err = image
+        .read_exact_at(buf.as_mut_slice(), 0)
+        .expect_err("a corrupted image served a read");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(nix::libc::EIO),
+        "image read: {err}"
+    );
+    verify_range(&dev, 0, region, |_| 1).unwrap_or_else(|e| panic!("device: {e}"));
+    drop(image);
+    snap.destroy().expect("destroy");
+    say!(
+        "storage of {} MiB, {} MiB of first writes, every growth failing: corrupted (ENOMEM), device whole",
+        held / MIB,
+        region * BLOCK / MIB
     );
 }
 
@@ -432,10 +500,12 @@ impl DmDev {
         }
     }
 
-    /// Replaces the table, as one suspend and resume.
+    /// Replaces the table, as one suspend and resume. A file system on
+    /// the device is not frozen for it: its thaw would write the super
+    /// block, which fails under the error table, and so the resume.
     fn swap(&self, table: &str) {
         run("dmsetup", &["reload", &self.name, "--table", table]);
-        run("dmsetup", &["resume", &self.name]);
+        run("dmsetup", &["resume", "--nolockfs", &self.name]);
     }
 }
 
@@ -459,9 +529,63 @@ fn have_dmsetup() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Chunks stored while the storage (`dm`, a block device itself or under
+/// the file system of a file storage) works; then it fails every I/O. An
+/// image read of a stored chunk fails, and must have marked the snapshot
+/// corrupted, with its event, before the read returned; it stays so once
+/// the storage works again. The device keeps every write.
+fn read_stored_chunks_through_failing_storage(
+    ctl: &Control,
+    disks: &Disks,
+    dm: &DmDev,
+    storage: &File,
+    limit: u64,
+    (bad, good): (&str, &str),
+) {
+    let dev = open_direct(&disks.data_a);
+    let region = 8 * MIB / BLOCK;
+    write_range(&dev, 0, region, |_| 0);
+    let _att = Attached::new(ctl, &dev);
+    let (snap, images) = Snap::take(ctl, storage, limit, &[&dev]);
+    write_range(&dev, 0, region, |_| 1);
+    let image = open_direct_ro(&images[0]);
+    // A read of a chunk still being stored waits for it: after this
+    // every chunk of the region is in the storage.
+    verify_range(&image, 0, region, |_| 0).expect("image before the fault");
+    // Nothing of a file system on the storage is left to write while it
+    // fails (its mount has noatime: the reads write nothing either).
+    run("sync", &[]);
+    dm.swap(bad);
+    let read = verify_range(&image, 0, region, |_| 0);
+    let info = ctl.snapshot_info(&dev).expect("snapshot_info");
+    dm.swap(good);
+    match read {
+        Err(e) if e.starts_with("read ") => {}
+        other => panic!("image read of chunks on a failing storage: {other:?}"),
+    }
+    assert!(
+        info.error.is_some(),
+        "a stored chunk could not be read, yet the snapshot reports itself whole"
+    );
+    match ctl.wait_event(snap.id, Duration::from_secs(5)) {
+        Ok(Some(Event::Corrupted { .. })) => {}
+        other => panic!("event after the failed read: {other:?}"),
+    }
+    let mut buf = AlignedBuf::new(MIB as usize);
+    assert!(
+        image.read_exact_at(buf.as_mut_slice(), 0).is_err(),
+        "the image served a read once corrupted"
+    );
+    verify_range(&dev, 0, region, |_| 1).unwrap_or_else(|e| panic!("device: {e}"));
+    drop(image);
+    snap.destroy().expect("destroy");
+}
+
 /// The difference storage starts failing I/O while writes race, for good
 /// (the error target) or by turns (flakey): the image serves the data of
-/// the take or fails, the device holds every write.
+/// the take or fails, the device holds every write. Then the storage
+/// fails under chunks already stored in it, a block device and a file
+/// storage: reading them corrupts the snapshot.
 #[test]
 fn storage_io_errors_never_serve_other_data_nor_harm_the_device() {
     if !have_dmsetup() {
@@ -495,7 +619,36 @@ fn storage_io_errors_never_serve_other_data_nor_harm_the_device() {
         outcomes.push(format!("{kind}: {what}"));
         drop(storage);
     }
-    say!("storage I/O errors: {}", outcomes.join(", "));
+    let error = format!("0 {sectors} error");
+    {
+        let dm = DmDev::new("blksnap_store", &linear);
+        let storage = open_excl(&dm.path);
+        read_stored_chunks_through_failing_storage(
+            &ctl,
+            &disks,
+            &dm,
+            &storage,
+            sectors,
+            (&error, &linear),
+        );
+    }
+    {
+        let dm = DmDev::new("blksnap_store", &linear);
+        let fs = TmpMount::ext4(&dm.path);
+        let storage = tmpfile_in(&fs.path);
+        read_stored_chunks_through_failing_storage(
+            &ctl,
+            &disks,
+            &dm,
+            &storage,
+            256 * MIB / SECTOR,
+            (&error, &linear),
+        );
+    }
+    say!(
+        "storage I/O errors: {}; stored chunks read through a failing storage: corrupted (block device, file)",
+        outcomes.join(", ")
+    );
 }
 
 const FAIL_MAKE_REQUEST: &str = "/sys/kernel/debug/fail_make_request";

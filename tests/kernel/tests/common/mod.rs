@@ -608,14 +608,22 @@ impl TmpMount {
         TmpMount { path }
     }
 
-    /// A fresh ext4 on `dev`.
+    /// A fresh ext4 on `dev`, mounted noatime: reading a file writes
+    /// nothing, so that a test may fail the device under it for reads.
     pub fn ext4(dev: &Path) -> Self {
         let dev = dev.to_str().expect("UTF-8 path");
         run("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", dev]);
         let path = unique_dir("ext4");
         run(
             "mount",
-            &["-t", "ext4", dev, path.to_str().expect("UTF-8 path")],
+            &[
+                "-t",
+                "ext4",
+                "-o",
+                "noatime",
+                dev,
+                path.to_str().expect("UTF-8 path"),
+            ],
         );
         TmpMount { path }
     }

@@ -249,7 +249,7 @@ static void diff_area_drop_chunk(struct diff_area *area, struct chunk *chunk)
 /**
  * enum cow_need - What a write to a chunk needs.
  * @COW_PASS: nothing: the chunk was copied under the newest take, or no
- *	view needs its data.
+ *	view still whole needs its data.
  * @COW_WAIT: the newest copy is being read; the write waits for it.
  * @COW_COPY: a new copy.
  */
@@ -263,8 +263,8 @@ enum cow_need {
  * Under the lock: what a write to chunk @n needs; @newest is set to the
  * chunk's newest copy. A copy still being read, from before the newest
  * take, serves that take too: no write reached the chunk since it began.
- * When no view took a snapshot after the newest copy, the chunk is marked
- * so that writes pass until the next take.
+ * When no view still whole took a snapshot after the newest copy, the
+ * chunk is marked so that writes pass until the next take.
  */
 static enum cow_need __diff_area_need(struct diff_area *area, unsigned long n,
 				      struct chunk **newest)
@@ -843,6 +843,49 @@ static int diff_area_chunk_cmp(void *priv, const struct list_head *a,
 }
 
 /*
+ * A batch that found no room in its storage: the views that keep their
+ * copies there are corrupted, and the batch's copies that a view still
+ * whole reads go back to the queue, for the storage of the newest such
+ * view (they then count against its limit). What is left in the batch
+ * serves no whole view and fails with it.
+ */
+static void diff_area_move_batch(struct diff_area *area,
+				 struct store_batch *sb, int err)
+{
+	struct chunk *chunk, *next;
+	struct diff_view *view;
+	struct diff_storage *to;
+	unsigned int moved = 0;
+
+	mutex_lock(&area->views_mutex);
+	list_for_each_entry(view, &area->views, link)
+		if (view->storage == sb->storage)
+			diff_view_corrupt(view, err);
+	mutex_unlock(&area->views_mutex);
+
+	spin_lock_irq(&area->lock);
+	to = area->target;
+	if (!to || to == sb->storage || area->error || area->stopping) {
+		spin_unlock_irq(&area->lock);
+		return;
+	}
+	list_for_each_entry_safe_reverse(chunk, next, &sb->chunks, link) {
+		if (!__diff_area_needs(area, chunk->older ? chunk->older->seq : 0,
+				       chunk->seq, true))
+			continue;
+		/* Its reference to the old storage is dropped below. */
+		chunk_set_storage(chunk, to);
+		list_move(&chunk->link, &area->store_queue);
+		moved++;
+	}
+	sb->nr -= moved;
+	spin_unlock_irq(&area->lock);
+	/* Its release sleeps; the batch's chunks then keep it no more. */
+	while (moved--)
+		diff_storage_put(sb->storage);
+}
+
+/*
  * Takes up to chunk_maximum_in_queue chunks at a time off the store queue
  * and writes each batch to consecutive slots. Batches are in flight
  * together; the worker does not wait for them (only a file that takes no
@@ -894,6 +937,9 @@ static void diff_area_store_fn(struct work_struct *work)
 			err = diff_storage_alloc(sb->storage,
 						 (sector_t)sb->nr << area->chunk_shift,
 						 &sb->sector);
+		/* No room: what still serves a whole view moves on. */
+		if (err && !skip && sb != &local)
+			diff_area_move_batch(area, sb, err);
 		if (!err && sb->storage->target) {
 			diff_area_store_bios(area, sb);
 			continue;

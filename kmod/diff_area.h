@@ -34,14 +34,18 @@ struct tracker;
  * data every snapshot taken at a sequence in (p, t] saw: no write reached
  * the chunk between those takes and the copy. So an image of a snapshot
  * taken at s reads the oldest copy tagged s or later, and the original
- * device when there is none. A write copies only when some view needs
- * it (the newest view is younger than the chunk's newest copy).
+ * device when there is none. A write copies only when some view still
+ * whole needs it (the newest such view is younger than the chunk's newest
+ * copy).
  *
- * A copy goes to the difference storage of the newest view when it is
- * made and holds a reference to it, so a storage outlives its snapshot
- * while older snapshots still read copies there. A destroy frees the
- * copies whose interval holds no remaining view; a failed store corrupts
- * the views of that copy's interval only. Image writes go to a copy that
+ * A copy goes to the difference storage of the newest view still whole
+ * when it is made and holds a reference to it, so a storage outlives its
+ * snapshot while older snapshots still read copies there. A destroy frees
+ * the copies whose interval holds no remaining view. A store that finds
+ * no room corrupts the views of that storage, and its copies that a whole
+ * view still reads move to the storage of the newest whole view; a store
+ * that fails otherwise corrupts the views of that copy's interval only.
+ * Image writes go to a copy that
  * serves only the writing view, or to a private copy of the view made
  * on the first write (&diff_view.own), so no other snapshot sees them.
  * A take first lets every write already held for a copy reach the
@@ -68,8 +72,8 @@ struct tracker;
  *	take state below and the list of views.
  * @chunks: the newest copy of each chunk copied so far, by number.
  * @seq: sequence of the newest take.
- * @newest: sequence of the newest view still held, 0 for none.
- * @target: storage of the newest view, where new copies go.
+ * @newest: sequence of the newest view still whole, 0 for none.
+ * @target: storage of that view, where new copies go.
  * @views: the views, oldest first; changed under @lock and @views_mutex.
  * @views_mutex: lets the workers walk @views while they sleep.
  * @nr_busy: chunks being loaded plus writes deferred: what a take waits

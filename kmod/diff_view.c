@@ -34,6 +34,26 @@ struct diff_view *diff_view_new(struct diff_area *area,
 }
 
 /*
+ * Under the lock: new copies serve the newest view still whole and go to
+ * its storage; none are made once every view is corrupted.
+ */
+static void __diff_area_retarget(struct diff_area *area)
+{
+	struct diff_view *view;
+
+	lockdep_assert_held(&area->lock);
+	area->newest = 0;
+	area->target = NULL;
+	list_for_each_entry_reverse(view, &area->views, link) {
+		if (!view->error) {
+			area->newest = view->seq;
+			area->target = view->storage;
+			return;
+		}
+	}
+}
+
+/*
  * The take of the view's snapshot, with the device's writes held and
  * none waiting for a copy: the view gets the next sequence, and every
  * chunk is copied again on its next write.
@@ -48,8 +68,7 @@ void diff_view_add(struct diff_view *view)
 	view->error = area->error;
 	bitmap_zero(area->cow_map, area->chunk_count);
 	list_add_tail(&view->link, &area->views);
-	area->newest = view->seq;
-	area->target = view->storage;
+	__diff_area_retarget(area);
 	spin_unlock_irq(&area->lock);
 	mutex_unlock(&area->views_mutex);
 }
@@ -61,30 +80,31 @@ void diff_view_add(struct diff_view *view)
 bool diff_view_remove(struct diff_view *view)
 {
 	struct diff_area *area = view->area;
-	struct diff_view *last;
 	bool empty;
 
 	mutex_lock(&area->views_mutex);
 	spin_lock_irq(&area->lock);
 	list_del_init(&view->link);
 	empty = list_empty(&area->views);
-	last = empty ? NULL : list_last_entry(&area->views, struct diff_view,
-					      link);
-	area->newest = last ? last->seq : 0;
-	area->target = last ? last->storage : NULL;
+	__diff_area_retarget(area);
 	spin_unlock_irq(&area->lock);
 	mutex_unlock(&area->views_mutex);
 	return empty;
 }
 
-/* Under the lock: whether a view was taken in (@after, @last]. */
-static bool __diff_area_needs(struct diff_area *area, u64 after, u64 last)
+/*
+ * Under the lock: whether a view (with @whole, one not corrupted) was
+ * taken in (@after, @last].
+ */
+bool __diff_area_needs(struct diff_area *area, u64 after, u64 last,
+		       bool whole)
 {
 	struct diff_view *view;
 
 	lockdep_assert_held(&area->lock);
 	list_for_each_entry(view, &area->views, link)
-		if (view->seq > after && view->seq <= last)
+		if (view->seq > after && view->seq <= last &&
+		    (!whole || !view->error))
 			return true;
 	return false;
 }
@@ -102,7 +122,7 @@ static void __diff_area_trim_chunk(struct diff_area *area, unsigned long n,
 		if ((chunk->state != CHUNK_STORED &&
 		     chunk->state != CHUNK_FAILED) ||
 		    __diff_area_needs(area, older ? older->seq : 0,
-				      chunk->seq)) {
+				      chunk->seq, false)) {
 			newer = chunk;
 			continue;
 		}
@@ -199,8 +219,10 @@ void diff_view_corrupt(struct diff_view *view, int err)
 
 	spin_lock_irqsave(&area->lock, flags);
 	first = !view->error;
-	if (first)
+	if (first) {
 		view->error = err;
+		__diff_area_retarget(area);
+	}
 	spin_unlock_irqrestore(&area->lock, flags);
 	if (!first)
 		return;
@@ -362,7 +384,10 @@ static int diff_view_transfer(struct diff_area *area,
 /*
  * The first image write to chunk @n while its copy @shared serves other
  * views too: the view gets a private copy of it in its own storage. From
- * the image's worker, which alone fills @own.
+ * the image's worker, which alone fills @own. Once its buffers are had,
+ * a failure to make the copy (the read of the shared one, room in the
+ * storage, the write) corrupts the view, as a failed image I/O to the
+ * storage does.
  */
 int diff_view_own(struct diff_view *view, unsigned long n,
 		  struct chunk *shared)
@@ -385,8 +410,10 @@ int diff_view_own(struct diff_view *view, unsigned long n,
 		ret = diff_storage_alloc(view->storage, size, &sector);
 	if (!ret)
 		ret = diff_view_transfer(area, view->storage, true, sector, buf);
-	if (ret)
+	if (ret) {
+		diff_view_corrupt(view, ret);
 		goto out;
+	}
 	INIT_LIST_HEAD(&own->link);
 	own->area = area;
 	own->number = n;

@@ -49,6 +49,8 @@ int diff_view_error(struct diff_view *view);
 void diff_view_corrupt(struct diff_view *view, int err);
 void diff_area_corrupt_range(struct diff_area *area, u64 after, u64 last,
 			     int err);
+bool __diff_area_needs(struct diff_area *area, u64 after, u64 last,
+		       bool whole);
 struct chunk *__diff_view_copy(struct diff_view *view, unsigned long n);
 bool __diff_view_sole(struct diff_view *view, struct chunk *chunk);
 int diff_view_own(struct diff_view *view, unsigned long n,

@@ -431,6 +431,73 @@ fn held_overflow_with_several_held_corrupts_only_those_it_could_not_serve() {
     say!("B overflowed; A and C exact");
 }
 
+/// Two snapshots taken back to back share every copy made after them, in
+/// the newer one's storage. When that storage is full, the newer one is
+/// corrupted and the copies the older one still needs go to the older
+/// one's storage instead: it stays whole, each copy in one storage.
+#[test]
+fn held_overflow_of_the_newest_storage_leaves_the_older_snapshot_whole() {
+    let (ctl, disks) = setup();
+    let dev = open_direct(&disks.data_a);
+    write_range(&dev, 0, REGION, |_| 0);
+    let fs = TmpMount::tmpfs(256 * MIB);
+    let big = tmpfile_in(&fs.path);
+    let small = tmpfile_in(&fs.path);
+    let _att = Attached::new(&ctl, &dev);
+    let (a, pa) = Snap::take(&ctl, &big, 128 * MIB / SECTOR, &[&dev]);
+    let (b, pb) = Snap::take(&ctl, &small, 4 * MIB / SECTOR, &[&dev]);
+    write_range(&dev, 0, REGION, |_| 1);
+    // Every chunk copied once, in one storage or the other, once stored.
+    let region = REGION * BLOCK / SECTOR;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (used_a, used_b) = loop {
+        let used = |id| {
+            ctl.snapshot_info_of(id, &dev)
+                .expect("snapshot_info_of")
+                .storage_used_sectors
+        };
+        let (ua, ub) = (used(a.id), used(b.id));
+        if ua + ub == region || Instant::now() > deadline {
+            break (ua, ub);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        used_a + used_b,
+        region,
+        "sectors of copies in A's storage ({used_a}) and B's ({used_b})"
+    );
+    assert!(
+        used_b <= 4 * MIB / SECTOR,
+        "B's storage holds {used_b} sectors"
+    );
+    let info_b = ctl.snapshot_info_of(b.id, &dev).expect("info B");
+    assert_eq!(info_b.info.error, Some(Errno::ENOSPC), "B after overflow");
+    let info_a = ctl.snapshot_info_of(a.id, &dev).expect("info A");
+    assert_eq!(info_a.info.error, None, "A, served by its own storage");
+    let ia = open_direct_ro(&pa[0]);
+    verify_range(&ia, 0, REGION, |_| 0).unwrap_or_else(|e| panic!("A after B's overflow: {e}"));
+    let ib = open_direct_ro(&pb[0]);
+    let mut buf = AlignedBuf::new(MIB as usize);
+    let err = ib
+        .read_exact_at(buf.as_mut_slice(), 0)
+        .expect_err("B's image must not be readable");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EIO), "B read: {err}");
+    drop(ib);
+    // A still reads the copies kept in B's storage once B is gone.
+    b.destroy().expect("destroy B");
+    write_range(&dev, 0, REGION, |_| 2);
+    verify_range(&ia, 0, REGION, |_| 0).unwrap_or_else(|e| panic!("A after B's destroy: {e}"));
+    verify_range(&dev, 0, REGION, |_| 2).unwrap_or_else(|e| panic!("device: {e}"));
+    drop(ia);
+    a.destroy().expect("destroy A");
+    say!(
+        "B overflowed with {} MiB of copies, A took the other {} MiB and stayed exact",
+        used_b * SECTOR / MIB,
+        used_a * SECTOR / MIB
+    );
+}
+
 /// The change map between any two held snapshots, and a group take of two
 /// devices next to snapshots of one of them.
 #[test]

@@ -538,6 +538,9 @@ class Bench:
                 ids.append(sid)
                 ctl("snapshot", "add", sid, self.data)
                 ctl("snapshot", "take", sid)
+            # As for dm-snapshot: udev's probes of the k new images read
+            # the device, so they finish before the timed writes.
+            run(["udevadm", "settle"], check=False)
             out = {w: self.fio(self.data, w) for w in MULTI_WORKLOADS}
             info = ctl_json("snapshot", "info", self.data)
             if info.get("error"):

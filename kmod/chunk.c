@@ -6,6 +6,7 @@
 #include "diff_area.h"
 #include "hook.h"
 #include "diff_buffer.h"
+#include "diff_storage.h"
 
 static void chunk_load_endio(struct bio *bio)
 {
@@ -86,7 +87,20 @@ void chunk_free(struct chunk *chunk)
 		bio_put(bio);
 	if (chunk->buf)
 		diff_buffer_put(&chunk->area->pool, chunk->buf);
+	if (chunk->storage) {
+		if (chunk->state == CHUNK_STORED)
+			diff_storage_unuse(chunk->storage,
+					   1ULL << chunk->area->chunk_shift);
+		diff_storage_put(chunk->storage);
+	}
 	kfree(chunk);
+}
+
+/* Where the copy goes; under &diff_area.lock, so no sleep. */
+void chunk_set_storage(struct chunk *chunk, struct diff_storage *storage)
+{
+	diff_storage_get(storage);
+	chunk->storage = storage;
 }
 
 void chunk_load(struct chunk *chunk)

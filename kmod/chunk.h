@@ -8,6 +8,7 @@
 
 struct diff_area;
 struct diff_buffer;
+struct diff_storage;
 
 /**
  * enum chunk_state - Where a chunk's old data is.
@@ -26,11 +27,12 @@ enum chunk_state {
 };
 
 /**
- * struct chunk - Copy-on-write state of one chunk of a device.
+ * struct chunk - One copy of a chunk of a device.
  *
- * Chunks are made on the first write to them after the take and live as
- * long as their &struct diff_area. Everything but @buf, @loads and
- * @load_status is guarded by &diff_area.lock.
+ * Copies are made on the first write to a chunk after the newest take
+ * that a view needs, or as a view's private copy, and live until no view
+ * reads them. Everything but @buf, @loads and @load_status is guarded by
+ * &diff_area.lock.
  *
  * @link: entry in the store queue, a store batch, or a parked list.
  * @llnode: entry in &diff_area.loaded, pushed from bio completion.
@@ -45,6 +47,9 @@ enum chunk_state {
  * @buf: the old data while in memory; only the load and store paths use
  *	it.
  * @storage_sector: where the old data is, once stored.
+ * @seq: the take sequence the copy was made under (see diff_area.h).
+ * @older: the next older copy of the chunk, or NULL.
+ * @storage: the difference storage it goes to; the copy owns a reference.
  */
 struct chunk {
 	struct list_head link;
@@ -58,11 +63,15 @@ struct chunk {
 	blk_status_t load_status;
 	struct diff_buffer *buf;
 	sector_t storage_sector;
+	u64 seq;
+	struct chunk *older;
+	struct diff_storage *storage;
 };
 
 struct chunk *chunk_new(struct diff_area *area, unsigned long number,
 			gfp_t gfp);
 void chunk_free(struct chunk *chunk);
+void chunk_set_storage(struct chunk *chunk, struct diff_storage *storage);
 void chunk_load(struct chunk *chunk);
 
 #endif /* __BLKSNAP_CHUNK_H */

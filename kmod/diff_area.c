@@ -14,12 +14,13 @@
 #include "diff_area.h"
 #include "hook.h"
 #include "diff_storage.h"
+#include "diff_view.h"
 #include "event_queue.h"
 #include "tracker.h"
 
 /**
  * struct diff_area_clone - Part of an image bio sent to another device.
- * @area: the device's copy-on-write state.
+ * @view: the image's snapshot of the device.
  * @parent: the image bio.
  * @chunk: the first chunk it covers.
  * @nr_reads: chunks counted in &diff_area.reads from @chunk on: those of
@@ -27,7 +28,7 @@
  * @bio: the clone.
  */
 struct diff_area_clone {
-	struct diff_area *area;
+	struct diff_view *view;
 	struct bio *parent;
 	unsigned long chunk;
 	unsigned int nr_reads;
@@ -37,12 +38,12 @@ struct diff_area_clone {
 /**
  * struct diff_area_file_io - Part of an image bio served by a file storage.
  * @io: the storage I/O.
- * @area: the device's copy-on-write state.
+ * @view: the image's snapshot of the device.
  * @parent: the image bio.
  */
 struct diff_area_file_io {
 	struct diff_storage_io io;
-	struct diff_area *area;
+	struct diff_view *view;
 	struct bio *parent;
 };
 
@@ -97,9 +98,7 @@ static void diff_area_load_fn(struct work_struct *work);
 static void diff_area_store_fn(struct work_struct *work);
 static void diff_area_defer_fn(struct work_struct *work);
 
-struct diff_area *diff_area_new(struct tracker *tracker,
-				struct diff_storage *storage,
-				struct event_queue *events)
+struct diff_area *diff_area_new(struct tracker *tracker)
 {
 	struct diff_area *area;
 	int i, ret;
@@ -119,6 +118,8 @@ struct diff_area *diff_area_new(struct tracker *tracker,
 	 * never be held with interrupts on (lockdep saw xa_reserve() do it).
 	 */
 	xa_init_flags(&area->chunks, XA_FLAGS_LOCK_IRQ);
+	INIT_LIST_HEAD(&area->views);
+	mutex_init(&area->views_mutex);
 	bio_list_init(&area->deferred);
 	INIT_LIST_HEAD(&area->store_queue);
 	for (i = 0; i < DIFF_AREA_READ_BUCKETS; i++)
@@ -141,10 +142,6 @@ struct diff_area *diff_area_new(struct tracker *tracker,
 		goto fail_bs;
 
 	area->tracker = tracker_get(tracker);
-	area->storage = storage;
-	diff_storage_get(storage);
-	area->events = events;
-	event_queue_get(events);
 	return area;
 
 fail_bs:
@@ -158,17 +155,19 @@ ALLOW_ERROR_INJECTION(diff_area_new, ERRNO);
 static void diff_area_release(struct kref *kref)
 {
 	struct diff_area *area = container_of(kref, struct diff_area, kref);
-	struct chunk *chunk;
+	struct chunk *chunk, *older;
 	unsigned long index;
 
-	xa_for_each(&area->chunks, index, chunk)
-		chunk_free(chunk);
+	xa_for_each(&area->chunks, index, chunk) {
+		for (; chunk; chunk = older) {
+			older = chunk->older;
+			chunk_free(chunk);
+		}
+	}
 	xa_destroy(&area->chunks);
 	diff_buffer_pool_done(&area->pool);
 	bioset_exit(&area->load_bs);
 	kvfree(area->cow_map);
-	event_queue_put(area->events);
-	diff_storage_put(area->storage);
 	tracker_put(area->tracker);
 	kfree(area);
 }
@@ -185,30 +184,21 @@ int diff_area_error(struct diff_area *area)
 }
 
 /*
- * The image can no longer be whole. Writes to the device pass from now on;
- * image reads fail. Only the first error is kept and reported. Also from
- * bio completion (a failed image I/O to the storage): nothing here sleeps.
+ * No image of the device can be whole any more: every view is corrupted,
+ * writes to the device pass from now on and image reads fail. Only the
+ * first error is kept. In process context.
  */
 void diff_area_corrupt(struct diff_area *area, int err)
 {
-	struct blksnap_event_corrupted data = {
-		.dev_id_mj = MAJOR(area->bdev->bd_dev),
-		.dev_id_mn = MINOR(area->bdev->bd_dev),
-		.err_code = err,
-	};
-	unsigned long flags;
-
-	spin_lock_irqsave(&area->lock, flags);
+	spin_lock_irq(&area->lock);
 	if (area->error) {
-		spin_unlock_irqrestore(&area->lock, flags);
+		spin_unlock_irq(&area->lock);
 		return;
 	}
 	area->error = err;
-	spin_unlock_irqrestore(&area->lock, flags);
+	spin_unlock_irq(&area->lock);
 
-	pr_err("snapshot image of %pg is corrupted: %d\n", area->bdev, err);
-	event_queue_push(area->events, blksnap_event_code_corrupted, &data,
-			 sizeof(data));
+	diff_area_corrupt_range(area, 0, U64_MAX, err);
 	wake_up_all(&area->wq);
 	/* Frees the buffers still queued for storing. */
 	queue_work(blksnap_store_wq, &area->store_work);
@@ -217,6 +207,7 @@ void diff_area_corrupt(struct diff_area *area, int err)
 static void __diff_area_defer(struct diff_area *area, struct bio *bio)
 {
 	lockdep_assert_held(&area->lock);
+	area->nr_busy++;
 	bio_list_add(&area->deferred, bio);
 	queue_work(blksnap_wq, &area->defer_work);
 }
@@ -255,13 +246,81 @@ static void diff_area_drop_chunk(struct diff_area *area, struct chunk *chunk)
 	wake_up_all(&area->wq);
 }
 
+/**
+ * enum cow_need - What a write to a chunk needs.
+ * @COW_PASS: nothing: the chunk was copied under the newest take, or no
+ *	view still whole needs its data.
+ * @COW_WAIT: the newest copy is being read; the write waits for it.
+ * @COW_COPY: a new copy.
+ */
+enum cow_need {
+	COW_PASS,
+	COW_WAIT,
+	COW_COPY,
+};
+
+/*
+ * Under the lock: what a write to chunk @n needs; @newest is set to the
+ * chunk's newest copy. A copy still being read, from before the newest
+ * take, serves that take too: no write reached the chunk since it began.
+ * When no view still whole took a snapshot after the newest copy, the
+ * chunk is marked so that writes pass until the next take.
+ */
+static enum cow_need __diff_area_need(struct diff_area *area, unsigned long n,
+				      struct chunk **newest)
+{
+	struct chunk *chunk = xa_load(&area->chunks, n);
+
+	lockdep_assert_held(&area->lock);
+	*newest = chunk;
+	if (chunk && chunk->state == CHUNK_LOADING) {
+		chunk->seq = area->seq;
+		return COW_WAIT;
+	}
+	if (chunk && chunk->seq == area->seq)
+		return COW_PASS;
+	if (area->newest <= (chunk ? chunk->seq : 0)) {
+		set_bit(n, area->cow_map);
+		return COW_PASS;
+	}
+	return COW_COPY;
+}
+
+/*
+ * Under the lock: makes @new the newest copy of chunk @n, before @older,
+ * for the newest take. A slot that holds a copy, or that the caller
+ * reserved, takes it without allocating; an empty one may fail without
+ * memory, or when a worker reserved it.
+ */
+static int __diff_area_publish(struct diff_area *area, unsigned long n,
+			       struct chunk *older, struct chunk *new,
+			       bool reserved)
+{
+	int ret;
+
+	lockdep_assert_held(&area->lock);
+	if (older || reserved)
+		ret = xa_err(xa_store(&area->chunks, n, new,
+				      GFP_NOWAIT | __GFP_NOWARN));
+	else
+		ret = xa_insert(&area->chunks, n, new,
+				GFP_NOWAIT | __GFP_NOWARN);
+	if (ret)
+		return ret;
+	new->seq = area->seq;
+	new->older = older;
+	chunk_set_storage(new, area->target);
+	area->nr_busy++;
+	return 0;
+}
+
 /*
  * The submit path: makes sure chunk @n's old data gets preserved before
  * @bio, a write within that chunk, reaches the device, without sleeping.
- * The bio passes at once only when the chunk needs nothing (preserved,
- * being stored, or lost with the image); it waits for a chunk being read;
- * whatever needs memory that cannot be had at once goes to the worker
- * (diff_area_cow_wait()), which may wait for it.
+ * The bio passes at once only when the chunk needs nothing (copied under
+ * the newest take, needed by no view, or lost with the images); it waits
+ * for a chunk being read; whatever needs memory that cannot be had at
+ * once goes to the worker (diff_area_cow_wait()), which may wait for it.
  */
 static void diff_area_cow_submit(struct diff_area *area, unsigned long n,
 				 struct bio *bio)
@@ -274,9 +333,16 @@ static void diff_area_cow_submit(struct diff_area *area, unsigned long n,
 	spin_lock_irqsave(&area->lock, flags);
 	if (__diff_area_lost(area))
 		goto pass_unlock;
-	chunk = xa_load(&area->chunks, n);
-	if (chunk)
-		goto found;
+	switch (__diff_area_need(area, n, &chunk)) {
+	case COW_PASS:
+		goto pass_unlock;
+	case COW_WAIT:
+		bio_list_add(&chunk->waiting, bio);
+		spin_unlock_irqrestore(&area->lock, flags);
+		return;
+	case COW_COPY:
+		break;
+	}
 	/* Writes waiting for a buffer keep their order. */
 	if (area->nr_buffers >= free_diff_buffer_pool_size ||
 	    !bio_list_empty(&area->deferred))
@@ -289,11 +355,12 @@ static void diff_area_cow_submit(struct diff_area *area, unsigned long n,
 		goto drop;
 	spin_lock_irqsave(&area->lock, flags);
 	/*
-	 * Fails without memory, and for a slot a worker reserved or filled
-	 * meanwhile: the worker then finds what is there.
+	 * Whatever changed meanwhile (a copy made by a worker, a slot it
+	 * reserved, no memory), the worker finds what is there.
 	 */
 	if (__diff_area_lost(area) ||
-	    xa_insert(&area->chunks, n, new, GFP_NOWAIT | __GFP_NOWARN)) {
+	    __diff_area_need(area, n, &chunk) != COW_COPY ||
+	    __diff_area_publish(area, n, chunk, new, false)) {
 		spin_unlock_irqrestore(&area->lock, flags);
 		goto drop;
 	}
@@ -309,12 +376,6 @@ defer:
 	__diff_area_defer(area, bio);
 	spin_unlock_irqrestore(&area->lock, flags);
 	return;
-found:
-	if (chunk->state == CHUNK_LOADING) {
-		bio_list_add(&chunk->waiting, bio);
-		spin_unlock_irqrestore(&area->lock, flags);
-		return;
-	}
 pass_unlock:
 	spin_unlock_irqrestore(&area->lock, flags);
 pass:
@@ -326,15 +387,16 @@ pass:
  * @bio (a write within chunk @n, or NULL for an image write), but waits
  * for a free buffer and allocates with sleeping allocations, the chunk's
  * slot included, reserved before the lock is taken. Returns 0 once the
- * chunk is preserved or on its way (@bio then waits for it or has passed),
- * or why it will not be: the image is lost, and marked so before @bio
- * passes, or the snapshot is being destroyed. A write never passes an
- * unpreserved chunk of a healthy image.
+ * chunk is preserved, on its way or needed by no view (@bio then waits
+ * for it or has passed), or why it will not be: the images are lost, and
+ * marked so before @bio passes, or the last snapshot is being destroyed.
+ * A write never passes an unpreserved chunk a healthy view needs.
  */
-static int diff_area_cow_wait(struct diff_area *area, unsigned long n,
-			      struct bio *bio)
+int diff_area_cow_wait(struct diff_area *area, unsigned long n,
+		       struct bio *bio)
 {
 	struct chunk *chunk, *new = NULL;
+	enum cow_need need;
 	int ret = 0;
 
 	might_sleep();
@@ -345,8 +407,8 @@ static int diff_area_cow_wait(struct diff_area *area, unsigned long n,
 		ret = __diff_area_lost(area);
 		if (ret)
 			goto pass_unlock;
-		chunk = xa_load(&area->chunks, n);
-		if (chunk)
+		need = __diff_area_need(area, n, &chunk);
+		if (need != COW_COPY)
 			goto found;
 		if (area->nr_buffers < free_diff_buffer_pool_size)
 			break;
@@ -367,16 +429,17 @@ static int diff_area_cow_wait(struct diff_area *area, unsigned long n,
 		ret = __diff_area_lost(area);
 		if (ret)
 			goto release_unlock;
-		chunk = xa_load(&area->chunks, n);
-		if (chunk)
+		need = __diff_area_need(area, n, &chunk);
+		if (need != COW_COPY) {
+			xa_release(&area->chunks, n);
 			goto found;
+		}
 		/*
-		 * The reserved slot takes the chunk without allocating; only
-		 * when a racing worker released its own reservation of the
-		 * same slot can this need memory, and then it tries again.
+		 * Only when a racing worker released its own reservation of
+		 * the same slot can this need memory, and then it tries
+		 * again.
 		 */
-		if (!xa_is_err(xa_store(&area->chunks, n, new,
-					GFP_NOWAIT | __GFP_NOWARN)))
+		if (!__diff_area_publish(area, n, chunk, new, true))
 			break;
 		spin_unlock_irq(&area->lock);
 	}
@@ -396,7 +459,7 @@ release_unlock:
 	spin_unlock_irq(&area->lock);
 	goto drop;
 found:
-	if (chunk->state == CHUNK_LOADING && bio) {
+	if (need == COW_WAIT && bio) {
 		bio_list_add(&chunk->waiting, bio);
 		bio = NULL;
 	}
@@ -467,6 +530,35 @@ bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos)
 	return true;
 }
 
+/* A deferred write went on, or a chunk's writes were released. */
+static void diff_area_unbusy(struct diff_area *area)
+{
+	spin_lock_irq(&area->lock);
+	if (!--area->nr_busy)
+		wake_up_all(&area->wq);
+	spin_unlock_irq(&area->lock);
+}
+
+static bool diff_area_calm(struct diff_area *area)
+{
+	bool calm;
+
+	spin_lock_irq(&area->lock);
+	calm = !area->nr_busy;
+	spin_unlock_irq(&area->lock);
+	return calm;
+}
+
+/*
+ * A take of a device whose area is shared, with its writes held at the
+ * filter: lets every write already held for a copy reach the device, so
+ * that what the change map counted before the take is in the new image.
+ */
+void diff_area_quiesce(struct diff_area *area)
+{
+	wait_event(area->wq, diff_area_calm(area));
+}
+
 static void diff_area_defer_fn(struct work_struct *work)
 {
 	struct diff_area *area = container_of(work, struct diff_area,
@@ -481,6 +573,7 @@ static void diff_area_defer_fn(struct work_struct *work)
 			return;
 		diff_area_cow_wait(area, diff_area_pos(area, bio) >>
 				   area->chunk_shift, bio);
+		diff_area_unbusy(area);
 	}
 }
 
@@ -514,7 +607,9 @@ static bool diff_area_release_chunk(struct diff_area *area,
 		spin_unlock_irq(&area->lock);
 		return false;
 	}
-	set_bit(chunk->number, area->cow_map);
+	/* A copy begun before the newest take does not serve it. */
+	if (chunk->seq == area->seq)
+		set_bit(chunk->number, area->cow_map);
 	bios = chunk->waiting;
 	bio_list_init(&chunk->waiting);
 	if (err || area->error || area->stopping) {
@@ -536,6 +631,7 @@ static bool diff_area_release_chunk(struct diff_area *area,
 	while ((bio = bio_list_pop(&bios)))
 		hook_pass_bio(bio);
 	wake_up_all(&area->wq);
+	diff_area_unbusy(area);
 	return queued;
 }
 
@@ -560,6 +656,7 @@ static void diff_area_load_fn(struct work_struct *work)
 /**
  * struct store_batch - Chunks stored in consecutive slots by one write.
  * @area: the chunks' device.
+ * @storage: the storage they all go to.
  * @chunks: the chunks, linked by &chunk.link.
  * @nr: number of @chunks.
  * @sector: the first slot.
@@ -572,6 +669,7 @@ static void diff_area_load_fn(struct work_struct *work)
  */
 struct store_batch {
 	struct diff_area *area;
+	struct diff_storage *storage;
 	struct list_head chunks;
 	unsigned int nr;
 	sector_t sector;
@@ -594,9 +692,20 @@ static void diff_area_store_done(struct store_batch *sb, int err)
 	struct chunk *chunk, *next;
 	LIST_HEAD(bufs);
 	unsigned int i = 0;
+	u64 after;
 
-	if (err && err != -ESHUTDOWN)
-		diff_area_corrupt(area, err);
+	/* A lost copy corrupts the views it serves, no other. */
+	if (err && err != -ESHUTDOWN) {
+		list_for_each_entry(chunk, &sb->chunks, link) {
+			spin_lock_irq(&area->lock);
+			after = chunk->older ? chunk->older->seq : 0;
+			spin_unlock_irq(&area->lock);
+			diff_area_corrupt_range(area, after, chunk->seq, err);
+		}
+	}
+	if (!err)
+		diff_storage_use(sb->storage,
+				 (sector_t)sb->nr << area->chunk_shift);
 	spin_lock_irq(&area->lock);
 	list_for_each_entry_safe(chunk, next, &sb->chunks, link) {
 		list_del_init(&chunk->link);
@@ -653,7 +762,7 @@ static void diff_area_store_endio(struct bio *bio)
 static void diff_area_store_bios(struct diff_area *area,
 				 struct store_batch *sb)
 {
-	struct block_device *target = area->storage->target;
+	struct block_device *target = sb->storage->target;
 	sector_t sector = sb->sector;
 	struct bio *bio = NULL;
 	struct chunk *chunk;
@@ -716,7 +825,7 @@ static noinline int diff_area_store_file(struct diff_area *area,
 	}
 	iov_iter_bvec(&iter, WRITE, sb->bvec, j, (size_t)j << PAGE_SHIFT);
 	sb->io.done = diff_area_store_file_done;
-	diff_storage_submit(area->storage, &sb->io, true, sb->sector, &iter);
+	diff_storage_submit(sb->storage, &sb->io, true, sb->sector, &iter);
 	return 0;
 }
 ALLOW_ERROR_INJECTION(diff_area_store_file, ERRNO);
@@ -734,6 +843,49 @@ static int diff_area_chunk_cmp(void *priv, const struct list_head *a,
 }
 
 /*
+ * A batch that found no room in its storage: the views that keep their
+ * copies there are corrupted, and the batch's copies that a view still
+ * whole reads go back to the queue, for the storage of the newest such
+ * view (they then count against its limit). What is left in the batch
+ * serves no whole view and fails with it.
+ */
+static void diff_area_move_batch(struct diff_area *area,
+				 struct store_batch *sb, int err)
+{
+	struct chunk *chunk, *next;
+	struct diff_view *view;
+	struct diff_storage *to;
+	unsigned int moved = 0;
+
+	mutex_lock(&area->views_mutex);
+	list_for_each_entry(view, &area->views, link)
+		if (view->storage == sb->storage)
+			diff_view_corrupt(view, err);
+	mutex_unlock(&area->views_mutex);
+
+	spin_lock_irq(&area->lock);
+	to = area->target;
+	if (!to || to == sb->storage || area->error || area->stopping) {
+		spin_unlock_irq(&area->lock);
+		return;
+	}
+	list_for_each_entry_safe_reverse(chunk, next, &sb->chunks, link) {
+		if (!__diff_area_needs(area, chunk->older ? chunk->older->seq : 0,
+				       chunk->seq, true))
+			continue;
+		/* Its reference to the old storage is dropped below. */
+		chunk_set_storage(chunk, to);
+		list_move(&chunk->link, &area->store_queue);
+		moved++;
+	}
+	sb->nr -= moved;
+	spin_unlock_irq(&area->lock);
+	/* Its release sleeps; the batch's chunks then keep it no more. */
+	while (moved--)
+		diff_storage_put(sb->storage);
+}
+
+/*
  * Takes up to chunk_maximum_in_queue chunks at a time off the store queue
  * and writes each batch to consecutive slots. Batches are in flight
  * together; the worker does not wait for them (only a file that takes no
@@ -746,6 +898,7 @@ static void diff_area_store_fn(struct work_struct *work)
 
 	for (;;) {
 		struct store_batch local = {}, *sb;
+		struct chunk *chunk, *next;
 		bool skip;
 		int err;
 
@@ -761,9 +914,15 @@ static void diff_area_store_fn(struct work_struct *work)
 		sb->area = area;
 		INIT_LIST_HEAD(&sb->chunks);
 		INIT_WORK(&sb->work, diff_area_store_work_fn);
-		while (sb->nr < chunk_maximum_in_queue &&
-		       !list_empty(&area->store_queue)) {
-			list_move_tail(area->store_queue.next, &sb->chunks);
+		sb->storage = list_first_entry(&area->store_queue,
+					       struct chunk, link)->storage;
+		/* Copies made under an older take may go to another storage. */
+		list_for_each_entry_safe(chunk, next, &area->store_queue, link) {
+			if (sb->nr == chunk_maximum_in_queue)
+				break;
+			if (chunk->storage != sb->storage)
+				continue;
+			list_move_tail(&chunk->link, &sb->chunks);
 			sb->nr++;
 		}
 		list_sort(NULL, &sb->chunks, diff_area_chunk_cmp);
@@ -775,10 +934,13 @@ static void diff_area_store_fn(struct work_struct *work)
 		else if (sb == &local)
 			err = -ENOMEM;
 		else
-			err = diff_storage_alloc(area->storage,
+			err = diff_storage_alloc(sb->storage,
 						 (sector_t)sb->nr << area->chunk_shift,
 						 &sb->sector);
-		if (!err && area->storage->target) {
+		/* No room: what still serves a whole view moves on. */
+		if (err && !skip && sb != &local)
+			diff_area_move_batch(area, sb, err);
+		if (!err && sb->storage->target) {
 			diff_area_store_bios(area, sb);
 			continue;
 		}
@@ -821,9 +983,10 @@ void diff_area_stop(struct diff_area *area)
 	flush_work(&area->store_work);
 }
 
-static void diff_area_clone_done(struct diff_area *area, unsigned long first,
+static void diff_area_clone_done(struct diff_view *view, unsigned long first,
 				 unsigned int nr_reads)
 {
+	struct diff_area *area = view->area;
 	struct chunk *chunk, *next;
 	bool release = false;
 	unsigned long flags;
@@ -831,6 +994,7 @@ static void diff_area_clone_done(struct diff_area *area, unsigned long first,
 
 	spin_lock_irqsave(&area->lock, flags);
 	area->nr_clones--;
+	view->nr_clones--;
 	for (i = 0; i < nr_reads; i++) {
 		bucket = diff_area_bucket(first + i);
 		if (--area->reads[bucket])
@@ -844,8 +1008,11 @@ static void diff_area_clone_done(struct diff_area *area, unsigned long first,
 	}
 	if (release)
 		queue_work(blksnap_store_wq, &area->load_work);
-	/* Under the lock: diff_area_stop() may free the area right after. */
-	if (!area->nr_clones)
+	/*
+	 * Under the lock: diff_area_stop() may free the area right after,
+	 * diff_view_drain() the view.
+	 */
+	if (!area->nr_clones || !view->nr_clones)
 		wake_up_all(&area->wq);
 	spin_unlock_irqrestore(&area->lock, flags);
 }
@@ -854,7 +1021,7 @@ static void diff_area_clone_endio(struct bio *clone)
 {
 	struct diff_area_clone *dc = container_of(clone,
 						  struct diff_area_clone, bio);
-	struct diff_area *area = dc->area;
+	struct diff_view *view = dc->view;
 	struct bio *parent = dc->parent;
 	unsigned long first = dc->chunk;
 	unsigned int nr_reads = dc->nr_reads;
@@ -863,17 +1030,18 @@ static void diff_area_clone_endio(struct bio *clone)
 		parent->bi_status = clone->bi_status;
 		/*
 		 * A clone that counts no reads went to the storage: the chunk
-		 * it read or wrote there can no longer be trusted. Marked
-		 * before the image bio ends, so that no later read of the
-		 * image finds it healthy.
+		 * it read or wrote there can no longer be trusted by this
+		 * view (another view sharing the copy finds out on its own
+		 * read). Marked before the image bio ends, so that no later
+		 * read of the image finds it healthy.
 		 */
 		if (!nr_reads)
-			diff_area_corrupt(area,
+			diff_view_corrupt(view,
 					  blk_status_to_errno(clone->bi_status));
 	}
 	bio_put(clone);
 	bio_endio(parent);
-	diff_area_clone_done(area, first, nr_reads);
+	diff_area_clone_done(view, first, nr_reads);
 }
 
 /*
@@ -881,7 +1049,7 @@ static void diff_area_clone_endio(struct bio *clone)
  * asynchronously: the original device for a chunk not preserved, a block
  * device storage for a stored one. The caller counted it in @nr_clones.
  */
-static void diff_area_clone(struct diff_area *area, struct bio *bio,
+static void diff_area_clone(struct diff_view *view, struct bio *bio,
 			    sector_t len, unsigned long n,
 			    unsigned int nr_reads, struct block_device *bdev,
 			    sector_t sector)
@@ -891,7 +1059,7 @@ static void diff_area_clone(struct diff_area *area, struct bio *bio,
 
 	clone = bio_alloc_clone(bdev, bio, GFP_NOIO, &diff_area_bs);
 	dc = container_of(clone, struct diff_area_clone, bio);
-	dc->area = area;
+	dc->view = view;
 	dc->parent = bio;
 	dc->chunk = n;
 	dc->nr_reads = nr_reads;
@@ -907,17 +1075,17 @@ static void diff_area_file_io_done(struct diff_storage_io *io, int err)
 	struct diff_area_file_io *fio = container_of(io,
 						     struct diff_area_file_io,
 						     io);
-	struct diff_area *area = fio->area;
+	struct diff_view *view = fio->view;
 	struct bio *parent = fio->parent;
 
 	kfree(fio);
 	if (err) {
 		parent->bi_status = errno_to_blk_status(err);
 		/* As in diff_area_clone_endio(), before the image bio ends. */
-		diff_area_corrupt(area, err);
+		diff_view_corrupt(view, err);
 	}
 	bio_endio(parent);
-	diff_area_clone_done(area, 0, 0);
+	diff_area_clone_done(view, 0, 0);
 }
 
 /*
@@ -926,7 +1094,8 @@ static void diff_area_file_io_done(struct diff_storage_io *io, int err)
  * uncounts it if this fails (which does nothing else, so that an error
  * can be injected here).
  */
-static noinline int diff_area_file_io(struct diff_area *area,
+static noinline int diff_area_file_io(struct diff_view *view,
+				      struct diff_storage *storage,
 				      struct bio *bio, sector_t len,
 				      sector_t at)
 {
@@ -939,7 +1108,7 @@ static noinline int diff_area_file_io(struct diff_area *area,
 	fio = kmalloc(sizeof(*fio), GFP_NOIO);
 	if (!fio)
 		return -ENOMEM;
-	fio->area = area;
+	fio->view = view;
 	fio->parent = bio;
 	fio->io.done = diff_area_file_io_done;
 
@@ -950,8 +1119,8 @@ static noinline int diff_area_file_io(struct diff_area *area,
 		      __bvec_iter_bvec(bio->bi_io_vec, bi), nr, bi.bi_size);
 	iter.iov_offset = bi.bi_bvec_done;
 	bio_inc_remaining(bio);
-	diff_storage_submit(area->storage, &fio->io, op_is_write(bio_op(bio)),
-			    at, &iter);
+	diff_storage_submit(storage, &fio->io, op_is_write(bio_op(bio)), at,
+			    &iter);
 	return 0;
 }
 ALLOW_ERROR_INJECTION(diff_area_file_io, ERRNO);
@@ -963,26 +1132,36 @@ static bool diff_area_chunk_settled(struct diff_area *area,
 	       READ_ONCE(area->error);
 }
 
+/* Under the lock: the copy an image of @view reads chunk @n from. */
+static struct chunk *__diff_area_source(struct diff_view *view,
+					unsigned long n)
+{
+	return xa_load(&view->own, n) ?: __diff_view_copy(view, n);
+}
+
 /*
- * Extends the part of an image bio that starts in chunk @n and ends by
+ * Extends the part of an image read that starts in chunk @n and ends by
  * @end over the chunks after @n whose data lies right after on the same
- * device: not yet preserved ones (still on the original device), or for
- * @stored ones, those stored in the slots following @n's. One bio then
- * serves them, where the submitter's own bios would not have merged.
- * Under the lock. Returns the number of chunks the part covers.
+ * device: chunks the view reads from the original device, or for
+ * @stored ones, those stored in the slots following @n's in the same
+ * storage. One bio then serves them, where the submitter's own bios
+ * would not have merged. Under the lock. Returns the number of chunks the
+ * part covers.
  */
-static unsigned int diff_area_extend(struct diff_area *area, unsigned long n,
+static unsigned int diff_area_extend(struct diff_view *view, unsigned long n,
 				     struct chunk *stored, sector_t end,
 				     sector_t *len)
 {
+	struct diff_area *area = view->area;
 	sector_t size = diff_area_chunk_sectors(area);
 	sector_t next_pos = (sector_t)(n + 1) << area->chunk_shift;
 	unsigned int nr = 1;
 	struct chunk *next;
 
 	while (next_pos < end) {
-		next = xa_load(&area->chunks, n + nr);
+		next = __diff_area_source(view, n + nr);
 		if (stored ? !next || next->state != CHUNK_STORED ||
+		    next->storage != stored->storage ||
 		    next->storage_sector != stored->storage_sector + nr * size :
 		    next && next->state != CHUNK_LOADING)
 			break;
@@ -1000,54 +1179,74 @@ static unsigned int diff_area_extend(struct diff_area *area, unsigned long n,
  * means the rest is for the worker: a chunk whose old data is on its way,
  * a first image write to a chunk, or a file storage.
  */
-static int diff_area_image_part(struct diff_area *area, struct bio *bio,
+static int diff_area_image_part(struct diff_view *view, struct bio *bio,
 				bool may_wait, sector_t *len)
 {
+	struct diff_area *area = view->area;
 	sector_t pos = bio->bi_iter.bi_sector;
 	sector_t end = bio_end_sector(bio);
 	unsigned long n = pos >> area->chunk_shift;
 	bool write = op_is_write(bio_op(bio));
-	struct block_device *target = area->storage->target;
+	struct block_device *target;
+	enum chunk_state state;
 	unsigned int nr, i;
 	struct chunk *chunk;
 	sector_t at;
+	bool mine;
 	int ret;
 
 	for (;;) {
 		*len = min(end, (sector_t)(n + 1) << area->chunk_shift) - pos;
 		spin_lock_irq(&area->lock);
-		if (area->error) {
+		if (area->error || view->error) {
 			spin_unlock_irq(&area->lock);
 			return -EIO;
 		}
-		chunk = xa_load(&area->chunks, n);
+		mine = xa_load(&view->own, n);
+		chunk = __diff_area_source(view, n);
 		/* Until its writes are released the device has the old data. */
 		if (!write && (!chunk || chunk->state == CHUNK_LOADING)) {
-			nr = diff_area_extend(area, n, NULL, end, len);
+			nr = diff_area_extend(view, n, NULL, end, len);
 			for (i = 0; i < nr; i++)
 				area->reads[diff_area_bucket(n + i)]++;
 			area->nr_clones++;
+			view->nr_clones++;
 			spin_unlock_irq(&area->lock);
-			diff_area_clone(area, bio, *len, n, nr, area->bdev, pos);
+			diff_area_clone(view, bio, *len, n, nr, area->bdev, pos);
 			return 0;
 		}
-		if (chunk && chunk->state == CHUNK_STORED &&
-		    (target || may_wait)) {
-			diff_area_extend(area, n, chunk, end, len);
+		state = chunk ? chunk->state : CHUNK_LOADING;
+		/* An image write lands in a copy no other view reads. */
+		if (state == CHUNK_STORED && write && !mine &&
+		    !__diff_view_sole(view, chunk)) {
+			spin_unlock_irq(&area->lock);
+			if (!may_wait)
+				return -EAGAIN;
+			ret = diff_view_own(view, n, chunk);
+			if (ret)
+				return ret;
+			continue;
+		}
+		target = chunk ? chunk->storage->target : NULL;
+		if (state == CHUNK_STORED && (target || may_wait)) {
+			if (!write)
+				diff_area_extend(view, n, chunk, end, len);
 			at = chunk->storage_sector + pos -
 			     ((sector_t)n << area->chunk_shift);
 			area->nr_clones++;
+			view->nr_clones++;
 			spin_unlock_irq(&area->lock);
 			if (!target) {
-				ret = diff_area_file_io(area, bio, *len, at);
+				ret = diff_area_file_io(view, chunk->storage,
+							bio, *len, at);
 				if (ret)
-					diff_area_clone_done(area, 0, 0);
+					diff_area_clone_done(view, 0, 0);
 				return ret;
 			}
-			diff_area_clone(area, bio, *len, n, 0, target, at);
+			diff_area_clone(view, bio, *len, n, 0, target, at);
 			return 0;
 		}
-		if (chunk && chunk->state == CHUNK_FAILED) {
+		if (state == CHUNK_FAILED) {
 			spin_unlock_irq(&area->lock);
 			return -EIO;
 		}
@@ -1055,7 +1254,7 @@ static int diff_area_image_part(struct diff_area *area, struct bio *bio,
 		if (!may_wait)
 			return -EAGAIN;
 		if (!chunk) {
-			/* An image write lands in the chunk's copy. */
+			/* An image write first needs the chunk's copy. */
 			if (diff_area_cow_wait(area, n, NULL))
 				return -EIO;
 			continue;
@@ -1069,7 +1268,7 @@ static int diff_area_image_part(struct diff_area *area, struct bio *bio,
  * block layer already ended bios past the image's end. Returns false when
  * the bio was ended here.
  */
-bool diff_area_image_start(struct diff_area *area, struct bio *bio)
+bool diff_area_image_start(struct diff_view *view, struct bio *bio)
 {
 	if (bio_op(bio) != REQ_OP_READ && bio_op(bio) != REQ_OP_WRITE) {
 		bio->bi_status = BLK_STS_NOTSUPP;
@@ -1077,7 +1276,7 @@ bool diff_area_image_start(struct diff_area *area, struct bio *bio)
 		return false;
 	}
 	if (op_is_write(bio_op(bio)))
-		cbt_map_mark_both(area->tracker->cbt_map,
+		cbt_map_mark_both(view->area->tracker->cbt_map,
 				  bio->bi_iter.bi_sector, bio_sectors(bio));
 	return true;
 }
@@ -1088,7 +1287,7 @@ bool diff_area_image_start(struct diff_area *area, struct bio *bio)
  * wait, the image's worker (@may_wait) the rest. Returns false, with the
  * bio not ended, when the rest needs the worker.
  */
-bool diff_area_image_io(struct diff_area *area, struct bio *bio,
+bool diff_area_image_io(struct diff_view *view, struct bio *bio,
 			bool may_wait)
 {
 	int err = 0;
@@ -1096,7 +1295,7 @@ bool diff_area_image_io(struct diff_area *area, struct bio *bio,
 	while (bio->bi_iter.bi_size) {
 		sector_t len;
 
-		err = diff_area_image_part(area, bio, may_wait, &len);
+		err = diff_area_image_part(view, bio, may_wait, &len);
 		if (err == -EAGAIN)
 			return false;
 		if (err) {

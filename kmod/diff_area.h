@@ -5,6 +5,7 @@
 #include <linux/bio.h>
 #include <linux/kref.h>
 #include <linux/llist.h>
+#include <linux/mutex.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -13,27 +14,70 @@
 
 struct chunk;
 struct diff_storage;
+struct diff_view;
 struct event_queue;
 struct tracker;
+
+/*
+ * Several snapshots of one device, one copy per chunk.
+ *
+ * A tracked device has one &struct diff_area while any snapshot of it is
+ * held, shared by all of them; each held snapshot of the device is a
+ * &struct diff_view of it. Every take of the device numbers its view with
+ * the area's next take sequence (@seq) and clears @cow_map, so the first
+ * write to a chunk after the newest take copies it again, once, whatever
+ * the number of snapshots: the write path never looks at the views.
+ *
+ * Each copy of a chunk (&struct chunk) carries the sequence in effect
+ * when it was made, and the chunk's copies form a chain, newest first, in
+ * @chunks. A copy tagged t whose next older copy is tagged p holds the
+ * data every snapshot taken at a sequence in (p, t] saw: no write reached
+ * the chunk between those takes and the copy. So an image of a snapshot
+ * taken at s reads the oldest copy tagged s or later, and the original
+ * device when there is none. A write copies only when some view still
+ * whole needs it (the newest such view is younger than the chunk's newest
+ * copy).
+ *
+ * A copy goes to the difference storage of the newest view still whole
+ * when it is made and holds a reference to it, so a storage outlives its
+ * snapshot while older snapshots still read copies there. A destroy frees
+ * the copies whose interval holds no remaining view. A store that finds
+ * no room corrupts the views of that storage, and its copies that a whole
+ * view still reads move to the storage of the newest whole view; a store
+ * that fails otherwise corrupts the views of that copy's interval only.
+ * Image writes go to a copy that
+ * serves only the writing view, or to a private copy of the view made
+ * on the first write (&diff_view.own), so no other snapshot sees them.
+ * A take first lets every write already held for a copy reach the
+ * device, so that a write the change map counted before the take is in
+ * the image.
+ */
 
 /* Image reads from the original device are counted by chunk hash. */
 #define DIFF_AREA_READ_BUCKETS 64
 
 /**
- * struct diff_area - Copy-on-write state of one device of a taken snapshot.
- * @kref: the snapshot and the device's image each own a reference.
+ * struct diff_area - Copy-on-write state of a device while snapshots of it
+ *	are held.
+ * @kref: each view and each image of the device own a reference.
  * @tracker: the device.
  * @bdev: the original device (&tracker.bdev).
- * @storage: the snapshot's difference storage.
- * @events: the snapshot's events.
  * @capacity: size of the device at take, in sectors.
  * @chunk_shift: log2 of the chunk size in sectors.
  * @chunk_count: number of chunks.
  * @cow_map: a set bit means the chunk's old data is safe and writes to
  *	it pass untouched; tested without a lock on the write path.
- * @lock: guards @chunks' states and lists, @nr_buffers, @deferred,
- *	@store_queue, @reads, @nr_clones, @parked, @error and @stopping.
- * @chunks: the chunks made so far, by number.
+ * @lock: guards @chunks' states, tags and lists, @nr_buffers, @deferred,
+ *	@store_queue, @reads, @nr_clones, @parked, @error, @stopping, the
+ *	take state below and the list of views.
+ * @chunks: the newest copy of each chunk copied so far, by number.
+ * @seq: sequence of the newest take.
+ * @newest: sequence of the newest view still whole, 0 for none.
+ * @target: storage of that view, where new copies go.
+ * @views: the views, oldest first; changed under @lock and @views_mutex.
+ * @views_mutex: lets the workers walk @views while they sleep.
+ * @nr_busy: chunks being loaded plus writes deferred: what a take waits
+ *	for.
  * @nr_buffers: chunks holding a buffer, at most
  *	free_diff_buffer_pool_size.
  * @deferred: writes that need a new chunk while no buffer was free.
@@ -49,8 +93,8 @@ struct tracker;
  * @store_work: writes @store_queue to the storage in batches.
  * @defer_work: serves @deferred, waiting for buffers.
  * @wq: woken on chunk state changes, freed buffers and errors.
- * @error: the error that corrupted the image, 0 while it is whole.
- * @stopping: the snapshot is being destroyed: writes pass, nothing is
+ * @error: the error that corrupted every view, 0 while they may be whole.
+ * @stopping: the last view is being destroyed: writes pass, nothing is
  *	stored.
  * @pool: buffers of the chunk size.
  * @load_bs: bios for reading old data and storing it in a block device.
@@ -59,8 +103,6 @@ struct diff_area {
 	struct kref kref;
 	struct tracker *tracker;
 	struct block_device *bdev;
-	struct diff_storage *storage;
-	struct event_queue *events;
 	sector_t capacity;
 	unsigned int chunk_shift;
 	unsigned long chunk_count;
@@ -68,6 +110,12 @@ struct diff_area {
 
 	spinlock_t lock; /* chunk states and lists, counters, error */
 	struct xarray chunks;
+	u64 seq;
+	u64 newest;
+	struct diff_storage *target;
+	struct list_head views;
+	struct mutex views_mutex; /* walks of views that sleep */
+	unsigned int nr_busy;
 	unsigned int nr_buffers;
 	struct bio_list deferred;
 	struct list_head store_queue;
@@ -89,17 +137,18 @@ struct diff_area {
 
 int diff_area_init(void);
 void diff_area_done(void);
-struct diff_area *diff_area_new(struct tracker *tracker,
-				struct diff_storage *storage,
-				struct event_queue *events);
+struct diff_area *diff_area_new(struct tracker *tracker);
 void diff_area_put(struct diff_area *area);
 void diff_area_stop(struct diff_area *area);
+void diff_area_quiesce(struct diff_area *area);
 void diff_area_corrupt(struct diff_area *area, int err);
 int diff_area_error(struct diff_area *area);
 bool diff_area_write(struct diff_area *area, struct bio *bio, sector_t pos);
 void diff_area_chunk_loaded(struct chunk *chunk);
-bool diff_area_image_start(struct diff_area *area, struct bio *bio);
-bool diff_area_image_io(struct diff_area *area, struct bio *bio,
+int diff_area_cow_wait(struct diff_area *area, unsigned long n,
+		       struct bio *bio);
+bool diff_area_image_start(struct diff_view *view, struct bio *bio);
+bool diff_area_image_io(struct diff_view *view, struct bio *bio,
 			bool may_wait);
 
 static inline void diff_area_get(struct diff_area *area)

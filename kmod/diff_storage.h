@@ -6,6 +6,7 @@
 #include <linux/mutex.h>
 #include <linux/fs.h>
 #include <linux/blk_types.h>
+#include <linux/atomic.h>
 
 struct event_queue;
 struct iov_iter;
@@ -29,6 +30,7 @@ struct iov_iter;
  * @dio_align: alignment of direct I/O to a file storage, in bytes; 0
  *	when the file takes none.
  * @low_space_sent: the low space event was queued.
+ * @used: sectors of the copies stored in it that are still kept.
  */
 struct diff_storage {
 	struct kref kref;
@@ -43,6 +45,7 @@ struct diff_storage {
 	bool growable;
 	unsigned int dio_align;
 	bool low_space_sent;
+	atomic64_t used;
 };
 
 /**
@@ -74,6 +77,18 @@ void diff_storage_submit(struct diff_storage *storage,
 static inline void diff_storage_get(struct diff_storage *storage)
 {
 	kref_get(&storage->kref);
+}
+
+static inline void diff_storage_use(struct diff_storage *storage,
+				    sector_t count)
+{
+	atomic64_add(count, &storage->used);
+}
+
+static inline void diff_storage_unuse(struct diff_storage *storage,
+				      sector_t count)
+{
+	atomic64_sub(count, &storage->used);
 }
 
 #endif /* __BLKSNAP_DIFF_STORAGE_H */

@@ -32,6 +32,7 @@ static_assert(sizeof(struct blksnap_sectors) == 16);
 static_assert(sizeof(struct blksnap_cbtdirty) == 16);
 static_assert(sizeof(struct blksnap_snapshotadd) == 16);
 static_assert(sizeof(struct blksnap_snapshotinfo) == 36);
+static_assert(sizeof(struct blksnap_snapshotinfo_of) == 72);
 static_assert(sizeof(struct blksnap_version) == 8);
 static_assert(sizeof(struct blksnap_snapshot_create) == 32);
 static_assert(sizeof(struct blksnap_snapshot_collect) == 16);
@@ -50,6 +51,7 @@ unsigned int chunk_maximum_count_shift = 40;
 unsigned int chunk_maximum_in_queue = 16;
 unsigned int free_diff_buffer_pool_size = 128;
 unsigned long diff_storage_minimum = 2097152;
+unsigned int snapshots_per_device_maximum = 16;
 
 module_param(tracking_block_minimum_shift, uint, 0444);
 MODULE_PARM_DESC(tracking_block_minimum_shift,
@@ -78,6 +80,9 @@ MODULE_PARM_DESC(free_diff_buffer_pool_size,
 module_param(diff_storage_minimum, ulong, 0444);
 MODULE_PARM_DESC(diff_storage_minimum,
 		 "sectors a file difference storage grows by (default 2097152)");
+module_param(snapshots_per_device_maximum, uint, 0444);
+MODULE_PARM_DESC(snapshots_per_device_maximum,
+		 "most snapshots a device can be in at once (default 16)");
 
 struct workqueue_struct *blksnap_wq;
 struct workqueue_struct *blksnap_store_wq;
@@ -121,6 +126,9 @@ static void params_check(void)
 	diff_storage_minimum = clamp_param("diff_storage_minimum",
 					   diff_storage_minimum, 2048,
 					   1UL << 40);
+	snapshots_per_device_maximum =
+		clamp_param("snapshots_per_device_maximum",
+			    snapshots_per_device_maximum, 1, 1024);
 }
 
 /* The block device behind a descriptor, with its file held in @file. */
@@ -327,6 +335,7 @@ struct ctl_req {
 		struct blksnap_cbtdirty cbtdirty;
 		struct blksnap_snapshotadd snapshotadd;
 		struct blksnap_snapshotinfo snapshotinfo;
+		struct blksnap_snapshotinfo_of snapshotinfo_of;
 	} opt;
 	struct blksnap_sectors *ranges;
 	u8 *map;
@@ -346,6 +355,8 @@ static size_t ctl_optlen(u32 cmd)
 		return sizeof(struct blksnap_snapshotadd);
 	case blkfilter_ctl_blksnap_snapshotinfo:
 		return sizeof(struct blksnap_snapshotinfo);
+	case blkfilter_ctl_blksnap_snapshotinfo_of:
+		return sizeof(struct blksnap_snapshotinfo_of);
 	default:
 		return 0;
 	}
@@ -359,6 +370,7 @@ static int ctl_in(u32 cmd, struct ctl_req *req, void __user *opt)
 	switch (cmd) {
 	case blkfilter_ctl_blksnap_cbtmap:
 	case blkfilter_ctl_blksnap_snapshotadd:
+	case blkfilter_ctl_blksnap_snapshotinfo_of:
 		return copy_from_user(&req->opt, opt, ctl_optlen(cmd)) ?
 		       -EFAULT : 0;
 	case blkfilter_ctl_blksnap_cbtdirty:
@@ -419,6 +431,9 @@ static int ctl_run(u32 cmd, struct tracker *tracker, struct ctl_req *req)
 	case blkfilter_ctl_blksnap_snapshotinfo:
 		snapshot_info(tracker, &req->opt.snapshotinfo);
 		return 0;
+	case blkfilter_ctl_blksnap_snapshotinfo_of:
+		import_uuid(&id, req->opt.snapshotinfo_of.id.b);
+		return snapshot_info_of(&id, tracker, &req->opt.snapshotinfo_of);
 	default:
 		return -ENOTTY;
 	}
@@ -432,6 +447,7 @@ static long ctl_out(u32 cmd, struct ctl_req *req, void __user *opt)
 	switch (cmd) {
 	case blkfilter_ctl_blksnap_cbtinfo:
 	case blkfilter_ctl_blksnap_snapshotinfo:
+	case blkfilter_ctl_blksnap_snapshotinfo_of:
 		return copy_to_user(opt, &req->opt, ctl_optlen(cmd)) ?
 		       -EFAULT : 0;
 	case blkfilter_ctl_blksnap_cbtmap:

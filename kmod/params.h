@@ -11,5 +11,6 @@ extern unsigned int chunk_maximum_count_shift;
 extern unsigned int chunk_maximum_in_queue;
 extern unsigned int free_diff_buffer_pool_size;
 extern unsigned long diff_storage_minimum;
+extern unsigned int snapshots_per_device_maximum;
 
 #endif /* __BLKSNAP_PARAMS_H */

@@ -8,6 +8,7 @@
 #include "include/uapi/linux/blksnap.h"
 #include "compat.h"
 #include "diff_area.h"
+#include "diff_view.h"
 #include "snapimage.h"
 #include "tracker.h"
 
@@ -21,8 +22,8 @@ static void snapimage_serve(struct snapimage *image, struct bio *bio)
 {
 	unsigned long flags;
 
-	if (!diff_area_image_start(image->area, bio) ||
-	    diff_area_image_io(image->area, bio, false))
+	if (!diff_area_image_start(image->view, bio) ||
+	    diff_area_image_io(image->view, bio, false))
 		return;
 	spin_lock_irqsave(&image->lock, flags);
 	bio_list_add(&image->queue, bio);
@@ -69,7 +70,7 @@ static void snapimage_work_fn(struct work_struct *work)
 		spin_unlock_irq(&image->lock);
 		if (!bio)
 			break;
-		diff_area_image_io(image->area, bio, true);
+		diff_area_image_io(image->view, bio, true);
 	}
 	blk_finish_plug(&plug);
 }
@@ -83,8 +84,9 @@ static void snapimage_add_fn(struct work_struct *work)
 	image->added = !image->add_ret;
 }
 
-struct snapimage *snapimage_new(struct diff_area *area)
+struct snapimage *snapimage_new(struct diff_view *view)
 {
+	struct diff_area *area = view->area;
 	struct block_device *bdev = area->bdev;
 	struct snapimage *image;
 	struct gendisk *disk;
@@ -121,6 +123,7 @@ struct snapimage *snapimage_new(struct diff_area *area)
 
 	diff_area_get(area);
 	image->area = area;
+	image->view = view;
 	return image;
 
 fail_disk:

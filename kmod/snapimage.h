@@ -7,13 +7,15 @@
 #include <linux/workqueue.h>
 
 struct diff_area;
+struct diff_view;
 struct gendisk;
 
 /**
  * struct snapimage - The block device that shows a device as it was at
  *	take.
  * @disk: the image disk, /dev/blksnap-imageN.
- * @area: the device's copy-on-write state, which serves the I/O.
+ * @view: the snapshot of the device, which serves the I/O.
+ * @area: the device's copy-on-write state; the image owns a reference.
  * @index: N in the disk's name.
  * @added: @disk was added and must be deleted.
  * @live: the snapshot is taken; until then bios wait in @held.
@@ -27,6 +29,7 @@ struct gendisk;
  */
 struct snapimage {
 	struct gendisk *disk;
+	struct diff_view *view;
 	struct diff_area *area;
 	int index;
 	bool added;
@@ -39,7 +42,7 @@ struct snapimage {
 	int add_ret;
 };
 
-struct snapimage *snapimage_new(struct diff_area *area);
+struct snapimage *snapimage_new(struct diff_view *view);
 void snapimage_add_start(struct snapimage *image);
 int snapimage_add_wait(struct snapimage *image);
 void snapimage_go_live(struct snapimage *image);

@@ -9,6 +9,8 @@
 #include "cbt_map.h"
 #include "diff_area.h"
 #include "diff_storage.h"
+#include "diff_view.h"
+#include "params.h"
 #include "event_queue.h"
 #include "snapimage.h"
 #include "snapshot.h"
@@ -19,13 +21,19 @@
  * @link: entry in &snapshot.devices.
  * @tracker: the device.
  * @area: its copy-on-write state, from take on.
+ * @view: the snapshot's view of it, from take on.
  * @image: its image, from take on.
+ * @shared: @area served held snapshots of the device before this take.
+ * @last: the release took the area's last view.
  */
 struct snapshot_device {
 	struct list_head link;
 	struct tracker *tracker;
 	struct diff_area *area;
+	struct diff_view *view;
 	struct snapimage *image;
+	bool shared;
+	bool last;
 };
 
 /* Under ctl_mutex. */
@@ -94,16 +102,26 @@ static void snapshot_release_devices(struct snapshot *snapshot)
 			snapimage_free(sd->image);
 			sd->image = NULL;
 		}
-		tracker_set_diff_area(sd->tracker, NULL);
+		if (!sd->area)
+			continue;
+		sd->last = sd->view ? diff_view_remove(sd->view) : !sd->shared;
+		if (sd->last)
+			tracker_set_diff_area(sd->tracker, NULL);
 	}
 	list_for_each_entry(sd, &snapshot->devices, link)
-		tracker_sync(sd->tracker);
+		if (sd->area && sd->last)
+			tracker_sync(sd->tracker);
 	list_for_each_entry(sd, &snapshot->devices, link) {
 		if (!sd->area)
 			continue;
-		diff_area_stop(sd->area);
+		if (sd->last)
+			diff_area_stop(sd->area);
+		if (sd->view)
+			diff_view_free(sd->view, !sd->last);
+		sd->view = NULL;
 		diff_area_put(sd->area);
 		sd->area = NULL;
+		sd->shared = false;
 	}
 	snapshot->taken = false;
 }
@@ -120,7 +138,7 @@ int snapshot_destroy(const uuid_t *id)
 	list_del(&snapshot->link);
 	snapshot_release_devices(snapshot);
 	list_for_each_entry_safe(sd, next, &snapshot->devices, link) {
-		sd->tracker->snapshot = NULL;
+		sd->tracker->nr_snapshots--;
 		tracker_put(sd->tracker);
 		list_del(&sd->link);
 		kfree(sd);
@@ -133,6 +151,17 @@ int snapshot_destroy(const uuid_t *id)
 	return 0;
 }
 
+static struct snapshot_device *snapshot_device_of(struct snapshot *snapshot,
+						  struct tracker *tracker)
+{
+	struct snapshot_device *sd;
+
+	list_for_each_entry(sd, &snapshot->devices, link)
+		if (sd->tracker == tracker)
+			return sd;
+	return NULL;
+}
+
 int snapshot_add(const uuid_t *id, struct tracker *tracker)
 {
 	struct snapshot_device *sd;
@@ -142,7 +171,8 @@ int snapshot_add(const uuid_t *id, struct tracker *tracker)
 	snapshot = snapshot_find(id);
 	if (!snapshot)
 		return -ENOENT;
-	if (snapshot->taken || tracker->snapshot)
+	if (snapshot->taken || snapshot_device_of(snapshot, tracker) ||
+	    tracker->nr_snapshots >= snapshots_per_device_maximum)
 		return -EBUSY;
 	if (diff_storage_on_bdev(snapshot->storage, tracker->bdev))
 		return -EINVAL;
@@ -150,7 +180,7 @@ int snapshot_add(const uuid_t *id, struct tracker *tracker)
 	if (!sd)
 		return -ENOMEM;
 	sd->tracker = tracker_get(tracker);
-	tracker->snapshot = snapshot;
+	tracker->nr_snapshots++;
 	list_add_tail(&sd->link, &snapshot->devices);
 	return 0;
 }
@@ -166,14 +196,32 @@ static int snapshot_prepare(struct snapshot *snapshot)
 		ret = cbt_map_prepare(sd->tracker->cbt_map);
 		if (ret)
 			return ret;
-		sd->area = diff_area_new(sd->tracker, snapshot->storage,
+		/* Held snapshots of the device share their area with it. */
+		sd->area = tracker_diff_area(sd->tracker);
+		if (sd->area) {
+			ret = diff_area_error(sd->area);
+			if (ret) {
+				sd->area = NULL;
+				return ret;
+			}
+			diff_area_get(sd->area);
+			sd->shared = true;
+		} else {
+			sd->area = diff_area_new(sd->tracker);
+			if (IS_ERR(sd->area)) {
+				ret = PTR_ERR(sd->area);
+				sd->area = NULL;
+				return ret;
+			}
+		}
+		sd->view = diff_view_new(sd->area, snapshot->storage,
 					 snapshot->events);
-		if (IS_ERR(sd->area)) {
-			ret = PTR_ERR(sd->area);
-			sd->area = NULL;
+		if (IS_ERR(sd->view)) {
+			ret = PTR_ERR(sd->view);
+			sd->view = NULL;
 			return ret;
 		}
-		sd->image = snapimage_new(sd->area);
+		sd->image = snapimage_new(sd->view);
 		if (IS_ERR(sd->image)) {
 			ret = PTR_ERR(sd->image);
 			sd->image = NULL;
@@ -217,6 +265,9 @@ static int snapshot_switch(struct snapshot *snapshot)
 		tracker_freeze(sd->tracker);
 	list_for_each_entry(sd, &snapshot->devices, link)
 		tracker_sync(sd->tracker);
+	list_for_each_entry(sd, &snapshot->devices, link)
+		if (sd->shared)
+			diff_area_quiesce(sd->area);
 	/* Drain all queues at once: start every freeze, then wait. */
 	list_for_each_entry(sd, &snapshot->devices, link)
 		blk_freeze_queue_start(bdev_get_queue(sd->tracker->bdev));
@@ -228,7 +279,8 @@ static int snapshot_switch(struct snapshot *snapshot)
 	}
 	list_for_each_entry(sd, &snapshot->devices, link) {
 		cbt_map_switch(sd->tracker->cbt_map);
-		if (tracker_set_diff_area(sd->tracker, sd->area))
+		diff_view_add(sd->view);
+		if (!sd->shared && tracker_set_diff_area(sd->tracker, sd->area))
 			diff_area_corrupt(sd->area, -ENODEV);
 	}
 	snapshot->taken = true;
@@ -314,28 +366,55 @@ struct event_queue *snapshot_get_events(const uuid_t *id)
 	return snapshot->events;
 }
 
-static struct snapshot_device *snapshot_device_of(struct snapshot *snapshot,
-						  struct tracker *tracker)
+static void snapshot_device_info(struct snapshot_device *sd,
+				 struct blksnap_snapshotinfo *info)
 {
-	struct snapshot_device *sd;
-
-	list_for_each_entry(sd, &snapshot->devices, link)
-		if (sd->tracker == tracker)
-			return sd;
-	return NULL;
+	memset(info, 0, sizeof(*info));
+	if (!sd || !sd->view || !sd->image)
+		return;
+	info->error_code = diff_view_error(sd->view);
+	strscpy((char *)info->image, sd->image->disk->disk_name,
+		sizeof(info->image));
 }
 
+/* The device's newest taken snapshot, as version 1.0 callers know it. */
 void snapshot_info(struct tracker *tracker, struct blksnap_snapshotinfo *info)
 {
-	struct snapshot_device *sd;
+	struct snapshot_device *sd, *newest = NULL;
+	struct snapshot *snapshot;
 
 	lockdep_assert_held(&ctl_mutex);
+	list_for_each_entry(snapshot, &snapshots, link) {
+		sd = snapshot_device_of(snapshot, tracker);
+		if (sd && sd->view && sd->image && snapshot->taken &&
+		    (!newest || sd->view->seq > newest->view->seq))
+			newest = sd;
+	}
+	snapshot_device_info(newest, info);
+}
+
+/*
+ * The device's state in snapshot @id (@info->id); -ENOENT unless it is
+ * in it.
+ */
+int snapshot_info_of(const uuid_t *id, struct tracker *tracker,
+		     struct blksnap_snapshotinfo_of *info)
+{
+	struct snapshot *snapshot;
+	struct snapshot_device *sd;
+	struct blksnap_uuid in = info->id;
+
+	lockdep_assert_held(&ctl_mutex);
+	snapshot = snapshot_find(id);
+	sd = snapshot ? snapshot_device_of(snapshot, tracker) : NULL;
+	if (!sd)
+		return -ENOENT;
 	memset(info, 0, sizeof(*info));
-	if (!tracker->snapshot)
-		return;
-	sd = snapshot_device_of(tracker->snapshot, tracker);
-	if (!sd || !sd->area || !sd->image)
-		return;
-	info->error_code = diff_area_error(sd->area);
-	strscpy((char *)info->image, sd->image->disk->disk_name, sizeof(info->image));
+	info->id = in;
+	snapshot_device_info(snapshot->taken ? sd : NULL, &info->info);
+	info->storage_used_sect = atomic64_read(&snapshot->storage->used);
+	mutex_lock(&snapshot->storage->lock);
+	info->storage_filled_sect = snapshot->storage->filled;
+	mutex_unlock(&snapshot->storage->lock);
+	return 0;
 }

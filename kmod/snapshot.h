@@ -9,6 +9,7 @@ struct diff_storage;
 struct event_queue;
 struct tracker;
 struct blksnap_snapshotinfo;
+struct blksnap_snapshotinfo_of;
 
 /**
  * struct snapshot - A set of devices captured at one instant.
@@ -39,5 +40,7 @@ unsigned int snapshot_count(void);
 void snapshot_collect(uuid_t *ids, unsigned int count);
 struct event_queue *snapshot_get_events(const uuid_t *id);
 void snapshot_info(struct tracker *tracker, struct blksnap_snapshotinfo *info);
+int snapshot_info_of(const uuid_t *id, struct tracker *tracker,
+		     struct blksnap_snapshotinfo_of *info);
 
 #endif /* __BLKSNAP_SNAPSHOT_H */

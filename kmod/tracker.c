@@ -339,7 +339,7 @@ int tracker_detach(struct file *file)
 	tracker = tracker_find(bdev);
 	if (!tracker)
 		return -ENODEV;
-	if (tracker->snapshot)
+	if (tracker->nr_snapshots)
 		ret = -EBUSY;
 	else if (!tracker_unpublish(tracker))
 		ret = -ENODEV;
@@ -447,6 +447,13 @@ int tracker_set_diff_area(struct tracker *tracker, struct diff_area *area)
 	dead = tracker->dead;
 	spin_unlock_irq(&tracker->lock);
 	return dead ? -ENODEV : 0;
+}
+
+/* The area the device's writes see now; under ctl_mutex. */
+struct diff_area *tracker_diff_area(struct tracker *tracker)
+{
+	return rcu_dereference_protected(tracker->diff_area,
+					 lockdep_is_held(&ctl_mutex));
 }
 
 bool tracker_dead(struct tracker *tracker)

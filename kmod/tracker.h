@@ -11,7 +11,6 @@
 
 struct cbt_map;
 struct diff_area;
-struct snapshot;
 
 /**
  * struct tracker - A block device the module is attached to.
@@ -27,9 +26,9 @@ struct snapshot;
  * @file: the caller's open file of the device, which pins it.
  * @bdev: the device.
  * @cbt_map: the change map.
- * @diff_area: copy-on-write state while a snapshot of the device is
+ * @diff_area: copy-on-write state while snapshots of the device are
  *	taken; written under ctl_mutex and @lock, read under @srcu.
- * @snapshot: the snapshot the device was added to, under ctl_mutex.
+ * @nr_snapshots: the snapshots the device was added to, under ctl_mutex.
  * @dead: the device is being removed, under @lock.
  * @lock: guards @dead, @frozen and @pending, and orders the publication
  *	of @diff_area against @dead.
@@ -45,7 +44,7 @@ struct tracker {
 	struct block_device *bdev;
 	struct cbt_map *cbt_map;
 	struct diff_area __rcu *diff_area;
-	struct snapshot *snapshot;
+	unsigned int nr_snapshots;
 	bool dead;
 	spinlock_t lock; /* dead, frozen, pending */
 	bool frozen;
@@ -85,6 +84,7 @@ void tracker_put(struct tracker *tracker);
 void tracker_freeze(struct tracker *tracker);
 void tracker_unfreeze(struct tracker *tracker);
 int tracker_set_diff_area(struct tracker *tracker, struct diff_area *area);
+struct diff_area *tracker_diff_area(struct tracker *tracker);
 bool tracker_dead(struct tracker *tracker);
 void tracker_sync(struct tracker *tracker);
 

@@ -60,6 +60,17 @@ WORKLOADS = {
                          io_size=RAND_IO, randseed=4242),
     "image_read": dict(rw="read", bs="1M", iodepth=4, offset=0, size=READ_SIZE),
 }
+# The multi section: first writes and rewrites with k snapshots of the
+# device held, k = 1, 2, 4, 8, blksnap against dm-snapshot (256 KiB chunks
+# both). Each snapshot has its own storage, a dm-linear slice of the COW
+# disk (an eighth of it), for both; 256 MiB so that dm-snapshot's 8 copies
+# of every chunk fit.
+MULTI_COUNTS = (1, 2, 4, 8)
+MULTI_SIZE = 256 * MIB
+MULTI_WORKLOADS = {
+    "multi_first": dict(rw="write", bs="1M", iodepth=4, offset=0, size=MULTI_SIZE),
+    "multi_rewrite": dict(rw="write", bs="1M", iodepth=4, offset=0, size=MULTI_SIZE),
+}
 CONFIGS = ["plain", "tracking", "blksnap", "blksnap_file", "dm256", "dm64"]
 # blksnap with its difference storage in a file, as the node plugin keeps
 # it: O_TMPFILE in an ext4 made on the COW disk, mounted here.
@@ -303,7 +314,7 @@ class Bench:
     # ---- fio -------------------------------------------------------------
 
     def fio(self, dev, workload, loops=1):
-        opts = dict(WORKLOADS[workload], loops=loops)
+        opts = dict({**WORKLOADS, **MULTI_WORKLOADS}[workload], loops=loops)
         cmd = ["fio", "--name=bench", f"--filename={dev}", "--direct=1", "--ioengine=libaio",
                "--output-format=json", "--thread", "--group_reporting"]
         cmd += [f"--{k}={v}" for k, v in opts.items()]
@@ -502,6 +513,92 @@ class Bench:
                 except (StepError, subprocess.TimeoutExpired) as e:
                     self.error(f"rep {rep} {config}", e)
                     self.cleanup()
+
+    def multi_slices(self):
+        """Eight equal dm-linear slices of the COW disk: one storage per
+        snapshot, the same backing for blksnap and dm-snapshot."""
+        each = dev_size(self.cow) // SECTOR // 8 // 8 * 8
+        paths = []
+        for i in range(8):
+            name = f"bsb-cow{i}"
+            if not os.path.exists(f"/dev/mapper/{name}"):
+                dmsetup("create", name, "--table", f"0 {each} linear {self.cow} {i * each}")
+            paths.append(f"/dev/mapper/{name}")
+        run(["udevadm", "settle"], check=False)
+        return paths
+
+    def multi_blksnap(self, k, slices):
+        self.attach(self.data)
+        ids = []
+        try:
+            for i in range(k):
+                # --limit is in bytes, whole sectors.
+                limit = dev_size(slices[i]) // SECTOR * SECTOR
+                sid = ctl("snapshot", "create", "--storage", slices[i], "--limit", str(limit))
+                ids.append(sid)
+                ctl("snapshot", "add", sid, self.data)
+                ctl("snapshot", "take", sid)
+            # As for dm-snapshot: udev's probes of the k new images read
+            # the device, so they finish before the timed writes.
+            run(["udevadm", "settle"], check=False)
+            out = {w: self.fio(self.data, w) for w in MULTI_WORKLOADS}
+            info = ctl_json("snapshot", "info", self.data)
+            if info.get("error"):
+                raise StepError(f"a snapshot was corrupted during the run: {info['error']}")
+            return out
+        finally:
+            for sid in ids:
+                ctl("snapshot", "destroy", sid)
+            self.detach(self.data)
+
+    def multi_dm(self, k, slices):
+        sectors = dev_size(self.data) // SECTOR
+        names = []
+        try:
+            # Snapshots before the origin, as in dm_create().
+            for i in range(k):
+                zero(slices[i], 0, MIB)
+                dmsetup("create", f"bsb-msnap{i}", "--table",
+                        f"0 {sectors} snapshot {self.data} {slices[i]} P 512")
+                names.append(f"bsb-msnap{i}")
+            dmsetup("create", "bsb-origin", "--table", f"0 {sectors} snapshot-origin {self.data}")
+            names.insert(0, "bsb-origin")
+            run(["udevadm", "settle"], check=False)
+            return {w: self.fio("/dev/mapper/bsb-origin", w) for w in MULTI_WORKLOADS}
+        finally:
+            for n in names:
+                dmsetup("remove", "--retry", n)
+
+    def multi(self):
+        """First writes and rewrites with 1, 2, 4 and 8 snapshots held."""
+        try:
+            slices = self.multi_slices()
+        except StepError as e:
+            self.error("multi", e)
+            return
+        runs = self.res.setdefault("multi", [])
+        for rep in range(self.args.reps):
+            counts = MULTI_COUNTS[rep % len(MULTI_COUNTS):] + MULTI_COUNTS[:rep % len(MULTI_COUNTS)]
+            for k in counts:
+                systems = (("blksnap", self.multi_blksnap), ("dm256", self.multi_dm))
+                for system, fn in systems if rep % 2 == 0 else reversed(systems):
+                    try:
+                        out = fn(k, slices)
+                    except (StepError, subprocess.TimeoutExpired) as e:
+                        self.error(f"multi rep {rep} {system} k={k}", e)
+                        self.cleanup()
+                        continue
+                    for w, r in out.items():
+                        runs.append({"system": system, "held": k, "workload": w, "rep": rep,
+                                     "bw_mib_s": r["bw_mib_s"], "flush_s": r["flush_s"],
+                                     "runtime_s": r["runtime_s"]})
+                        log(f"  rep {rep} {system:7s} held {k} {w:13s} "
+                            f"{r['bw_mib_s']:8.1f} MiB/s")
+        for i in range(8):
+            try:
+                dmsetup("remove", "--retry", f"bsb-cow{i}")
+            except StepError as e:
+                self.error("multi cleanup", e)
 
     # The paired section's workloads per group: a write, its rewrite under
     # a snapshot, and (seq only) a read of the device or the image.
@@ -808,7 +905,7 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--take-reps", type=int, default=5)
     p.add_argument("--pair-reps", type=int, default=9)
-    p.add_argument("--sections", default="throughput,paired,take_latency,memory,diagnose")
+    p.add_argument("--sections", default="throughput,paired,take_latency,memory,diagnose,multi")
     p.add_argument("data")
     p.add_argument("smalls", nargs=3)
     p.add_argument("cow")

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use crate::{
-    from_errno, sys, CbtInfo, Error, Event, Result, SectorRange, SnapshotId, SnapshotInfo, Version,
+    from_errno, sys, CbtInfo, Error, Event, Result, SectorRange, SnapshotId, SnapshotInfo,
+    SnapshotState, Version,
 };
 
 /// How many map bytes one `cbtmap` call asks for: large enough to make a
@@ -175,46 +176,29 @@ impl Control {
             .map_err(|e| from_errno("snapshot_take", e, Some(id)))
     }
 
-    /// Snapshot state of `dev`: its image's name and whether it is corrupted.
+    /// Snapshot state of `dev` in its newest taken snapshot: its image's
+    /// name and whether it is corrupted.
     pub fn snapshot_info(&self, dev: &impl AsFd) -> Result<SnapshotInfo> {
         const OP: &str = "snapshot_info";
         let mut info = sys::blksnap_snapshotinfo::default();
         sys::ctl(self.ctl(), dev.as_fd(), &mut info).map_err(|e| from_errno(OP, e, None))?;
-        let error = match info.error_code {
-            0 => None,
-            e if e < 0 => Some(Errno::from_raw(-e)),
-            _ => {
-                return Err(Error::Protocol {
-                    op: OP,
-                    what: "positive error_code",
-                })
-            }
+        parse_info(OP, &info)
+    }
+
+    /// State of `dev` in snapshot `id` (one of several the device may be
+    /// in), with the use of that snapshot's difference storage.
+    pub fn snapshot_info_of(&self, id: SnapshotId, dev: &impl AsFd) -> Result<SnapshotState> {
+        const OP: &str = "snapshot_info_of";
+        let mut arg = sys::blksnap_snapshotinfo_of {
+            id: id.to_sys(),
+            ..Default::default()
         };
-        let len = info
-            .image
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(Error::Protocol {
-                op: OP,
-                what: "image name not NUL-terminated",
-            })?;
-        let image = match std::str::from_utf8(&info.image[..len]) {
-            Ok("") => None,
-            Ok(name) if name.contains('/') => {
-                return Err(Error::Protocol {
-                    op: OP,
-                    what: "image name contains '/'",
-                })
-            }
-            Ok(name) => Some(name.to_owned()),
-            Err(_) => {
-                return Err(Error::Protocol {
-                    op: OP,
-                    what: "image name not UTF-8",
-                })
-            }
-        };
-        Ok(SnapshotInfo { error, image })
+        sys::ctl(self.ctl(), dev.as_fd(), &mut arg).map_err(|e| from_errno(OP, e, Some(id)))?;
+        Ok(SnapshotState {
+            info: parse_info(OP, &arg.info)?,
+            storage_used_sectors: arg.storage_used_sect,
+            storage_filled_sectors: arg.storage_filled_sect,
+        })
     }
 
     /// Releases snapshot `id`, its images and its storage; tracking goes on.
@@ -333,6 +317,45 @@ fn parse_event(ev: &sys::blksnap_snapshot_event) -> Result<Event> {
         },
         code => Event::Unknown { code },
     })
+}
+
+/// A `blksnap_snapshotinfo` as the kernel filled it, checked.
+fn parse_info(op: &'static str, info: &sys::blksnap_snapshotinfo) -> Result<SnapshotInfo> {
+    let error = match info.error_code {
+        0 => None,
+        e if e < 0 => Some(Errno::from_raw(-e)),
+        _ => {
+            return Err(Error::Protocol {
+                op,
+                what: "positive error_code",
+            })
+        }
+    };
+    let len = info
+        .image
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(Error::Protocol {
+            op,
+            what: "image name not NUL-terminated",
+        })?;
+    let image = match std::str::from_utf8(&info.image[..len]) {
+        Ok("") => None,
+        Ok(name) if name.contains('/') => {
+            return Err(Error::Protocol {
+                op,
+                what: "image name contains '/'",
+            })
+        }
+        Ok(name) => Some(name.to_owned()),
+        Err(_) => {
+            return Err(Error::Protocol {
+                op,
+                what: "image name not UTF-8",
+            })
+        }
+    };
+    Ok(SnapshotInfo { error, image })
 }
 
 #[cfg(test)]

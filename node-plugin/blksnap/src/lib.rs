@@ -181,6 +181,19 @@ impl SnapshotInfo {
     }
 }
 
+/// State of a device in one named snapshot, from
+/// [`Control::snapshot_info_of`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotState {
+    /// The device's image in that snapshot.
+    pub info: SnapshotInfo,
+    /// Sectors of the snapshot's difference storage holding copies that
+    /// a held snapshot still reads.
+    pub storage_used_sectors: u64,
+    /// Sectors of that storage handed out so far.
+    pub storage_filled_sectors: u64,
+}
+
 /// An event of a snapshot, from [`Control::wait_event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -301,7 +314,9 @@ mod tests {
             revision: 0,
             build: 0,
         };
-        assert!(v(1, 0).is_compatible());
+        // 1.1 added the snapshots of a device held at once.
+        assert!(!v(1, 0).is_compatible());
+        assert!(v(1, 1).is_compatible());
         assert!(v(1, 3).is_compatible());
         assert!(!v(2, 0).is_compatible());
         assert!(!v(0, 9).is_compatible());

@@ -30,7 +30,7 @@ pub const BLKSNAP: u8 = b'V';
 /// Interface version this crate was written against.
 pub const BLKSNAP_VERSION_MAJOR: u16 = 1;
 /// Minor interface version this crate was written against.
-pub const BLKSNAP_VERSION_MINOR: u16 = 0;
+pub const BLKSNAP_VERSION_MINOR: u16 = 1;
 /// Bytes of a UUID.
 pub const UUID_SIZE: usize = 16;
 /// Largest `count` of a `blksnap_cbtdirty`.
@@ -48,8 +48,10 @@ pub mod ctl_cmd {
     pub const CBTDIRTY: u32 = 2;
     /// Add the device to a snapshot.
     pub const SNAPSHOTADD: u32 = 3;
-    /// Fill a `blksnap_snapshotinfo`.
+    /// Fill a `blksnap_snapshotinfo` for the newest taken snapshot.
     pub const SNAPSHOTINFO: u32 = 4;
+    /// Fill a `blksnap_snapshotinfo_of` for a named snapshot (1.1).
+    pub const SNAPSHOTINFO_OF: u32 = 5;
 }
 
 /// `enum blksnap_ioctl`: the command numbers (`_IOC_NR`).
@@ -142,6 +144,16 @@ pub struct blksnap_snapshotadd {
 pub struct blksnap_snapshotinfo {
     pub error_code: i32,
     pub image: [u8; IMAGE_DISK_NAME_LEN],
+}
+
+/// `struct blksnap_snapshotinfo_of` (1.1).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct blksnap_snapshotinfo_of {
+    pub id: blksnap_uuid,
+    pub info: blksnap_snapshotinfo,
+    pub storage_used_sect: u64,
+    pub storage_filled_sect: u64,
 }
 
 /// `struct blksnap_version`.
@@ -329,6 +341,9 @@ impl CtlPayload for blksnap_snapshotadd {
 }
 impl CtlPayload for blksnap_snapshotinfo {
     const CMD: u32 = ctl_cmd::SNAPSHOTINFO;
+}
+impl CtlPayload for blksnap_snapshotinfo_of {
+    const CMD: u32 = ctl_cmd::SNAPSHOTINFO_OF;
 }
 
 fn fd_u32(fd: BorrowedFd<'_>) -> u32 {

@@ -228,6 +228,12 @@ fn rust_values() -> BTreeMap<String, String> {
     });
     layout!(blksnap_snapshotadd { id });
     layout!(blksnap_snapshotinfo { error_code, image });
+    layout!(blksnap_snapshotinfo_of {
+        id,
+        info,
+        storage_used_sect,
+        storage_filled_sect
+    });
     layout!(blksnap_version {
         major,
         minor,
@@ -279,6 +285,10 @@ fn rust_values() -> BTreeMap<String, String> {
         (
             "blkfilter_ctl_blksnap_snapshotinfo",
             sys::ctl_cmd::SNAPSHOTINFO,
+        ),
+        (
+            "blkfilter_ctl_blksnap_snapshotinfo_of",
+            sys::ctl_cmd::SNAPSHOTINFO_OF,
         ),
         ("blksnap_event_code_corrupted", sys::event_code::CORRUPTED),
         ("blksnap_event_code_low_space", sys::event_code::LOW_SPACE),

@@ -15,7 +15,14 @@
  *
  * The structures keep v6's layouts, implicit padding included, so they
  * are laid out for 64-bit user space; the kernel zeroes padding it copies
- * out. A device belongs to at most one snapshot at a time.
+ * out.
+ *
+ * Version 1.1: a device may be in up to snapshots_per_device_maximum
+ * snapshots at once (module parameter, default 16), taken at different
+ * moments and destroyed in any order; a chunk written after the newest
+ * take is copied once for all of them. blkfilter_ctl_blksnap_snapshotinfo
+ * reports the device's newest taken snapshot; the new
+ * blkfilter_ctl_blksnap_snapshotinfo_of names the snapshot.
  */
 #ifndef _UAPI_LINUX_BLKSNAP_H
 #define _UAPI_LINUX_BLKSNAP_H
@@ -28,7 +35,7 @@
 #define BLKSNAP 'V'
 
 #define BLKSNAP_VERSION_MAJOR 1
-#define BLKSNAP_VERSION_MINOR 0
+#define BLKSNAP_VERSION_MINOR 1
 
 /**
  * enum blkfilter_ctl_blksnap - Per-device commands of &IOCTL_BLKSNAP_CTL.
@@ -41,7 +48,10 @@
  *	&struct blksnap_cbtdirty as changed.
  * @blkfilter_ctl_blksnap_snapshotadd: add the device to the snapshot named
  *	by a &struct blksnap_snapshotadd.
- * @blkfilter_ctl_blksnap_snapshotinfo: fill a &struct blksnap_snapshotinfo.
+ * @blkfilter_ctl_blksnap_snapshotinfo: fill a &struct blksnap_snapshotinfo
+ *	for the device's newest taken snapshot (all zero when none is).
+ * @blkfilter_ctl_blksnap_snapshotinfo_of: fill a
+ *	&struct blksnap_snapshotinfo_of for the snapshot it names (1.1).
  */
 enum blkfilter_ctl_blksnap {
 	blkfilter_ctl_blksnap_cbtinfo,
@@ -49,6 +59,7 @@ enum blkfilter_ctl_blksnap {
 	blkfilter_ctl_blksnap_cbtdirty,
 	blkfilter_ctl_blksnap_snapshotadd,
 	blkfilter_ctl_blksnap_snapshotinfo,
+	blkfilter_ctl_blksnap_snapshotinfo_of,
 };
 
 #ifndef UUID_SIZE
@@ -129,9 +140,9 @@ struct blksnap_cbtdirty {
  * struct blksnap_snapshotadd - Snapshot to add a device to.
  * @id: the snapshot's id.
  *
- * -ENOENT for an unknown id, -EBUSY when the snapshot is taken or the
- * device is in another snapshot, -EINVAL when the snapshot's difference
- * storage lives on the device.
+ * -ENOENT for an unknown id, -EBUSY when the snapshot is taken, the
+ * device is in it already or in snapshots_per_device_maximum snapshots,
+ * -EINVAL when the snapshot's difference storage lives on the device.
  */
 struct blksnap_snapshotadd {
 	struct blksnap_uuid id;
@@ -149,6 +160,22 @@ struct blksnap_snapshotadd {
 struct blksnap_snapshotinfo {
 	__s32 error_code;
 	__u8 image[IMAGE_DISK_NAME_LEN];
+};
+
+/**
+ * struct blksnap_snapshotinfo_of - State of a device in one snapshot.
+ * @id: in: the snapshot; -ENOENT unless the device was added to it.
+ * @info: out: as &struct blksnap_snapshotinfo, for that snapshot.
+ * @storage_used_sect: out: sectors of the snapshot's difference storage
+ *	holding copies that a held snapshot still reads, whichever devices
+ *	they belong to.
+ * @storage_filled_sect: out: sectors of it handed out so far.
+ */
+struct blksnap_snapshotinfo_of {
+	struct blksnap_uuid id;
+	struct blksnap_snapshotinfo info;
+	__u64 storage_used_sect;
+	__u64 storage_filled_sect;
 };
 
 /* Numbers of the control device's commands. */

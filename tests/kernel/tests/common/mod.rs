@@ -392,6 +392,19 @@ pub const STRIPE_BLOCKS: u64 = 64;
 /// from `writers` threads until `total` bytes are written; every write is
 /// recorded after it completed. Returns the bytes written.
 pub fn random_writes(dev: &File, record: &Record, writers: u32, total: u64, seed: u64) -> u64 {
+    random_writes_after(dev, record, writers, total, seed, 0)
+}
+
+/// [`random_writes`] whose write numbers all exceed `base`, so that the
+/// numbers a block holds grow over several calls.
+pub fn random_writes_after(
+    dev: &File,
+    record: &Record,
+    writers: u32,
+    total: u64,
+    seed: u64,
+    base: u32,
+) -> u64 {
     let stripes = record.blocks() / STRIPE_BLOCKS;
     assert!(
         stripes >= u64::from(writers),
@@ -411,7 +424,7 @@ pub fn random_writes(dev: &File, record: &Record, writers: u32, total: u64, seed
                     let first = stripe * STRIPE_BLOCKS + rng.below(STRIPE_BLOCKS - len + 1);
                     n += 1;
                     // Unique per write, never 0 (the fill before take).
-                    let seq = n * writers + w + 1;
+                    let seq = base + n * writers + w + 1;
                     write_blocks(dev, first, len, |_| seq);
                     for b in first..first + len {
                         record.set(b, seq);

@@ -1,7 +1,8 @@
-//! `blksnapctl snapshot info DEV`.
+//! `blksnapctl snapshot info [--snapshot ID] DEV`.
 
 use std::path::PathBuf;
 
+use blksnap::SnapshotId;
 use serde::Serialize;
 
 use crate::{device, Ctx, Report, Result};
@@ -11,6 +12,10 @@ use crate::{device, Ctx, Report, Result};
 pub struct Args {
     /// Attached block device.
     pub device: PathBuf,
+    /// The snapshot to report, one of several the device may be in
+    /// (default: its newest taken one).
+    #[arg(long)]
+    pub snapshot: Option<SnapshotId>,
 }
 
 /// The snapshot state of a device.
@@ -21,6 +26,10 @@ pub struct SnapshotState {
     pub image: Option<PathBuf>,
     /// Symbolic errno (e.g. `ENOSPC`) that corrupted the image.
     pub error: Option<String>,
+    /// With `--snapshot`: sectors of that snapshot's difference storage
+    /// holding copies still read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_used_sectors: Option<u64>,
 }
 
 impl SnapshotState {
@@ -30,6 +39,7 @@ impl SnapshotState {
             device,
             image: info.image_path(),
             error: info.error.map(|e| format!("{e:?}")),
+            storage_used_sectors: None,
         }
     }
 }
@@ -45,7 +55,10 @@ impl Report for SnapshotState {
             None => String::new(),
             Some(e) => format!(", CORRUPTED ({e})"),
         };
-        format!("{}: {image}{state}", self.device.display())
+        let used = self.storage_used_sectors.map_or_else(String::new, |s| {
+            format!(", storage holds {s} sectors of copies")
+        });
+        format!("{}: {image}{state}{used}", self.device.display())
     }
 }
 
@@ -53,8 +66,17 @@ impl Report for SnapshotState {
 pub fn run(args: &Args, ctx: &Ctx) -> Result<()> {
     let ctl = ctx.control()?;
     let dev = device::open_block_device(&args.device)?;
-    let info = ctl.snapshot_info(&dev)?;
-    ctx.emit(&SnapshotState::new(args.device.clone(), &info))
+    let state = match args.snapshot {
+        None => SnapshotState::new(args.device.clone(), &ctl.snapshot_info(&dev)?),
+        Some(id) => {
+            let of = ctl.snapshot_info_of(id, &dev)?;
+            SnapshotState {
+                storage_used_sectors: Some(of.storage_used_sectors),
+                ..SnapshotState::new(args.device.clone(), &of.info)
+            }
+        }
+    };
+    ctx.emit(&state)
 }
 
 #[cfg(test)]

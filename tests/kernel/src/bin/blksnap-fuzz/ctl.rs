@@ -23,6 +23,7 @@ fn optlen_of(cmd: u32) -> Option<usize> {
         ctl_cmd::CBTDIRTY => size_of::<sys::blksnap_cbtdirty>(),
         ctl_cmd::SNAPSHOTADD => size_of::<sys::blksnap_snapshotadd>(),
         ctl_cmd::SNAPSHOTINFO => size_of::<sys::blksnap_snapshotinfo>(),
+        ctl_cmd::SNAPSHOTINFO_OF => size_of::<sys::blksnap_snapshotinfo_of>(),
         _ => return None,
     })
 }
@@ -34,6 +35,7 @@ fn name_of(cmd: u32) -> &'static str {
         ctl_cmd::CBTDIRTY => "ctl cbtdirty",
         ctl_cmd::SNAPSHOTADD => "ctl snapshotadd",
         ctl_cmd::SNAPSHOTINFO => "ctl snapshotinfo",
+        ctl_cmd::SNAPSHOTINFO_OF => "ctl snapshotinfo_of",
         _ => "ctl unknown command",
     }
 }
@@ -48,18 +50,18 @@ struct Draw {
     dirty_valid: bool,
     /// cbtdirty: count out of 1..=65536.
     dirty_bad_count: bool,
-    /// snapshotadd: the id's origin.
+    /// snapshotadd, snapshotinfo_of: the id's origin.
     id: Option<Id>,
 }
 
 impl Fuzzer<'_> {
     pub fn ctl(&mut self) {
         let cmd = if self.rng.chance(92) {
-            self.rng.below(5) as u32
+            self.rng.below(6) as u32
         } else {
             {
                 let r = self.rng.next_u64() as u32 | 8;
-                *self.rng.pick(&[5, 6, 255, 256, u32::MAX, r])
+                *self.rng.pick(&[6, 7, 255, 256, u32::MAX, r])
             }
         };
         let need = optlen_of(cmd);
@@ -188,7 +190,23 @@ impl Fuzzer<'_> {
                     self.violation(name, format!("added {dname} to a {:?} id", draw.id));
                 }
             }
-            _ => self.check_snapshotinfo(dev.sectors),
+            ctl_cmd::SNAPSHOTINFO_OF => {
+                if draw.id != Some(Id::Live) {
+                    self.violation(name, format!("answered for a {:?} id", draw.id));
+                }
+                let i: sys::blksnap_snapshotinfo_of = self.arena.get(OPT);
+                if i.storage_used_sect > i.storage_filled_sect {
+                    self.violation(
+                        name,
+                        format!(
+                            "{} sectors used of {} filled",
+                            i.storage_used_sect, i.storage_filled_sect
+                        ),
+                    );
+                }
+                self.check_snapshotinfo(OPT + 16, dev.sectors);
+            }
+            _ => self.check_snapshotinfo(OPT, dev.sectors),
         }
     }
 
@@ -287,7 +305,8 @@ impl Fuzzer<'_> {
                 draw.dirty_valid = valid;
                 draw.dirty_bad_count = bad_count;
             }
-            ctl_cmd::SNAPSHOTADD => {
+            ctl_cmd::SNAPSHOTADD | ctl_cmd::SNAPSHOTINFO_OF => {
+                // The id leads both structures.
                 let (id, kind) = self.pick_id();
                 self.arena.put(
                     OPT,
@@ -400,9 +419,10 @@ impl Fuzzer<'_> {
         }
     }
 
-    fn check_snapshotinfo(&mut self, bytes_sectors: u64) {
+    /// The `blksnap_snapshotinfo` at `at` of the arena.
+    fn check_snapshotinfo(&mut self, at: usize, bytes_sectors: u64) {
         let name = "ctl snapshotinfo";
-        let i: sys::blksnap_snapshotinfo = self.arena.get(OPT);
+        let i: sys::blksnap_snapshotinfo = self.arena.get(at);
         if i.error_code > 0 {
             self.violation(name, format!("positive error_code {}", i.error_code));
         }

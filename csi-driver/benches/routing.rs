@@ -7,7 +7,9 @@
 //! plugin, whose CreateSnapshot takes a kernel snapshot and writes its
 //! state.
 //!
-//! - CreateSnapshot: latency per call, interleaved rounds.
+//! - CreateSnapshot: latency per call, interleaved rounds; and the same
+//!   call to a test node served bare on a unix socket (no TLS, no
+//!   routing): the cost of one more gRPC hop, which any router adds.
 //! - GetMetadataDelta: one whole delta of a 1 TiB volume (every MiB
 //!   changed, 1024 extents a message), throughput.
 //! - ListSnapshots without a filter over 1 to 100 nodes (10 snapshots
@@ -57,6 +59,27 @@ async fn direct(pki: &Pki, node: &str, addr: &str) -> Channel {
         .connect()
         .await
         .expect("connect")
+}
+
+/// A test node served on a unix socket without TLS and without a
+/// router: one gRPC hop of the kind the controller adds in front of a
+/// node, and nothing else.
+async fn bare_hop() -> (tempfile::TempDir, Channel) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("bare.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+    let node = test_node("node-0", 10, false);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(csi::controller_server::ControllerServer::new(node))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let channel = Endpoint::from_shared(format!("unix://{}", socket.display()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    (dir, channel)
 }
 
 fn micros(d: Duration, n: usize) -> f64 {
@@ -125,30 +148,36 @@ async fn run(calls: usize) {
             capacity: 1 << 40,
             extent: 1 << 20,
             per_message: 1024,
+            end: None,
         });
         let addr = serve_node(node.clone(), node_cert(&pki, &name), &pki.ca_pem).await;
         nodes.push((name, addr));
     }
     let one = controller(&pki, &nodes[..1]).await;
     let straight = direct(&pki, &nodes[0].0, &nodes[0].1).await;
+    let (_hop_dir, hop) = bare_hop().await;
     println!("routing benchmark: {calls} calls per measurement, in-process nodes over mutual TLS");
 
     // Warm both paths (connections, TLS sessions, allocator).
     create_snapshots(&one.channel, calls / 10).await;
     create_snapshots(&straight, calls / 10).await;
-    let (mut via, mut to) = (Duration::ZERO, Duration::ZERO);
+    create_snapshots(&hop, calls / 10).await;
+    let (mut via, mut to, mut bare) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let rounds = 10;
     for _ in 0..rounds {
         via += create_snapshots(&one.channel, calls / rounds).await;
         to += create_snapshots(&straight, calls / rounds).await;
+        bare += create_snapshots(&hop, calls / rounds).await;
     }
     let n = calls / rounds * rounds;
-    let (v, d) = (micros(via, n), micros(to, n));
+    let (v, d, h) = (micros(via, n), micros(to, n), micros(bare, n));
     println!(
         "CreateSnapshot: direct {d:.0} µs/call, through the controller {v:.0} µs/call: \
-         ratio {:.2}x, {:.0} µs added per call",
+         ratio {:.2}x, {:.0} µs added per call; a bare unix-socket hop alone {h:.0} µs/call \
+         (direct plus that hop: {:.2}x)",
         v / d,
-        v - d
+        v - d,
+        (d + h) / d
     );
 
     delta(&one.channel).await;

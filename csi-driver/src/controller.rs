@@ -9,11 +9,11 @@ use blksnap_node_api::TOPOLOGY_KEY;
 use csi::controller_client::ControllerClient;
 use csi::controller_server::Controller;
 use csi_proto::csi::v1 as csi;
-use futures::future::join_all;
+use futures::stream::{self, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use crate::nodes::{lost_of, node_error, relay, request, with_lost, Nodes};
+use crate::nodes::{lost_of, relay, with_lost, Nodes};
 use crate::paging::{self, Page};
 use crate::{placement, Error, Result};
 
@@ -32,13 +32,16 @@ fn snapshot_node(text: &str) -> Option<String> {
     text.parse::<SnapshotId>().ok().map(|s| s.node)
 }
 
+async fn get_capacity(
+    channel: Channel,
+    r: Request<csi::GetCapacityRequest>,
+) -> Result<Response<csi::GetCapacityResponse>, Status> {
+    ControllerClient::new(channel).get_capacity(r).await
+}
+
 impl ControllerService {
     pub fn new(nodes: Arc<Nodes>) -> Self {
         ControllerService { nodes }
-    }
-
-    fn client(&self, node: &str) -> Result<ControllerClient<Channel>> {
-        Ok(ControllerClient::new(self.nodes.channel(node)?))
     }
 
     /// The node a CreateVolume's content source is on.
@@ -72,15 +75,11 @@ impl ControllerService {
         meta: tonic::metadata::MetadataMap,
         r: csi::ListSnapshotsRequest,
     ) -> Result<Page<csi::list_snapshots_response::Entry>> {
-        let mut client = ControllerClient::new(nodes.channel(&node)?);
         let answer = nodes
-            .timed(
-                &node,
-                "ListSnapshots",
-                client.list_snapshots(request(&meta, r)),
-            )
-            .await
-            .map_err(|s| node_error(&node, s))?;
+            .call(&node, "ListSnapshots", &meta, r, |c, r| async move {
+                ControllerClient::new(c).list_snapshots(r).await
+            })
+            .await?;
         let lost = lost_of(answer.metadata());
         let a = answer.into_inner();
         Ok(Page {
@@ -110,24 +109,21 @@ impl Controller for ControllerService {
         )?;
         let mut full = Vec::new();
         for node in order {
-            let mut client = self.client(&node)?;
             let answer = self
                 .nodes
-                .timed(
-                    &node,
-                    "CreateVolume",
-                    client.create_volume(request(&meta, r.clone())),
-                )
+                .call(&node, "CreateVolume", &meta, r.clone(), |c, r| async move {
+                    ControllerClient::new(c).create_volume(r).await
+                })
                 .await;
             match answer {
-                Err(s) if s.code() == Code::ResourceExhausted => {
-                    full.push(format!("{node}: {}", s.message()));
+                Err(Error::Node { status, .. }) if status.code() == Code::ResourceExhausted => {
+                    full.push(format!("{node}: {}", status.message()));
                 }
                 answer => {
                     if answer.is_ok() {
                         tracing::info!(name = %r.name, node, "volume created");
                     }
-                    return relay(&node, answer);
+                    return relay(answer);
                 }
             }
         }
@@ -151,9 +147,13 @@ impl Controller for ControllerService {
         let Some(node) = volume_node(&r.volume_id) else {
             return Ok(Response::new(csi::DeleteVolumeResponse {}));
         };
-        let mut client = self.client(&node)?;
-        let call = client.delete_volume(request(&meta, r));
-        relay(&node, self.nodes.timed(&node, "DeleteVolume", call).await)
+        let answer = self
+            .nodes
+            .call(&node, "DeleteVolume", &meta, r, |c, r| async move {
+                ControllerClient::new(c).delete_volume(r).await
+            })
+            .await;
+        relay(answer)
     }
 
     async fn controller_publish_volume(
@@ -184,14 +184,21 @@ impl Controller for ControllerService {
         }
         let node =
             volume_node(&r.volume_id).ok_or_else(|| Error::not_found("volume", &r.volume_id))?;
-        let mut client = self.client(&node)?;
-        let call = client.validate_volume_capabilities(request(&meta, r));
-        relay(
-            &node,
-            self.nodes
-                .timed(&node, "ValidateVolumeCapabilities", call)
-                .await,
-        )
+        let answer = self
+            .nodes
+            .call(
+                &node,
+                "ValidateVolumeCapabilities",
+                &meta,
+                r,
+                |c, r| async move {
+                    ControllerClient::new(c)
+                        .validate_volume_capabilities(r)
+                        .await
+                },
+            )
+            .await;
+        relay(answer)
     }
 
     async fn list_volumes(
@@ -206,18 +213,15 @@ impl Controller for ControllerService {
             |node, max_entries, starting_token| {
                 let (nodes, meta) = (Arc::clone(&self.nodes), meta.clone());
                 async move {
-                    let mut client = ControllerClient::new(nodes.channel(&node)?);
-                    let call = client.list_volumes(request(
-                        &meta,
-                        csi::ListVolumesRequest {
-                            max_entries,
-                            starting_token,
-                        },
-                    ));
+                    let r = csi::ListVolumesRequest {
+                        max_entries,
+                        starting_token,
+                    };
                     let a = nodes
-                        .timed(&node, "ListVolumes", call)
-                        .await
-                        .map_err(|s| node_error(&node, s))?
+                        .call(&node, "ListVolumes", &meta, r, |c, r| async move {
+                            ControllerClient::new(c).list_volumes(r).await
+                        })
+                        .await?
                         .into_inner();
                     Ok(Page {
                         entries: a.entries,
@@ -245,25 +249,29 @@ impl Controller for ControllerService {
             .and_then(|t| t.segments.get(TOPOLOGY_KEY))
             .cloned();
         if let Some(node) = segment {
-            let mut client = self.client(&node)?;
-            let call = client.get_capacity(request(&meta, r));
-            return relay(&node, self.nodes.timed(&node, "GetCapacity", call).await);
+            let answer = self
+                .nodes
+                .call(&node, "GetCapacity", &meta, r, get_capacity)
+                .await;
+            return relay(answer);
         }
         // No node named: the capacity over all of them.
         let known = self.nodes.known();
-        let answers = join_all(known.iter().map(|node| {
-            let (meta, r) = (meta.clone(), r.clone());
-            async move {
-                let mut client = self.client(node)?;
-                let call = client.get_capacity(request(&meta, r));
-                self.nodes
-                    .timed(node, "GetCapacity", call)
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(|s| node_error(node, s))
-            }
-        }))
-        .await;
+        let asks: Vec<_> = known
+            .iter()
+            .map(|node| {
+                let (meta, r) = (meta.clone(), r.clone());
+                async move {
+                    let answer = self.nodes.call(node, "GetCapacity", &meta, r, get_capacity);
+                    answer.await.map(Response::into_inner)
+                }
+            })
+            .collect();
+        // As many at once as an unpaged listing asks.
+        let answers: Vec<_> = stream::iter(asks)
+            .buffer_unordered(paging::FAN_OUT)
+            .collect()
+            .await;
         let mut total = csi::GetCapacityResponse::default();
         for a in answers {
             let a = a?;
@@ -301,9 +309,13 @@ impl Controller for ControllerService {
         }
         let node = volume_node(&r.source_volume_id)
             .ok_or_else(|| Error::not_found("volume", &r.source_volume_id))?;
-        let mut client = self.client(&node)?;
-        let call = client.create_snapshot(request(&meta, r));
-        relay(&node, self.nodes.timed(&node, "CreateSnapshot", call).await)
+        let answer = self
+            .nodes
+            .call(&node, "CreateSnapshot", &meta, r, |c, r| async move {
+                ControllerClient::new(c).create_snapshot(r).await
+            })
+            .await;
+        relay(answer)
     }
 
     async fn delete_snapshot(
@@ -317,9 +329,13 @@ impl Controller for ControllerService {
         let Some(node) = snapshot_node(&r.snapshot_id) else {
             return Ok(Response::new(csi::DeleteSnapshotResponse {}));
         };
-        let mut client = self.client(&node)?;
-        let call = client.delete_snapshot(request(&meta, r));
-        relay(&node, self.nodes.timed(&node, "DeleteSnapshot", call).await)
+        let answer = self
+            .nodes
+            .call(&node, "DeleteSnapshot", &meta, r, |c, r| async move {
+                ControllerClient::new(c).delete_snapshot(r).await
+            })
+            .await;
+        relay(answer)
     }
 
     async fn list_snapshots(
@@ -382,9 +398,13 @@ impl Controller for ControllerService {
         }
         let node = snapshot_node(&r.snapshot_id)
             .ok_or_else(|| Error::not_found("snapshot", &r.snapshot_id))?;
-        let mut client = self.client(&node)?;
-        let call = client.get_snapshot(request(&meta, r));
-        relay(&node, self.nodes.timed(&node, "GetSnapshot", call).await)
+        let answer = self
+            .nodes
+            .call(&node, "GetSnapshot", &meta, r, |c, r| async move {
+                ControllerClient::new(c).get_snapshot(r).await
+            })
+            .await;
+        relay(answer)
     }
 
     async fn controller_expand_volume(
@@ -397,14 +417,17 @@ impl Controller for ControllerService {
         }
         let node =
             volume_node(&r.volume_id).ok_or_else(|| Error::not_found("volume", &r.volume_id))?;
-        let mut client = self.client(&node)?;
-        let call = client.controller_expand_volume(request(&meta, r));
-        relay(
-            &node,
-            self.nodes
-                .timed(&node, "ControllerExpandVolume", call)
-                .await,
-        )
+        let answer = self
+            .nodes
+            .call(
+                &node,
+                "ControllerExpandVolume",
+                &meta,
+                r,
+                |c, r| async move { ControllerClient::new(c).controller_expand_volume(r).await },
+            )
+            .await;
+        relay(answer)
     }
 
     async fn controller_get_volume(

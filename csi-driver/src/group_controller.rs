@@ -8,10 +8,9 @@ use blksnap_node_api::ids::{GroupSnapshotId, VolumeId};
 use csi::group_controller_client::GroupControllerClient;
 use csi::group_controller_server::GroupController;
 use csi_proto::csi::v1 as csi;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::nodes::{relay, request, Nodes};
+use crate::nodes::{relay, Nodes};
 use crate::{Error, Result};
 
 /// The GroupController service.
@@ -27,10 +26,6 @@ fn group_node(text: &str) -> Option<String> {
 impl GroupControllerService {
     pub fn new(nodes: Arc<Nodes>) -> Self {
         GroupControllerService { nodes }
-    }
-
-    fn client(&self, node: &str) -> Result<GroupControllerClient<Channel>> {
-        Ok(GroupControllerClient::new(self.nodes.channel(node)?))
     }
 }
 
@@ -76,14 +71,21 @@ impl GroupController for GroupControllerService {
             return Err(Error::Missing("name").into());
         }
         let node = members_node(&r.source_volume_ids)?;
-        let mut client = self.client(&node)?;
-        let call = client.create_volume_group_snapshot(request(&meta, r));
-        relay(
-            &node,
-            self.nodes
-                .timed(&node, "CreateVolumeGroupSnapshot", call)
-                .await,
-        )
+        let answer = self
+            .nodes
+            .call(
+                &node,
+                "CreateVolumeGroupSnapshot",
+                &meta,
+                r,
+                |c, r| async move {
+                    GroupControllerClient::new(c)
+                        .create_volume_group_snapshot(r)
+                        .await
+                },
+            )
+            .await;
+        relay(answer)
     }
 
     async fn delete_volume_group_snapshot(
@@ -97,14 +99,21 @@ impl GroupController for GroupControllerService {
         let Some(node) = group_node(&r.group_snapshot_id) else {
             return Ok(Response::new(csi::DeleteVolumeGroupSnapshotResponse {}));
         };
-        let mut client = self.client(&node)?;
-        let call = client.delete_volume_group_snapshot(request(&meta, r));
-        relay(
-            &node,
-            self.nodes
-                .timed(&node, "DeleteVolumeGroupSnapshot", call)
-                .await,
-        )
+        let answer = self
+            .nodes
+            .call(
+                &node,
+                "DeleteVolumeGroupSnapshot",
+                &meta,
+                r,
+                |c, r| async move {
+                    GroupControllerClient::new(c)
+                        .delete_volume_group_snapshot(r)
+                        .await
+                },
+            )
+            .await;
+        relay(answer)
     }
 
     async fn get_volume_group_snapshot(
@@ -117,14 +126,21 @@ impl GroupController for GroupControllerService {
         }
         let node = group_node(&r.group_snapshot_id)
             .ok_or_else(|| Error::not_found("group snapshot", &r.group_snapshot_id))?;
-        let mut client = self.client(&node)?;
-        let call = client.get_volume_group_snapshot(request(&meta, r));
-        relay(
-            &node,
-            self.nodes
-                .timed(&node, "GetVolumeGroupSnapshot", call)
-                .await,
-        )
+        let answer = self
+            .nodes
+            .call(
+                &node,
+                "GetVolumeGroupSnapshot",
+                &meta,
+                r,
+                |c, r| async move {
+                    GroupControllerClient::new(c)
+                        .get_volume_group_snapshot(r)
+                        .await
+                },
+            )
+            .await;
+        relay(answer)
     }
 }
 

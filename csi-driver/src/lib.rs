@@ -7,7 +7,8 @@
 //! node's name into a cached channel to its node API, through a
 //! [`nodes::NodeDirectory`] (a static map here; Kubernetes discovery is
 //! another implementation). The services ([`identity`], [`controller`],
-//! [`group_controller`], [`snapshot_metadata`]) decide which node to ask;
+//! [`group_controller`], [`snapshot_metadata`]) decide which node to ask,
+//! and pass the SnapshotMetadata streams on still [`encoded`];
 //! [`placement`] chooses the node of a new volume and [`paging`] spans a
 //! listing over all nodes with one token. [`discovery`] finds the nodes'
 //! endpoints in Kubernetes and [`reconciler`] keeps the snapshot API true
@@ -18,6 +19,7 @@
 pub mod config;
 pub mod controller;
 pub mod discovery;
+pub mod encoded;
 pub mod group_controller;
 pub mod identity;
 pub mod metrics;

@@ -138,6 +138,26 @@ impl Nodes {
         answer
     }
 
+    /// Calls `node`'s API: `call` gets the node's channel and `message`
+    /// with the caller's deadline; timed as `method`. A status of the
+    /// node comes back named with the node.
+    pub async fn call<Req, Resp, Fut>(
+        &self,
+        node: &str,
+        method: &'static str,
+        incoming: &MetadataMap,
+        message: Req,
+        call: impl FnOnce(Channel, Request<Req>) -> Fut,
+    ) -> Result<Response<Resp>>
+    where
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let channel = self.channel(node)?;
+        self.timed(node, method, call(channel, request(incoming, message)))
+            .await
+            .map_err(|status| node_error(node, status))
+    }
+
     /// Every known node, sorted by name.
     pub fn known(&self) -> Vec<String> {
         self.directory.nodes()
@@ -217,15 +237,11 @@ pub fn with_lost<T>(mut response: Response<T>, lost: Vec<AsciiMetadataValue>) ->
 }
 
 /// A node's answer passed on: the message and its `x-blksnap-lost`
-/// entries, or its status, named with the node.
-pub fn relay<T>(node: &str, answer: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
-    match answer {
-        Ok(r) => {
-            let lost = lost_of(r.metadata());
-            Ok(with_lost(Response::new(r.into_inner()), lost))
-        }
-        Err(status) => Err(node_error(node, status).into()),
-    }
+/// entries (none of the node's other metadata), or the error as a status.
+pub fn relay<T>(answer: Result<Response<T>>) -> Result<Response<T>, Status> {
+    let r = answer?;
+    let lost = lost_of(r.metadata());
+    Ok(with_lost(Response::new(r.into_inner()), lost))
 }
 
 /// A node's status as this crate's error.

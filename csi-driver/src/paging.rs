@@ -4,14 +4,20 @@
 //! says where the next page starts: at that node, from its own token (empty
 //! for its start). A node that left in between is skipped, as the walk
 //! resumes at the first node whose name is not below the token's. Without
-//! `max_entries` every node is asked at once.
+//! `max_entries` the nodes are asked in parallel, [`FAN_OUT`] at a time,
+//! so a large cluster is not asked all at once; with it, a page asks the
+//! nodes one after the other, only as many as it needs.
 
 use std::future::Future;
 
-use futures::future::join_all;
+use futures::stream::{self, StreamExt, TryStreamExt};
 use tonic::metadata::AsciiMetadataValue;
 
 use crate::{Error, Result};
+
+/// How many nodes an unpaged listing (or a GetCapacity of every node)
+/// asks at once.
+pub const FAN_OUT: usize = 32;
 
 /// One page of a listing, and the `x-blksnap-lost` entries that came with it.
 #[derive(Debug)]
@@ -73,9 +79,14 @@ where
         lost: Vec::new(),
     };
     if max == 0 {
-        let pages = join_all(rest.iter().map(|n| page((*n).clone(), 0, inner_for(n)))).await;
-        for p in pages {
-            let p = p?;
+        // Futures do nothing until polled: `buffered` starts FAN_OUT at a
+        // time and yields them in name order, as a paged listing would.
+        let asks: Vec<Fut> = rest
+            .iter()
+            .map(|n| page((*n).clone(), 0, inner_for(n)))
+            .collect();
+        let mut pages = stream::iter(asks).buffered(FAN_OUT);
+        while let Some(p) = pages.try_next().await? {
             out.entries.extend(p.entries);
             out.lost.extend(p.lost);
         }
@@ -163,6 +174,32 @@ mod tests {
         let all = across(&nodes, 0, "", fake(&data)).await.expect("all");
         assert_eq!(all.entries, [1, 2, 3, 4, 5]);
         assert!(all.next_token.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unpaged_listing_asks_nodes_in_parallel_but_at_most_fan_out_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let nodes: Vec<String> = (0..100).map(|i| format!("node-{i:03}")).collect();
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let page = |node: String, _, _| {
+            let (now, most) = (&now, &most);
+            async move {
+                let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(at_once, Ordering::SeqCst);
+                // Later nodes answer sooner: the order must still hold.
+                let n: u64 = node[5..].parse().expect("number");
+                tokio::time::sleep(std::time::Duration::from_millis(20 - n / 5)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(Page {
+                    entries: vec![node],
+                    next_token: String::new(),
+                    lost: vec![],
+                })
+            }
+        };
+        let all = across(&nodes, 0, "", page).await.expect("all");
+        assert_eq!(all.entries, nodes);
+        assert_eq!(most.load(Ordering::SeqCst), FAN_OUT);
     }
 
     #[tokio::test]

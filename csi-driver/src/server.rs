@@ -58,9 +58,7 @@ pub async fn serve(
         .add_service(csi::group_controller_server::GroupControllerServer::new(
             services.group_controller,
         ))
-        .add_service(csi::snapshot_metadata_server::SnapshotMetadataServer::new(
-            services.snapshot_metadata,
-        ))
+        .add_service(services.snapshot_metadata)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| io("serve".to_owned())(std::io::Error::other(e)))

@@ -1,7 +1,14 @@
 //! CSI SnapshotMetadata: the node's stream passed on message by message,
-//! never gathered. Dropping the caller's stream drops the node's, which
-//! cancels the call there; the caller's deadline goes with the request.
+//! never gathered, and never decoded: each message goes on as the bytes
+//! the node encoded ([`encoded`](crate::encoded)), so the router's cost
+//! does not grow with what a message holds. Dropping the caller's stream
+//! drops the node's, which cancels the call there; the caller's deadline
+//! goes with the request and ends the relayed stream when it passes.
+//!
+//! tonic's generated server would decode and encode every message, so
+//! this service answers its two paths itself.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,22 +16,36 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use blksnap_node_api::ids::SnapshotId;
-use csi::snapshot_metadata_client::SnapshotMetadataClient;
-use csi::snapshot_metadata_server::SnapshotMetadata;
 use csi_proto::csi::v1 as csi;
 use tokio_stream::{Stream, StreamExt};
+use tonic::body::Body;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::codegen::{http, BoxFuture, Bytes, Service, StdError};
+use tonic::server::{Grpc, NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status, Streaming};
+use tonic_prost::prost;
 
-use crate::nodes::{deadline, node_error, request, Nodes};
+use crate::encoded::{FromCaller, ToNode};
+use crate::nodes::{deadline, lost_of, node_error, request, with_lost, Nodes};
 use crate::{Error, Result};
 
-/// A response stream passed on from a node.
-pub type Relayed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+/// A node's response stream passed on, each message still encoded.
+pub type Relayed = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
-/// The SnapshotMetadata service.
+/// The SnapshotMetadata service, a tower service for tonic's router.
 #[derive(Clone)]
 pub struct SnapshotMetadataService {
     nodes: Arc<Nodes>,
+}
+
+impl SnapshotMetadataService {
+    pub fn new(nodes: Arc<Nodes>) -> Self {
+        SnapshotMetadataService { nodes }
+    }
+}
+
+impl NamedService for SnapshotMetadataService {
+    const NAME: &'static str = csi::snapshot_metadata_server::SERVICE_NAME;
 }
 
 /// The node of the snapshot `text` names (`field` for the error).
@@ -37,11 +58,119 @@ fn node_of(field: &'static str, text: &str) -> Result<String> {
         .map_err(|_| Error::not_found("snapshot", text))
 }
 
-fn relay_stream<T: Send + 'static>(
-    node: String,
-    s: Streaming<T>,
-    deadline: Option<Duration>,
-) -> Relayed<T> {
+fn allocated_node(r: &csi::GetMetadataAllocatedRequest) -> Result<String> {
+    node_of("snapshot_id", &r.snapshot_id)
+}
+
+/// The target's node answers; it checks the base is of its volume.
+fn delta_node(r: &csi::GetMetadataDeltaRequest) -> Result<String> {
+    if r.base_snapshot_id.is_empty() {
+        return Err(Error::Missing("base_snapshot_id"));
+    }
+    node_of("target_snapshot_id", &r.target_snapshot_id)
+}
+
+/// One streaming method: its path on the node's API (the same as on the
+/// socket), its name in the metrics, and which node a request goes to.
+struct Method<Req> {
+    nodes: Arc<Nodes>,
+    path: &'static str,
+    name: &'static str,
+    node: fn(&Req) -> Result<String>,
+}
+
+const ALLOCATED: &str = "/csi.v1.SnapshotMetadata/GetMetadataAllocated";
+const DELTA: &str = "/csi.v1.SnapshotMetadata/GetMetadataDelta";
+
+impl<Req: prost::Message + Send + Sync + 'static> Method<Req> {
+    async fn relay(self, request_in: Request<Req>) -> Result<Response<Relayed>, Status> {
+        let (meta, _, r) = request_in.into_parts();
+        let node = (self.node)(&r)?;
+        let deadline = deadline(&meta);
+        let mut grpc = tonic::client::Grpc::new(self.nodes.channel(&node)?);
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+            grpc.server_streaming(
+                request(&meta, r),
+                PathAndQuery::from_static(self.path),
+                ToNode::default(),
+            )
+            .await
+        };
+        let answer = self
+            .nodes
+            .timed(&node, self.name, call)
+            .await
+            .map_err(|s| Status::from(node_error(&node, s)))?;
+        let lost = lost_of(answer.metadata());
+        let stream = relay_stream(node, answer.into_inner(), deadline);
+        Ok(with_lost(Response::new(stream), lost))
+    }
+}
+
+impl<Req: prost::Message + Send + Sync + 'static> ServerStreamingService<Req> for Method<Req> {
+    type Response = Bytes;
+    type ResponseStream = Relayed;
+    type Future = BoxFuture<Response<Relayed>, Status>;
+
+    fn call(&mut self, request: Request<Req>) -> Self::Future {
+        let method = Method {
+            nodes: Arc::clone(&self.nodes),
+            ..*self
+        };
+        Box::pin(method.relay(request))
+    }
+}
+
+impl<B> Service<http::Request<B>> for SnapshotMetadataService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<http::Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let nodes = Arc::clone(&self.nodes);
+        match req.uri().path() {
+            ALLOCATED => Box::pin(async move {
+                let method = Method {
+                    nodes,
+                    path: ALLOCATED,
+                    name: "GetMetadataAllocated",
+                    node: allocated_node,
+                };
+                Ok(Grpc::new(FromCaller::default())
+                    .server_streaming(method, req)
+                    .await)
+            }),
+            DELTA => Box::pin(async move {
+                let method = Method {
+                    nodes,
+                    path: DELTA,
+                    name: "GetMetadataDelta",
+                    node: delta_node,
+                };
+                Ok(Grpc::new(FromCaller::default())
+                    .server_streaming(method, req)
+                    .await)
+            }),
+            path => {
+                let status = Status::unimplemented(format!("{path} is not offered"));
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+fn relay_stream(node: String, s: Streaming<Bytes>, deadline: Option<Duration>) -> Relayed {
     let relayed = s.map(move |m| m.map_err(|status| node_error(&node, status).into()));
     Box::pin(Deadline {
         inner: Some(Box::pin(relayed)),
@@ -53,13 +182,13 @@ fn relay_stream<T: Send + 'static>(
 /// passes: tonic enforces `grpc-timeout` only until the response headers,
 /// so a stream would outlive it. Ending drops the node's stream, which
 /// cancels the call on the node.
-struct Deadline<T> {
-    inner: Option<Relayed<T>>,
+struct Deadline {
+    inner: Option<Relayed>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<T> Stream for Deadline<T> {
-    type Item = Result<T, Status>;
+impl Stream for Deadline {
+    type Item = Result<Bytes, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let Some(inner) = self.inner.as_mut() else {
@@ -77,57 +206,5 @@ impl<T> Stream for Deadline<T> {
             }
         }
         Poll::Pending
-    }
-}
-
-impl SnapshotMetadataService {
-    pub fn new(nodes: Arc<Nodes>) -> Self {
-        SnapshotMetadataService { nodes }
-    }
-}
-
-#[tonic::async_trait]
-impl SnapshotMetadata for SnapshotMetadataService {
-    type GetMetadataAllocatedStream = Relayed<csi::GetMetadataAllocatedResponse>;
-    type GetMetadataDeltaStream = Relayed<csi::GetMetadataDeltaResponse>;
-
-    async fn get_metadata_allocated(
-        &self,
-        request_in: Request<csi::GetMetadataAllocatedRequest>,
-    ) -> Result<Response<Self::GetMetadataAllocatedStream>, Status> {
-        let (meta, _, r) = request_in.into_parts();
-        let node = node_of("snapshot_id", &r.snapshot_id)?;
-        let deadline = deadline(&meta);
-        let mut client = SnapshotMetadataClient::new(self.nodes.channel(&node)?);
-        let call = client.get_metadata_allocated(request(&meta, r));
-        let stream = self
-            .nodes
-            .timed(&node, "GetMetadataAllocated", call)
-            .await
-            .map_err(|s| Status::from(node_error(&node, s)))?
-            .into_inner();
-        Ok(Response::new(relay_stream(node, stream, deadline)))
-    }
-
-    async fn get_metadata_delta(
-        &self,
-        request_in: Request<csi::GetMetadataDeltaRequest>,
-    ) -> Result<Response<Self::GetMetadataDeltaStream>, Status> {
-        let (meta, _, r) = request_in.into_parts();
-        if r.base_snapshot_id.is_empty() {
-            return Err(Error::Missing("base_snapshot_id").into());
-        }
-        // The target's node answers; it checks the base is of its volume.
-        let node = node_of("target_snapshot_id", &r.target_snapshot_id)?;
-        let deadline = deadline(&meta);
-        let mut client = SnapshotMetadataClient::new(self.nodes.channel(&node)?);
-        let call = client.get_metadata_delta(request(&meta, r));
-        let stream = self
-            .nodes
-            .timed(&node, "GetMetadataDelta", call)
-            .await
-            .map_err(|s| Status::from(node_error(&node, s)))?
-            .into_inner();
-        Ok(Response::new(relay_stream(node, stream, deadline)))
     }
 }

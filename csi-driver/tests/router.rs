@@ -353,6 +353,84 @@ async fn metadata_streams_are_relayed_and_cancellation_and_deadlines_reach_the_n
 }
 
 #[tokio::test]
+async fn relayed_streams_keep_every_message_and_the_nodes_status_named_with_the_node() {
+    let pki = Pki::new("test CA");
+    let mut node = test_node("node-a", 1, false);
+    node.delta = Some(DeltaShape {
+        capacity: 10 << 20,
+        extent: 1 << 20,
+        per_message: 3,
+        end: Some(Code::DataLoss),
+    });
+    let addr = serve_node(node.clone(), node_cert(&pki, "node-a"), &pki.ca_pem).await;
+    let c = controller(&pki, &[("node-a".to_owned(), addr)]).await;
+    let mut client = csi::snapshot_metadata_client::SnapshotMetadataClient::new(c.channel.clone());
+    let mut stream = client
+        .get_metadata_delta(csi::GetMetadataDeltaRequest {
+            base_snapshot_id: node.snapshots[0].clone(),
+            target_snapshot_id: node.snapshots[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut messages = vec![];
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(m)) => messages.push(m),
+            other => break other,
+        }
+    };
+    // Passed on as the node encoded them: each message whole, in order.
+    let offsets: Vec<Vec<i64>> = messages
+        .iter()
+        .map(|m| {
+            m.block_metadata
+                .iter()
+                .map(|b| b.byte_offset >> 20)
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8], vec![9]]
+    );
+    assert!(messages
+        .iter()
+        .all(|m| m.volume_capacity_bytes == 10 << 20 && m.block_metadata[0].size_bytes == 1 << 20));
+    let status = end.expect_err("the node's status ends it");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(status.message().contains("node-a"), "{status:?}");
+
+    // A status before any message, and bad requests, as for a unary call.
+    let status = client
+        .get_metadata_allocated(csi::GetMetadataAllocatedRequest {
+            snapshot_id: node.snapshots[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the test node does not offer it");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("node-a"), "{status:?}");
+    let status = client
+        .get_metadata_delta(csi::GetMetadataDeltaRequest {
+            target_snapshot_id: node.snapshots[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no base");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = client
+        .get_metadata_allocated(csi::GetMetadataAllocatedRequest {
+            snapshot_id: "not-ours".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not ours");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+#[tokio::test]
 async fn the_reconciler_asks_the_nodes_through_the_router_and_every_call_is_counted() {
     let pki = Pki::new("test CA");
     let (nodes, directory) = three_nodes(&pki, 3).await;

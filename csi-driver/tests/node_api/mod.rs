@@ -102,12 +102,13 @@ pub struct TestNode {
 
 /// A finite delta: every `extent` bytes of a `capacity`-byte volume
 /// changed, `per_message` extents to a message, sent as fast as the
-/// transport takes them.
+/// transport takes them, then the status `end` if there is one.
 #[derive(Clone, Copy, Debug)]
 pub struct DeltaShape {
     pub capacity: i64,
     pub extent: i64,
     pub per_message: usize,
+    pub end: Option<tonic::Code>,
 }
 
 impl DeltaShape {
@@ -118,7 +119,10 @@ impl DeltaShape {
 
     fn stream(self) -> impl Stream<Item = Result<csi::GetMetadataDeltaResponse, Status>> + Send {
         let step = self.extent * self.per_message as i64;
-        tokio_stream::iter((0..self.capacity).step_by(step as usize).map(move |start| {
+        let end = self
+            .end
+            .map(|code| Err(Status::new(code, "the delta's store failed")));
+        let messages = (0..self.capacity).step_by(step as usize).map(move |start| {
             let end = (start + step).min(self.capacity);
             Ok(csi::GetMetadataDeltaResponse {
                 block_metadata_type: csi::BlockMetadataType::VariableLength as i32,
@@ -131,7 +135,8 @@ impl DeltaShape {
                     })
                     .collect(),
             })
-        }))
+        });
+        tokio_stream::iter(messages.chain(end))
     }
 }
 

@@ -414,7 +414,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::guard::name_key;
-    use crate::testing::{Env, NODE};
+    use crate::testing::{Env, FAKE_SNAPSHOTS_PER_DEVICE, NODE};
     use blksnap_node_api::lost::LOST_METADATA;
     use csi::controller_service_capability::rpc::Type as Cap;
     use csi::volume_capability::access_mode::Mode;
@@ -907,6 +907,17 @@ pub(crate) mod tests {
                     let v = new_volume(e, "pvc", MIB);
                     new_snapshot(e, "snap-1", &v);
                     snapshot_request("snap-2", &v)
+                }),
+                Code::Ok,
+            ),
+            (
+                "one past the module's snapshots per volume",
+                setup!(|e| {
+                    let v = new_volume(e, "pvc", MIB);
+                    for i in 0..FAKE_SNAPSHOTS_PER_DEVICE {
+                        new_snapshot(e, &format!("held-{i}"), &v);
+                    }
+                    snapshot_request("one-more", &v)
                 }),
                 Code::FailedPrecondition,
             ),
@@ -1539,24 +1550,136 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every held snapshot of `v`, as ListSnapshots gives them.
+    async fn held_of(env: &Env, v: &str) -> Vec<csi::Snapshot> {
+        list(
+            env,
+            csi::ListSnapshotsRequest {
+                source_volume_id: v.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list")
+        .into_inner()
+        .entries
+        .into_iter()
+        .filter_map(|e| e.snapshot)
+        .filter(|s| s.ready_to_use)
+        .collect()
+    }
+
     #[tokio::test]
-    async fn a_second_snapshot_of_a_volume_gets_a_final_code_that_says_why() {
+    async fn snapshots_of_a_volume_up_to_the_limit_then_a_final_code_that_says_why() {
         let env = Env::new();
         let v = new_volume(&env, "pvc", MIB);
-        let first = new_snapshot(&env, "snap-1", &v);
+        let limit = FAKE_SNAPSHOTS_PER_DEVICE;
+        let mut ids = Vec::new();
+        for i in 0..limit {
+            ids.push(new_snapshot(&env, &format!("snap-{i}"), &v).snapshot_id);
+        }
+        let kernels: std::collections::BTreeSet<uuid::Uuid> = ids
+            .iter()
+            .map(|id| {
+                id.parse::<blksnap_node_api::ids::SnapshotId>()
+                    .expect("id")
+                    .kernel
+            })
+            .collect();
+        assert_eq!(kernels.len(), limit as usize, "a kernel snapshot each");
+        assert_eq!(held_of(&env, &v).await.len(), limit as usize);
+
         let refused = env
             .controller
-            .create_snapshot(Request::new(snapshot_request("snap-2", &v)))
+            .create_snapshot(Request::new(snapshot_request("one-more", &v)))
             .await
-            .expect_err("one snapshot per volume");
+            .expect_err("past the limit");
         // Not RESOURCE_EXHAUSTED: csi-snapshotter retries that without end,
         // and the VolumeSnapshot cannot be deleted meanwhile.
         assert_eq!(refused.code(), Code::FailedPrecondition);
+        let msg = refused.message();
         assert!(
-            refused.message().contains("one snapshot per volume")
-                && refused.message().contains(&first.snapshot_id),
+            msg.contains(&v)
+                && msg.contains(&format!("{limit} snapshots"))
+                && msg.contains("snapshots_per_device_maximum")
+                && msg.contains("delete one of its snapshots"),
+            "{msg}"
+        );
+        assert_eq!(env.kernel.held().len(), limit as usize, "nothing left over");
+
+        // A clone needs a temporary snapshot of its source: refused the same
+        // way at the limit.
+        let clone = csi::CreateVolumeRequest {
+            volume_content_source: Some(csi::VolumeContentSource {
+                r#type: Some(csi::volume_content_source::Type::Volume(
+                    csi::volume_content_source::VolumeSource {
+                        volume_id: v.clone(),
+                    },
+                )),
+            }),
+            ..volume_request("clone", MIB)
+        };
+        let refused = env
+            .controller
+            .create_volume(Request::new(clone))
+            .await
+            .expect_err("clone at the limit");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(
+            refused.message().contains("snapshots_per_device_maximum"),
             "{}",
             refused.message()
+        );
+
+        // Deleted in another order than made: the second, then the first.
+        // (A clone below the limit copies an image, which the fake kernel
+        // has not: the VM tests clone while snapshots are held.)
+        delete_snapshot(&env, &ids[1]);
+        delete_snapshot(&env, &ids[0]);
+        let again = new_snapshot(&env, "snap-again", &v);
+        let mut now: Vec<String> = held_of(&env, &v)
+            .await
+            .into_iter()
+            .map(|s| s.snapshot_id)
+            .collect();
+        now.sort();
+        let mut want: Vec<String> = ids[2..].to_vec();
+        want.push(again.snapshot_id);
+        want.sort();
+        assert_eq!(now, want);
+    }
+
+    #[tokio::test]
+    async fn the_kernels_refusal_past_the_limit_is_the_same_final_answer() {
+        let env = Env::new();
+        let v = new_volume(&env, "pvc", MIB);
+        // A kernel snapshot no record names (an operator's blksnapctl, with
+        // orphans kept) takes one place: the plugin's count passes, the
+        // kernel's add refuses.
+        let k: &dyn crate::kernel::Kernel = env.kernel.as_ref();
+        let storage = tempfile::tempfile().expect("storage");
+        let dev = env.device(&v);
+        let orphan = k.snapshot_create(&storage, 1 << 20).expect("create");
+        k.snapshot_add(orphan, &dev).expect("add");
+        k.snapshot_take(orphan).expect("take");
+        for i in 1..FAKE_SNAPSHOTS_PER_DEVICE {
+            new_snapshot(&env, &format!("snap-{i}"), &v);
+        }
+        let refused = env
+            .controller
+            .create_snapshot(Request::new(snapshot_request("one-more", &v)))
+            .await
+            .expect_err("the kernel refuses");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(
+            refused.message().contains("snapshots_per_device_maximum"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(
+            env.kernel.held().len(),
+            FAKE_SNAPSHOTS_PER_DEVICE as usize,
+            "the refused take is rolled back"
         );
     }
 

@@ -12,8 +12,12 @@ use std::time::Duration;
 use blksnap::{CbtInfo, Control, Event, SnapshotId, SnapshotInfo};
 
 /// The commands of `/dev/blksnap-control` the plugin uses. Devices are
-/// named by open files, as the kernel interface does.
+/// named by open files, as the kernel interface does. A device may be in
+/// several snapshots at once, so a snapshot's state is always asked for by
+/// its id ([`Kernel::snapshot_info_of`]), never as the device's newest.
 pub trait Kernel: Send + Sync {
+    /// How many snapshots one device may be in at once.
+    fn snapshots_per_device_maximum(&self) -> crate::Result<u32>;
     fn attach(&self, dev: &File) -> blksnap::Result<()>;
     fn detach(&self, dev: &File) -> blksnap::Result<()>;
     fn cbt_info(&self, dev: &File) -> blksnap::Result<CbtInfo>;
@@ -21,13 +25,16 @@ pub trait Kernel: Send + Sync {
     fn snapshot_create(&self, storage: &File, limit_sectors: u64) -> blksnap::Result<SnapshotId>;
     fn snapshot_add(&self, id: SnapshotId, dev: &File) -> blksnap::Result<()>;
     fn snapshot_take(&self, id: SnapshotId) -> blksnap::Result<()>;
-    fn snapshot_info(&self, dev: &File) -> blksnap::Result<SnapshotInfo>;
+    fn snapshot_info_of(&self, id: SnapshotId, dev: &File) -> blksnap::Result<SnapshotInfo>;
     fn snapshot_destroy(&self, id: SnapshotId) -> blksnap::Result<()>;
     fn snapshot_collect(&self) -> blksnap::Result<Vec<SnapshotId>>;
     fn wait_event(&self, id: SnapshotId, timeout: Duration) -> blksnap::Result<Option<Event>>;
 }
 
 impl Kernel for Control {
+    fn snapshots_per_device_maximum(&self) -> crate::Result<u32> {
+        crate::kmod::parameter("snapshots_per_device_maximum")
+    }
     fn attach(&self, dev: &File) -> blksnap::Result<()> {
         Control::attach(self, dev)
     }
@@ -49,8 +56,8 @@ impl Kernel for Control {
     fn snapshot_take(&self, id: SnapshotId) -> blksnap::Result<()> {
         Control::snapshot_take(self, id)
     }
-    fn snapshot_info(&self, dev: &File) -> blksnap::Result<SnapshotInfo> {
-        Control::snapshot_info(self, dev)
+    fn snapshot_info_of(&self, id: SnapshotId, dev: &File) -> blksnap::Result<SnapshotInfo> {
+        Control::snapshot_info_of(self, id, dev).map(|state| state.info)
     }
     fn snapshot_destroy(&self, id: SnapshotId) -> blksnap::Result<()> {
         Control::snapshot_destroy(self, id)

@@ -4,7 +4,8 @@
 //! configured `.ko` file with `finit_module(2)`, or else by `modprobe
 //! blksnap` (for a DKMS install), with the configured parameters. Then its
 //! version is read; a module whose interface is not the one the `blksnap`
-//! crate was written for is refused, and the plugin does not start.
+//! crate was written for is refused, and the plugin does not start. The
+//! loaded module's parameters are read from sysfs ([`parameter`]).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -30,6 +31,10 @@ pub struct ModuleSource {
 
 /// How long the control device may take to appear after the load.
 const APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the loaded module shows its parameters (all read-only while it
+/// is loaded, and clamped at its init).
+const PARAMETERS: &str = "/sys/module/blksnap/parameters";
 
 /// Loads the module if its control device is missing, opens the control
 /// device and checks the module's version.
@@ -59,6 +64,21 @@ pub fn ensure_loaded(src: &ModuleSource) -> Result<Control> {
     }
     tracing::info!(%version, control = %src.control.display(), "blksnap module ready");
     Ok(control)
+}
+
+/// The value of the loaded module's numeric parameter `name`.
+pub fn parameter(name: &str) -> Result<u32> {
+    parse_parameter(name, &Path::new(PARAMETERS).join(name))
+}
+
+fn parse_parameter(name: &str, path: &Path) -> Result<u32> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    text.trim().parse().map_err(|_| {
+        Error::Config(format!(
+            "blksnap.ko parameter {name} reads {:?}, not a number",
+            text.trim()
+        ))
+    })
 }
 
 fn load_ko(ko: &Path, params: &[String]) -> Result<()> {
@@ -126,6 +146,19 @@ mod tests {
         };
         let err = ensure_loaded(&src).expect_err("no such file");
         assert!(err.to_string().contains("/nonexistent/blksnap.ko"), "{err}");
+    }
+
+    #[test]
+    fn parameters_are_read_as_numbers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("snapshots_per_device_maximum");
+        std::fs::write(&p, "16\n").expect("write");
+        assert_eq!(parse_parameter("x", &p).expect("parses"), 16);
+        std::fs::write(&p, "Y\n").expect("write");
+        assert!(matches!(parse_parameter("x", &p), Err(Error::Config(_))));
+        let missing = dir.path().join("none");
+        let err = parse_parameter("x", &missing).expect_err("missing");
+        assert!(err.to_string().contains("none"), "{err}");
     }
 
     #[test]

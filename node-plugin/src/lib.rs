@@ -86,10 +86,21 @@ pub enum Error {
     #[error("{0}")]
     OutOfRange(String),
     /// The object is in a state that does not allow the call, and will not
-    /// change by itself (a lost snapshot, a volume that holds its one
-    /// snapshot): a final code, which the sidecars do not retry.
+    /// change by itself (a lost snapshot, a volume whose snapshots are
+    /// held): a final code, which the sidecars do not retry.
     #[error("{0}")]
     Precondition(String),
+    /// The volume is in as many snapshots as the module keeps of one device.
+    /// Only a delete or a module reload changes that, so the code is final
+    /// (FAILED_PRECONDITION): csi-snapshotter retries RESOURCE_EXHAUSTED,
+    /// and a VolumeSnapshot it keeps retrying cannot be deleted.
+    #[error(
+        "volume {volume} is already in {limit} snapshots, the most blksnap.ko keeps of one \
+         volume (module parameter snapshots_per_device_maximum); a snapshot or clone of it \
+         needs one more: delete one of its snapshots, or load the module with a larger \
+         snapshots_per_device_maximum"
+    )]
+    SnapshotLimit { volume: String, limit: u32 },
     /// Cannot be served now: a static device that is missing (it may come
     /// back), or a snapshot the metadata calls cannot serve (the spec's
     /// answer for a snapshot that is not ready; the snapshot-metadata
@@ -172,7 +183,7 @@ impl From<Error> for tonic::Status {
             Error::Busy(_) | Error::BadToken(_) => Code::Aborted,
             Error::Exhausted(_) => Code::ResourceExhausted,
             Error::OutOfRange(_) => Code::OutOfRange,
-            Error::Precondition(_) => Code::FailedPrecondition,
+            Error::Precondition(_) | Error::SnapshotLimit { .. } => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Unsupported(_) => Code::Unimplemented,
             Error::Kernel(_)
@@ -208,6 +219,13 @@ mod tests {
             (Error::Exhausted("full".into()), Code::ResourceExhausted),
             (Error::OutOfRange("far".into()), Code::OutOfRange),
             (Error::Precondition("gen".into()), Code::FailedPrecondition),
+            (
+                Error::SnapshotLimit {
+                    volume: "v1:v:n".into(),
+                    limit: 16,
+                },
+                Code::FailedPrecondition,
+            ),
             (Error::Unavailable("lost".into()), Code::Unavailable),
             (Error::Unsupported("ListVolumes"), Code::Unimplemented),
             (

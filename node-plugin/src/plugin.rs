@@ -64,6 +64,10 @@ pub struct Plugin {
     backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
     pub state: State,
     pub locks: Locks,
+    /// How many snapshots the module keeps of one device, read at start
+    /// (the module cannot be reloaded while this process holds its
+    /// control device).
+    snapshots_per_device: u32,
     pub metrics: Arc<Metrics>,
     /// Difference storage files and limits of the snapshots this process
     /// took, by kernel id, for the storage gauges (an unnamed file cannot
@@ -108,7 +112,7 @@ fn corrupted(errno: Errno) -> (LostReason, String) {
 
 /// What the kernel holds of a snapshot record on its volume's device.
 enum Held {
-    /// The device's image is the record's snapshot.
+    /// The image of the record's snapshot.
     Image(PathBuf),
     /// The record's snapshot is gone or unreadable.
     Lost(LostReason, String),
@@ -208,8 +212,14 @@ impl Plugin {
                 "no volume backend: give a pool directory or static devices".into(),
             ));
         }
+        let snapshots_per_device = kernel.snapshots_per_device_maximum()?;
+        tracing::info!(
+            snapshots_per_device,
+            "snapshots the module keeps of one volume"
+        );
         Ok(Plugin {
             settings,
+            snapshots_per_device,
             kernel,
             backends,
             state,
@@ -505,26 +515,20 @@ impl Plugin {
         Ok(())
     }
 
-    /// What the kernel holds of `rec` on `dev`. The device is in one
-    /// snapshot at a time, and its change-map coordinates name its last
-    /// take: only while they are the record's is the device's image the
-    /// record's snapshot rather than a later one of the same volume.
+    /// What the kernel holds of `rec` on `dev`: asked by the record's own
+    /// kernel id, since the device may be in several snapshots.
     fn held(&self, rec: &SnapshotRecord, dev: &File) -> Result<Held> {
         let forgot = |detail: &str| Ok(Held::Lost(LostReason::KernelForgot, detail.to_owned()));
-        let cbt = match self.kernel.cbt_info(dev) {
+        let info = match self
+            .kernel
+            .snapshot_info_of(blksnap::SnapshotId(rec.kernel), dev)
+        {
             Ok(i) => i,
             Err(blksnap::Error::NotAttached { .. }) => {
                 return forgot("the volume is no longer tracked")
             }
-            Err(e) => return Err(e.into()),
-        };
-        if (cbt.generation_id, cbt.changes_number) != (rec.generation, rec.number) {
-            return forgot("the kernel released it: the volume was snapshotted since");
-        }
-        let info = match self.kernel.snapshot_info(dev) {
-            Ok(i) => i,
-            Err(blksnap::Error::NotAttached { .. }) => {
-                return forgot("the volume is no longer tracked")
+            Err(blksnap::Error::NoSuchSnapshot { .. }) => {
+                return forgot("the kernel no longer holds it")
             }
             Err(e) => return Err(e.into()),
         };
@@ -570,7 +574,7 @@ impl Plugin {
     }
 
     /// Path of the image of a held snapshot: the record's own, never that
-    /// of a snapshot taken of the volume since.
+    /// of another snapshot of the volume.
     pub(crate) fn image_of(&self, rec: &SnapshotRecord) -> Result<PathBuf> {
         let id = self.snapshot_id(rec).to_string();
         match self.check_held(rec)? {
@@ -716,9 +720,67 @@ impl Plugin {
 mod tests {
     use std::collections::HashMap;
 
+    use crate::kernel::Kernel;
     use crate::plugin::CreateVolume;
+    use crate::state::LostReason;
     use crate::storage::PARAM_LIMIT;
     use crate::testing::Env;
+
+    #[test]
+    fn a_restart_matches_each_snapshot_of_a_volume_to_its_own_kernel_snapshot() {
+        let env = Env::new();
+        let p = &env.plugin;
+        let vol = p
+            .create_volume(&CreateVolume {
+                name: "pvc".into(),
+                required: 1 << 20,
+                limit: 0,
+                backend: None,
+                source: None,
+            })
+            .expect("volume");
+        let snaps: Vec<_> = ["s0", "s1", "s2", "s3"]
+            .iter()
+            .map(|n| {
+                p.create_snapshot(n, &p.volume_id(&vol), &HashMap::new())
+                    .expect("snapshot")
+            })
+            .collect();
+        // While the plugin is down: one is destroyed (an operator), one
+        // overflows; the newest and the oldest stay sound.
+        env.kernel
+            .snapshot_destroy(blksnap::SnapshotId(snaps[1].kernel))
+            .expect("destroy");
+        env.kernel.corrupt(snaps[2].kernel);
+        let env = env.restart();
+        let p = &env.plugin;
+        let (list, _) = p.list_snapshots(&Default::default()).expect("list");
+        let state = |kernel| {
+            list.iter()
+                .find(|r| r.kernel == kernel)
+                .expect("listed")
+                .lost
+                .as_ref()
+                .map(|l| l.reason)
+        };
+        assert_eq!(state(snaps[0].kernel), None);
+        assert_eq!(state(snaps[1].kernel), Some(LostReason::KernelForgot));
+        assert_eq!(state(snaps[2].kernel), Some(LostReason::Overflow));
+        assert_eq!(state(snaps[3].kernel), None);
+        // The sound ones stay servable, each by its own id.
+        for s in [&snaps[0], &snaps[3]] {
+            let id = p.snapshot_id(s).to_string();
+            p.metadata_allocated(&id, 0).expect("allocated");
+        }
+        let delta = p
+            .metadata_delta(
+                &p.snapshot_id(&snaps[0]).to_string(),
+                &p.snapshot_id(&snaps[3]).to_string(),
+                0,
+            )
+            .expect("delta between the two left");
+        assert!(delta.ranges.is_empty(), "nothing written between");
+    }
 
     #[test]
     fn storage_gauges_are_node_totals_never_labelled_by_snapshot() {

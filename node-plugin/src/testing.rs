@@ -51,7 +51,8 @@ struct Tracker {
     active: u8,
     previous: u8,
     generation: Uuid,
-    snapshot: Option<Uuid>,
+    /// The snapshots the device is in, at most the fake's limit.
+    snapshots: Vec<Uuid>,
 }
 
 #[derive(Debug, Default)]
@@ -67,10 +68,24 @@ struct Inner {
     snapshots: HashMap<Uuid, Snap>,
 }
 
+/// Snapshots per device the fake keeps unless told otherwise: fewer than
+/// the module's default, so that tests reach the limit cheaply.
+pub const FAKE_SNAPSHOTS_PER_DEVICE: u32 = 4;
+
 /// In-memory stand-in for blksnap.ko; see the module docs for its scope.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeKernel {
     inner: Mutex<Inner>,
+    snapshots_per_device: u32,
+}
+
+impl Default for FakeKernel {
+    fn default() -> Self {
+        FakeKernel {
+            inner: Mutex::default(),
+            snapshots_per_device: FAKE_SNAPSHOTS_PER_DEVICE,
+        }
+    }
 }
 
 impl FakeKernel {
@@ -110,6 +125,10 @@ fn not_attached(op: &'static str) -> blksnap::Error {
 }
 
 impl Kernel for FakeKernel {
+    fn snapshots_per_device_maximum(&self) -> Result<u32> {
+        Ok(self.snapshots_per_device)
+    }
+
     fn attach(&self, dev: &File) -> blksnap::Result<()> {
         let mut inner = self.lock();
         let k = key(dev);
@@ -127,7 +146,7 @@ impl Kernel for FakeKernel {
                 active: 1,
                 previous: 0,
                 generation: Uuid::new_v4(),
-                snapshot: None,
+                snapshots: Vec::new(),
             },
         );
         Ok(())
@@ -137,7 +156,7 @@ impl Kernel for FakeKernel {
         let mut inner = self.lock();
         match inner.trackers.get(&key(dev)) {
             None => Err(not_attached("detach")),
-            Some(t) if t.snapshot.is_some() => Err(blksnap::Error::Busy { op: "detach" }),
+            Some(t) if !t.snapshots.is_empty() => Err(blksnap::Error::Busy { op: "detach" }),
             Some(_) => {
                 inner.trackers.remove(&key(dev));
                 Ok(())
@@ -178,9 +197,9 @@ impl Kernel for FakeKernel {
     fn snapshot_add(&self, id: SnapshotId, dev: &File) -> blksnap::Result<()> {
         let mut inner = self.lock();
         let k = key(dev);
-        let busy = match inner.trackers.get(&k) {
+        let full = match inner.trackers.get(&k) {
             None => return Err(not_attached("snapshot_add")),
-            Some(t) => t.snapshot.is_some(),
+            Some(t) => t.snapshots.len() >= self.snapshots_per_device as usize,
         };
         let snap = inner
             .snapshots
@@ -189,11 +208,16 @@ impl Kernel for FakeKernel {
                 op: "snapshot_add",
                 id,
             })?;
-        if busy || snap.taken {
+        if full || snap.taken || snap.devices.contains(&k) {
             return Err(blksnap::Error::Busy { op: "snapshot_add" });
         }
         snap.devices.push(k);
-        inner.trackers.get_mut(&k).expect("tracker").snapshot = Some(id.0);
+        inner
+            .trackers
+            .get_mut(&k)
+            .expect("tracker")
+            .snapshots
+            .push(id.0);
         Ok(())
     }
 
@@ -224,22 +248,24 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    fn snapshot_info(&self, dev: &File) -> blksnap::Result<SnapshotInfo> {
+    fn snapshot_info_of(&self, id: SnapshotId, dev: &File) -> blksnap::Result<SnapshotInfo> {
         let inner = self.lock();
         let t = inner
             .trackers
             .get(&key(dev))
-            .ok_or_else(|| not_attached("snapshot_info"))?;
-        let snap = t.snapshot.and_then(|id| inner.snapshots.get(&id));
-        Ok(match snap {
-            Some(s) if s.taken => SnapshotInfo {
-                error: s.error,
-                image: Some("fake-image".into()),
-            },
-            _ => SnapshotInfo {
-                error: None,
-                image: None,
-            },
+            .ok_or_else(|| not_attached("snapshot_info_of"))?;
+        let snap = t
+            .snapshots
+            .contains(&id.0)
+            .then(|| inner.snapshots.get(&id.0))
+            .flatten()
+            .ok_or(blksnap::Error::NoSuchSnapshot {
+                op: "snapshot_info_of",
+                id,
+            })?;
+        Ok(SnapshotInfo {
+            error: snap.error,
+            image: snap.taken.then(|| format!("fake-image-{}", id.0.simple())),
         })
     }
 
@@ -254,7 +280,7 @@ impl Kernel for FakeKernel {
             })?;
         for k in snap.devices {
             if let Some(t) = inner.trackers.get_mut(&k) {
-                t.snapshot = None;
+                t.snapshots.retain(|s| *s != id.0);
             }
         }
         Ok(())

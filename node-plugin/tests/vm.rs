@@ -28,6 +28,7 @@ use blksnap_node_plugin::{ranges, Error};
 
 mod backends;
 mod guest;
+mod multi_snapshot;
 mod node_service;
 mod snapshots;
 
@@ -306,7 +307,8 @@ fn delta_is_exactly_the_blocks_written_between_even_after_the_base_is_deleted() 
     let dev = w.dev(&vol);
     fill(&dev, 0..32 * MIB, 1);
     let s1 = w.snapshot("s1", &vol, &[]);
-    // The engine holds one snapshot per volume: back up, delete, go on.
+    // A backup tool that deletes each snapshot after its backup: the base
+    // is gone before the target is taken.
     w.p().delete_snapshot(&s1).expect("delete base");
 
     let writes = [

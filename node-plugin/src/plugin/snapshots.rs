@@ -1,14 +1,16 @@
 //! Snapshot operations: take (one volume or a group in one kernel
 //! snapshot), delete, list, and the change-block metadata of snapshots.
 //!
-//! blksnap holds at most one snapshot per device at a time, so a volume
-//! whose snapshot the kernel still holds cannot be snapshotted again until
-//! that one is deleted (`FAILED_PRECONDITION`, a final code: the sidecar
-//! would retry RESOURCE_EXHAUSTED without end, and its VolumeSnapshot could
-//! not be deleted meanwhile). Deltas do not need the base
-//! snapshot to be held: the target's change map, frozen at take and kept in
-//! its record, marks every block written since any earlier snapshot number
-//! of the same generation.
+//! A volume may be in as many snapshots at once as the module keeps of one
+//! device (its parameter `snapshots_per_device_maximum`, read at start);
+//! each record names its own kernel snapshot, and everything read of it
+//! (image, state) is asked for by that id. One more snapshot or clone past
+//! the limit is [`Error::SnapshotLimit`], a final code: the sidecar would
+//! retry RESOURCE_EXHAUSTED without end, and its VolumeSnapshot could not
+//! be deleted meanwhile. Deltas do not need the base snapshot to be held:
+//! the target's change map, frozen at take and kept in its record, marks
+//! every block written since any earlier snapshot number of the same
+//! generation.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -63,9 +65,6 @@ fn map_take_error(e: blksnap::Error) -> Error {
         Some(nix::errno::Errno::ENOSPC) => {
             Error::Exhausted(format!("no space for the difference storage: {e}"))
         }
-        Some(nix::errno::Errno::EBUSY) => Error::Precondition(format!(
-            "a volume is already in a kernel snapshot, and blksnap keeps one snapshot per volume: {e}"
-        )),
         _ => Error::Kernel(e),
     }
 }
@@ -104,10 +103,10 @@ impl Plugin {
             .filter(|r| r.generation == id.generation && r.number == id.number)
     }
 
-    /// A snapshot of `local` that the kernel holds, if any. A record that
-    /// claims so is checked with the kernel first (see `checked`): one
-    /// whose kernel snapshot is gone must not keep the volume busy.
-    pub(crate) fn held_snapshot_of(&self, local: &str) -> Option<SnapshotRecord> {
+    /// The snapshots of `local` that the kernel holds. A record that claims
+    /// so is checked with the kernel first (see `checked`): one whose
+    /// kernel snapshot is gone must not keep the volume busy.
+    pub(crate) fn held_snapshots_of(&self, local: &str) -> Vec<SnapshotRecord> {
         let claimed: Vec<SnapshotRecord> = self.state.read(|t| {
             t.snapshots
                 .values()
@@ -118,7 +117,16 @@ impl Plugin {
         claimed
             .into_iter()
             .map(|s| self.checked(s))
-            .find(|s| s.lost.is_none())
+            .filter(|s| s.lost.is_none())
+            .collect()
+    }
+
+    /// The answer to one more snapshot of `vol` past the module's limit.
+    fn snapshot_limit(&self, vol: &VolumeRecord) -> Error {
+        Error::SnapshotLimit {
+            volume: self.volume_id(vol).to_string(),
+            limit: self.snapshots_per_device,
+        }
     }
 
     /// Releases the kernel snapshots of `local`'s lost snapshots: an
@@ -149,16 +157,17 @@ impl Plugin {
         params: &HashMap<String, String>,
     ) -> Result<(Vec<SnapshotRecord>, File, u64, Taken<'_>)> {
         for v in vols {
-            if let Some(s) = self.held_snapshot_of(&v.local) {
-                return Err(Error::Precondition(format!(
-                    "volume {} holds snapshot {}; blksnap keeps one snapshot per volume at a time, delete it first",
-                    self.volume_id(v),
-                    self.snapshot_id(&s)
-                )));
-            }
-        }
-        for v in vols {
             self.release_lost(&v.local)?;
+        }
+        // Refused before the storage is reserved, so that a full storage
+        // directory does not answer a retried RESOURCE_EXHAUSTED instead;
+        // the kernel's refusal of the add (it also counts snapshots no
+        // record names) is the same answer.
+        for v in vols {
+            let held = self.held_snapshots_of(&v.local).len();
+            if held >= self.snapshots_per_device as usize {
+                return Err(self.snapshot_limit(v));
+            }
         }
         let total: u64 = vols.iter().map(|v| v.capacity).sum();
         let limit = storage::limit(params, total, self.settings.default_storage_percent)?;
@@ -189,8 +198,13 @@ impl Plugin {
             id,
             armed: true,
         };
-        for (_, f) in &devs {
-            self.kernel().snapshot_add(id, f).map_err(map_take_error)?;
+        for (v, (_, f)) in vols.iter().zip(&devs) {
+            // A fresh snapshot not yet taken, each device once: busy means
+            // the device is in as many snapshots as the module keeps.
+            self.kernel().snapshot_add(id, f).map_err(|e| match e {
+                blksnap::Error::Busy { .. } => self.snapshot_limit(v),
+                e => map_take_error(e),
+            })?;
         }
         self.kernel().snapshot_take(id).map_err(map_take_error)?;
         let (secs, nanos) = now();
@@ -199,10 +213,10 @@ impl Plugin {
         for ((v, (path, f)), (extents, gen_before)) in vols.iter().zip(&devs).zip(before) {
             let info = self.kernel().cbt_info(f)?;
             let map = self.kernel().cbt_map_all(f)?;
-            let image = self.kernel().snapshot_info(f)?;
+            let image = self.kernel().snapshot_info_of(id, f)?;
             if image.image.is_none() {
                 return Err(Error::Kernel(blksnap::Error::Protocol {
-                    op: "snapshot_info",
+                    op: "snapshot_info_of",
                     what: "no image after take",
                 }));
             }

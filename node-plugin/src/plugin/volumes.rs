@@ -191,7 +191,10 @@ impl Plugin {
     }
 
     /// Copies volume `src` into `dst` through a temporary snapshot, so the
-    /// copy is of one instant while `src` stays in use.
+    /// copy is of one instant while `src` stays in use; its snapshots held
+    /// meanwhile are untouched. The temporary one counts against the
+    /// module's limit of snapshots per volume while the copy runs: a source
+    /// already at the limit is refused ([`Error::SnapshotLimit`]).
     fn clone_from(
         self: &Arc<Self>,
         src: &VolumeRecord,
@@ -218,10 +221,12 @@ impl Plugin {
         if vol.zeroing {
             return Ok(());
         }
-        if let Some(s) = self.held_snapshot_of(&vol.local) {
+        let held = self.held_snapshots_of(&vol.local);
+        if let Some(s) = held.first() {
             return Err(Error::Precondition(format!(
-                "volume {id_text} has snapshot {} held; delete it first",
-                self.snapshot_id(&s)
+                "volume {id_text} has {} snapshot(s) held, {} among them; delete them first",
+                held.len(),
+                self.snapshot_id(s)
             )));
         }
         self.release_lost(&vol.local)?;
@@ -279,10 +284,12 @@ impl Plugin {
                 "limit_bytes {limit} is below required_bytes {required}"
             )));
         }
-        if let Some(s) = self.held_snapshot_of(&vol.local) {
+        let held = self.held_snapshots_of(&vol.local);
+        if let Some(s) = held.first() {
             return Err(Error::Precondition(format!(
-                "volume {id} has snapshot {} held; it cannot grow until that is deleted",
-                self.snapshot_id(&s)
+                "volume {id} has {} snapshot(s) held, {} among them; it cannot grow until they are deleted",
+                held.len(),
+                self.snapshot_id(s)
             )));
         }
         self.release_lost(&vol.local)?;

@@ -230,9 +230,9 @@ fn xfs_restores_and_clones_mount_beside_their_source() {
         Some(Source::Snapshot(snap.clone())),
         None,
     );
-    // One snapshot per volume: the clone's temporary one needs it gone.
-    w.p().delete_snapshot(&snap).expect("delete snapshot");
+    // The clone's temporary snapshot is taken beside the held one.
     let clone = w.create("pvc-xfs-c", size, Some(Source::Volume(w.vid(&src))), None);
+    w.p().delete_snapshot(&snap).expect("delete snapshot");
     for (what, vol) in [("restore", &restored), ("clone", &clone)] {
         let staging = w.root.join(format!("state/xfs-{what}"));
         rt.block_on(node.node_stage_volume(stage_req(&w.vid(vol), &staging, cap.clone())))

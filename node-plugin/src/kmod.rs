@@ -81,11 +81,26 @@ fn parse_parameter(name: &str, path: &Path) -> Result<u32> {
     })
 }
 
+/// `MODULE_INIT_COMPRESSED_FILE` (include/uapi/linux/module.h), which nix
+/// does not name: the kernel decompresses the file itself.
+const MODULE_INIT_COMPRESSED_FILE: u32 = 4;
+
+/// A compressed module (DKMS writes `blksnap.ko.xz` where the kernel's own
+/// modules are compressed, as on Debian's 6.12) is handed to the kernel as
+/// such; a kernel without CONFIG_MODULE_DECOMPRESS refuses it with
+/// EOPNOTSUPP, which the error names.
+fn init_flags(ko: &Path) -> ModuleInitFlags {
+    match ko.extension().and_then(|e| e.to_str()) {
+        Some("xz" | "gz" | "zst") => ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE),
+        _ => ModuleInitFlags::empty(),
+    }
+}
+
 fn load_ko(ko: &Path, params: &[String]) -> Result<()> {
     let file = File::open(ko).map_err(|e| Error::io("open", ko, e))?;
     let params = CString::new(params.join(" "))
         .map_err(|_| Error::Config("module parameters contain a NUL byte".into()))?;
-    finit_module(&file, &params, ModuleInitFlags::empty())
+    finit_module(&file, &params, init_flags(ko))
         .map_err(|errno| Error::Config(format!("finit_module {}: {errno}", ko.display())))?;
     tracing::info!(ko = %ko.display(), "loaded blksnap module");
     Ok(())
@@ -126,6 +141,18 @@ fn wait_for(control: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compressed_module_is_loaded_as_compressed() {
+        let compressed = ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE);
+        for ko in ["blksnap.ko.xz", "blksnap.ko.gz", "blksnap.ko.zst"] {
+            assert_eq!(init_flags(Path::new(ko)), compressed, "{ko}");
+        }
+        assert_eq!(
+            init_flags(Path::new("blksnap.ko")),
+            ModuleInitFlags::empty()
+        );
+    }
 
     #[test]
     fn malformed_parameters_are_refused_before_loading() {

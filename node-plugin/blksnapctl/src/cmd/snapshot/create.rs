@@ -84,7 +84,9 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<()> {
     let limit = resolve_limit(args.limit, storage.device_size)?;
     let id = ctl.snapshot_create(&storage.file, limit / SECTOR)?;
     // The kernel holds its own reference to the storage: closing ours is
-    // fine, and for O_TMPFILE the file lives exactly as long as the snapshot.
+    // fine. With several snapshots of a device the storage stays in use
+    // after this snapshot's destroy while older ones read copies in it
+    // (README, "Limits of the module").
     drop(storage);
     if ctx.format == crate::Format::Human && ctx.progress {
         eprintln!("created snapshot {id}, storage limit {}", Size(limit));

@@ -1010,7 +1010,7 @@ static void diff_area_clone_done(struct diff_view *view, unsigned long first,
 		queue_work(blksnap_store_wq, &area->load_work);
 	/*
 	 * Under the lock: diff_area_stop() may free the area right after,
-	 * diff_view_drain() the view.
+	 * diff_view_free() the view.
 	 */
 	if (!area->nr_clones || !view->nr_clones)
 		wake_up_all(&area->wq);

@@ -60,7 +60,12 @@ fn unload_is_refused_while_busy_and_works_after_cleanup() {
     ctl.detach(&dev).expect("detach");
     drop(ctl);
 
-    unload_module().expect("unload of an idle module");
+    unload_module().unwrap_or_else(|e| {
+        panic!(
+            "unload of an idle module: {e}, reference count {}",
+            module_refcnt()
+        )
+    });
     assert!(
         !module_loaded(),
         "/sys/module/blksnap still there after unload"

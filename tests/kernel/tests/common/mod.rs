@@ -758,8 +758,18 @@ pub fn module_loaded() -> bool {
 
 /// `delete_module("blksnap", O_NONBLOCK)`.
 pub fn unload_module() -> nix::Result<()> {
+    // udev probes each image a take adds; an image it still has open after
+    // its snapshot is destroyed holds the module until udev closes it.
+    let _ = Command::new("udevadm").arg("settle").status();
     let name = CString::new(MODULE).expect("no NUL");
     nix::kmod::delete_module(&name, nix::kmod::DeleteModuleFlags::O_NONBLOCK)
+}
+
+/// The module's reference count as sysfs tells it, for failure messages.
+pub fn module_refcnt() -> String {
+    std::fs::read_to_string(format!("/sys/module/{MODULE}/refcnt"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// Loads `$BLKSNAP_KO` with `params` and waits for the control device.
@@ -786,7 +796,12 @@ pub fn reload_module_with(params: &[&str]) -> ModuleRestore {
         .cloned()
         .collect();
     new.extend(params.iter().map(|p| p.to_string()));
-    unload_module().unwrap_or_else(|e| panic!("unload {MODULE} to change parameters: {e}"));
+    unload_module().unwrap_or_else(|e| {
+        panic!(
+            "unload {MODULE} to change parameters: {e}, reference count {}",
+            module_refcnt()
+        )
+    });
     load_module(&new);
     ModuleRestore { original }
 }

@@ -11,7 +11,8 @@ use nix::errno::Errno::*;
 
 use crate::control::{Fuzzer, Id, Ptr, SENTINEL};
 use crate::mem::{self, ARENA, DATA, OPT};
-use crate::world::Fd;
+use crate::world::{open_dev, Dev, Fd};
+use std::os::fd::AsRawFd;
 
 /// Map bytes checked after a cbtmap (and filled before it).
 const MAP_SPAN: usize = 64 * 1024 + 64;
@@ -204,9 +205,9 @@ impl Fuzzer<'_> {
                         ),
                     );
                 }
-                self.check_snapshotinfo(OPT + 16, dev.sectors);
+                self.check_snapshotinfo(dev, cmd, i.id);
             }
-            _ => self.check_snapshotinfo(OPT, dev.sectors),
+            _ => self.check_snapshotinfo(dev, cmd, sys::blksnap_uuid::default()),
         }
     }
 
@@ -338,7 +339,7 @@ impl Fuzzer<'_> {
         sys::blksnap_sectors { offset, count }
     }
 
-    fn check_cbtinfo(&mut self, dev: &crate::world::Dev, optlen: u32) {
+    fn check_cbtinfo(&mut self, dev: &Dev, optlen: u32) {
         let i: sys::blksnap_cbtinfo = self.arena.get(OPT);
         let name = "ctl cbtinfo";
         let bs = u64::from(i.block_size);
@@ -390,7 +391,7 @@ impl Fuzzer<'_> {
         }
     }
 
-    fn check_cbtmap(&mut self, dev: &crate::world::Dev, ret: i32, draw: &Draw) {
+    fn check_cbtmap(&mut self, dev: &Dev, ret: i32, draw: &Draw) {
         let name = "ctl cbtmap";
         let Some((offset, length, Some(at))) = draw.map else {
             if ret > 0 {
@@ -419,18 +420,18 @@ impl Fuzzer<'_> {
         }
     }
 
-    /// The `blksnap_snapshotinfo` at `at` of the arena.
-    fn check_snapshotinfo(&mut self, at: usize, bytes_sectors: u64) {
+    /// The `blksnap_snapshotinfo` that `cmd` (snapshotinfo, or snapshotinfo_of
+    /// for `id`) left in the arena.
+    fn check_snapshotinfo(&mut self, dev: &Dev, cmd: u32, id: sys::blksnap_uuid) {
         let name = "ctl snapshotinfo";
-        let i: sys::blksnap_snapshotinfo = self.arena.get(at);
-        if i.error_code > 0 {
-            self.violation(name, format!("positive error_code {}", i.error_code));
-        }
-        let Some(len) = i.image.iter().position(|&b| b == 0) else {
-            self.violation(name, "image name not NUL-terminated".into());
+        let at = if cmd == ctl_cmd::SNAPSHOTINFO_OF {
+            OPT + 16
+        } else {
+            OPT
+        };
+        let Some(image) = self.image_name(at) else {
             return;
         };
-        let image = String::from_utf8_lossy(&i.image[..len]).into_owned();
         if image.is_empty() {
             return;
         }
@@ -438,8 +439,61 @@ impl Fuzzer<'_> {
             self.violation(name, format!("image name {image:?}"));
             return;
         }
-        if self.rng.chance(20) {
-            self.w.add_image(&mut self.rng, &image, bytes_sectors * 512);
+        if !self.rng.chance(20) {
+            return;
         }
+        let Ok(file) = open_dev(&format!("/dev/{image}")) else {
+            return;
+        };
+        // Image numbers are reused at once: between the answer and the open,
+        // another thread may have destroyed this snapshot and taken one of
+        // another device under the same name. Keep the image only if the
+        // same question, asked again, still names it.
+        if self.info_again(dev, cmd, id).as_deref() == Some(image.as_str()) {
+            self.w.add_image(&mut self.rng, file, dev.sectors * 512);
+        }
+    }
+
+    /// The image name of the `blksnap_snapshotinfo` at `at`, or None (and a
+    /// violation) when it is not NUL-terminated.
+    fn image_name(&mut self, at: usize) -> Option<String> {
+        let i: sys::blksnap_snapshotinfo = self.arena.get(at);
+        if i.error_code > 0 {
+            self.violation(
+                "ctl snapshotinfo",
+                format!("positive error_code {}", i.error_code),
+            );
+        }
+        let Some(len) = i.image.iter().position(|&b| b == 0) else {
+            self.violation("ctl snapshotinfo", "image name not NUL-terminated".into());
+            return None;
+        };
+        Some(String::from_utf8_lossy(&i.image[..len]).into_owned())
+    }
+
+    /// `cmd` for `dev` asked again with a well-formed payload: its image
+    /// name, or None if it failed.
+    fn info_again(&mut self, dev: &Dev, cmd: u32, id: sys::blksnap_uuid) -> Option<String> {
+        let optlen = optlen_of(cmd)?;
+        let of = sys::blksnap_snapshotinfo_of {
+            id,
+            ..Default::default()
+        };
+        self.arena.put(OPT, &of);
+        let arg = sys::blksnap_ctl {
+            fd: dev.file.as_raw_fd() as u32,
+            cmd,
+            optlen: optlen as u32,
+            reserved: 0,
+            opt: self.arena.addr(OPT),
+        };
+        self.arena.put(DATA, &arg);
+        mem::ioctl(self.ctl_fd(), sys::IOCTL_BLKSNAP_CTL, self.arena.addr(DATA)).ok()?;
+        let at = if cmd == ctl_cmd::SNAPSHOTINFO_OF {
+            OPT + 16
+        } else {
+            OPT
+        };
+        self.image_name(at)
     }
 }

@@ -172,10 +172,7 @@ impl World {
         (!images.is_empty()).then(|| rng.pick(&images).clone())
     }
 
-    pub fn add_image(&self, rng: &mut Rng, name: &str, bytes: u64) {
-        let Ok(file) = open_dev(&format!("/dev/{name}")) else {
-            return;
-        };
+    pub fn add_image(&self, rng: &mut Rng, file: File, bytes: u64) {
         let mut images = self.images.lock().expect("images");
         let image = Arc::new(Image { file, bytes });
         if images.len() < IMAGE_CAP {

@@ -39,7 +39,7 @@ use blksnap_node_plugin::controller::ControllerService;
 use blksnap_node_plugin::controller_identity::ControllerOnly;
 use blksnap_node_plugin::group_controller::GroupControllerService;
 use blksnap_node_plugin::identity::IdentityService;
-use blksnap_node_plugin::kernel::Kernel;
+use blksnap_node_plugin::kernel::{Kernel, Module};
 use blksnap_node_plugin::plugin::{CreateVolume, Plugin, Settings};
 use blksnap_node_plugin::server::{self, NodeApi, RpcLogLayer};
 use blksnap_node_plugin::snapshot_metadata::{
@@ -452,7 +452,7 @@ impl Guest {
                 default_backend: BackendKind::Pool,
                 collect_orphans: true,
             },
-            Arc::clone(&self.control) as Arc<dyn Kernel>,
+            Arc::new(Module::new(Control::open()?)?) as Arc<dyn Kernel>,
             backends,
             &self.root.join("disk/state"),
         )?)

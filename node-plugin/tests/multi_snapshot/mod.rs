@@ -1,10 +1,24 @@
 //! Several snapshots of one volume held at once, against the real module:
 //! each record reads its own kernel snapshot (restore, delta, allocated),
 //! deletes in any order, clones beside them, the module's limit and the
-//! final code past it, and a restart that finds them all again.
+//! final code past it, and a restart that finds them all again. On a
+//! module of interface 1.0 (run the suite with `--kmod-dir` at such a
+//! source), one snapshot per volume and the same final code for a second.
 
 use super::*;
 use blksnap_node_api::ids::SnapshotId;
+use blksnap_node_plugin::kernel::PerDevice;
+
+/// A world whose module keeps several snapshots per device; `None`, after
+/// saying why, on a 1.0 module.
+fn several_per_device() -> Option<World> {
+    let w = World::new();
+    if w.interface() == Interface::OneSnapshotPerDevice {
+        println!("skipped: the loaded module serves interface 1.0, one snapshot per device");
+        return None;
+    }
+    Some(w)
+}
 
 /// What each 4 KiB block of a volume holds: a version of the test data
 /// (`fill`) or zeros.
@@ -64,7 +78,9 @@ fn block_size(w: &World, vol: &VolumeRecord) -> u64 {
 
 #[test]
 fn three_snapshots_taken_at_different_moments_each_restore_to_their_own() {
-    let w = World::new();
+    let Some(w) = several_per_device() else {
+        return;
+    };
     let size = 32 * MIB;
     let vol = w.create("pvc-m3", size, None, None);
     let dev = w.dev(&vol);
@@ -143,7 +159,9 @@ fn three_snapshots_taken_at_different_moments_each_restore_to_their_own() {
 
 #[test]
 fn a_clone_while_snapshots_are_held_copies_now_and_leaves_them_be() {
-    let w = World::new();
+    let Some(w) = several_per_device() else {
+        return;
+    };
     let size = 32 * MIB;
     let vol = w.create("pvc-mc", size, None, None);
     let dev = w.dev(&vol);
@@ -199,7 +217,9 @@ fn region(i: usize) -> Range<u64> {
 
 #[test]
 fn snapshots_up_to_the_module_limit_then_a_final_code_that_says_so() {
-    let w = World::new();
+    let Some(w) = several_per_device() else {
+        return;
+    };
     let limit = blksnap_node_plugin::kmod::parameter("snapshots_per_device_maximum")
         .expect("module parameter");
     let n = limit as usize;
@@ -226,7 +246,7 @@ fn snapshots_up_to_the_module_limit_then_a_final_code_that_says_so() {
         .create_snapshot("one-more", &w.p().volume_id(&vol), &HashMap::new())
         .expect_err("past the limit");
     assert!(
-        matches!(refused, Error::SnapshotLimit { limit: l, .. } if l == limit),
+        matches!(refused, Error::SnapshotLimit { limit: l, .. } if l == PerDevice::Parameter(limit)),
         "{refused:?}"
     );
     let status = tonic::Status::from(refused);
@@ -286,7 +306,9 @@ fn snapshots_up_to_the_module_limit_then_a_final_code_that_says_so() {
 
 #[test]
 fn a_restart_matches_several_held_snapshots_of_a_volume_to_their_own() {
-    let mut w = World::new();
+    let Some(mut w) = several_per_device() else {
+        return;
+    };
     let size = 32 * MIB;
     let vol = w.create("pvc-mr", size, None, None);
     let dev = w.dev(&vol);
@@ -348,6 +370,82 @@ fn a_restart_matches_several_held_snapshots_of_a_volume_to_their_own() {
     for s in [&after, &snaps[3].0, &snaps[1].0, &snaps[0].0, &snaps[2].0] {
         w.p().delete_snapshot(s).expect("delete");
     }
+    assert!(w.control.snapshot_collect().expect("collect").is_empty());
+    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+}
+
+#[test]
+fn a_1_0_module_keeps_one_snapshot_per_volume_and_a_second_is_refused_finally() {
+    let mut w = World::new();
+    if w.interface() != Interface::OneSnapshotPerDevice {
+        println!("skipped: the loaded module keeps several snapshots per device (not 1.0)");
+        return;
+    }
+    let size = 16 * MIB;
+    let vol = w.create("pvc-10", size, None, None);
+    let dev = w.dev(&vol);
+    let mut m = Model::new(size);
+    m.write(&dev, 0..4 * MIB, 1);
+    let s1 = w.snapshot("one", &vol, &[]);
+    let at1 = m.blocks.clone();
+    m.write(&dev, 2 * MIB..6 * MIB, 2);
+
+    let refused = w
+        .p()
+        .create_snapshot("two", &w.p().volume_id(&vol), &HashMap::new())
+        .expect_err("a second on 1.0");
+    assert!(
+        matches!(
+            refused,
+            Error::SnapshotLimit {
+                limit: PerDevice::Interface1_0,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let status = tonic::Status::from(refused);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        status.message().contains("interface 1.0"),
+        "{}",
+        status.message()
+    );
+    let clone = w.p().create_volume(&CreateVolume {
+        name: "pvc-10-clone".into(),
+        required: size,
+        limit: 0,
+        backend: None,
+        source: Some(Source::Volume(w.vid(&vol))),
+    });
+    assert!(
+        matches!(clone, Err(Error::SnapshotLimit { .. })),
+        "{clone:?}"
+    );
+    assert_eq!(w.control.snapshot_collect().expect("collect").len(), 1);
+
+    // A restart finds the held snapshot by its id and reads its image.
+    w.start();
+    let (list, _) = w.p().list_snapshots(&Default::default()).expect("list");
+    assert_eq!(list.len(), 1);
+    assert!(list[0].lost.is_none(), "{:?}", list[0].lost);
+    restore_is(&w, &s1, size, &at1);
+    assert!(matches!(
+        w.p()
+            .create_snapshot("two", &w.p().volume_id(&vol), &HashMap::new()),
+        Err(Error::SnapshotLimit { .. })
+    ));
+
+    // Deleted, the next one fits and reads its own moment.
+    w.p().delete_snapshot(&s1).expect("delete one");
+    let s2 = w.snapshot("two", &vol, &[]);
+    restore_is(&w, &s2, size, &m.blocks);
+    let bs = block_size(&w, &vol);
+    assert_eq!(
+        w.p().metadata_delta(&s1, &s2, 0).expect("delta").ranges,
+        expected_delta(std::slice::from_ref(&(2 * MIB..6 * MIB)), bs, size)
+    );
+    w.p().delete_snapshot(&s2).expect("delete two");
     assert!(w.control.snapshot_collect().expect("collect").is_empty());
     w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
 }

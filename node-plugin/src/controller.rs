@@ -1678,7 +1678,7 @@ pub(crate) mod tests {
             .into_iter()
             .map(|s| s.snapshot_id)
             .collect();
-        assert_eq!(held, [first.clone()]);
+        assert_eq!(held, std::slice::from_ref(&first));
         let refused = env
             .controller
             .create_snapshot(Request::new(snapshot_request("snap-2", &v)))

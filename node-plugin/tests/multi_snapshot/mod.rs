@@ -16,15 +16,65 @@ fn skip(why: &str) {
     let _ = writeln!(std::io::stderr(), "skipped: {why}");
 }
 
-/// A world whose module keeps several snapshots per device; `None`, after
-/// saying why, on a 1.0 module.
-fn several_per_device() -> Option<World> {
+/// A world whose module serves `want`, a volume of `size` named `name`
+/// in it, open, and the model of its blocks; `None`, after saying why,
+/// for a module of the other interface.
+fn setup(want: Interface, name: &str, size: u64) -> Option<(World, VolumeRecord, File, Model)> {
     let w = World::new();
-    if w.interface() == Interface::OneSnapshotPerDevice {
-        skip("the loaded module serves interface 1.0, one snapshot per device");
+    let have = w.interface();
+    if have != want {
+        skip(&format!(
+            "this test is for a module of {want:?}; the loaded one is {have:?}"
+        ));
         return None;
     }
-    Some(w)
+    let vol = w.create(name, size, None, None);
+    let dev = w.dev(&vol);
+    Some((w, vol, dev, Model::new(size)))
+}
+
+/// The end of a test: no kernel snapshot is left, and the volume goes.
+fn finish(w: &World, vol: &VolumeRecord) {
+    assert!(w.control.snapshot_collect().expect("collect").is_empty());
+    w.p().delete_volume(&w.vid(vol)).expect("delete volume");
+}
+
+/// One more snapshot of `vol`, and a clone of it, are refused with the
+/// final code, by `limit`, with a message that says each of `says`; the
+/// refused calls leave no kernel snapshot behind.
+fn refused_past_the_limit(w: &World, vol: &VolumeRecord, limit: PerDevice, says: &[&str]) {
+    let held = w.control.snapshot_collect().expect("collect").len();
+    let refused = w
+        .p()
+        .create_snapshot("one-more", &w.p().volume_id(vol), &HashMap::new())
+        .expect_err("past the limit");
+    assert!(
+        matches!(refused, Error::SnapshotLimit { limit: l, .. } if l == limit),
+        "{refused:?}"
+    );
+    let status = tonic::Status::from(refused);
+    // Final for csi-snapshotter (it retries RESOURCE_EXHAUSTED, ABORTED,
+    // UNAVAILABLE and the like).
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    for want in says {
+        assert!(status.message().contains(want), "{}", status.message());
+    }
+    let clone = w.p().create_volume(&CreateVolume {
+        name: format!("{}-clone", vol.name),
+        required: vol.capacity,
+        limit: 0,
+        backend: None,
+        source: Some(Source::Volume(w.vid(vol))),
+    });
+    assert!(
+        matches!(clone, Err(Error::SnapshotLimit { .. })),
+        "{clone:?}"
+    );
+    assert_eq!(
+        w.control.snapshot_collect().expect("collect").len(),
+        held,
+        "nothing left of the refused calls"
+    );
 }
 
 /// What each 4 KiB block of a volume holds: a version of the test data
@@ -85,13 +135,11 @@ fn block_size(w: &World, vol: &VolumeRecord) -> u64 {
 
 #[test]
 fn three_snapshots_taken_at_different_moments_each_restore_to_their_own() {
-    let Some(w) = several_per_device() else {
+    let size = 32 * MIB;
+    let Some((w, vol, dev, mut m)) = setup(Interface::SeveralSnapshotsPerDevice, "pvc-m3", size)
+    else {
         return;
     };
-    let size = 32 * MIB;
-    let vol = w.create("pvc-m3", size, None, None);
-    let dev = w.dev(&vol);
-    let mut m = Model::new(size);
     m.write(&dev, 0..8 * MIB, 1);
     m.write(&dev, 20 * MIB..22 * MIB, 1);
     let s1 = w.snapshot("m1", &vol, &[]);
@@ -160,19 +208,16 @@ fn three_snapshots_taken_at_different_moments_each_restore_to_their_own() {
         "1..3 with the base deleted"
     );
     w.p().delete_snapshot(&s3).expect("delete s3");
-    assert!(w.control.snapshot_collect().expect("collect").is_empty());
-    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+    finish(&w, &vol);
 }
 
 #[test]
 fn a_clone_while_snapshots_are_held_copies_now_and_leaves_them_be() {
-    let Some(w) = several_per_device() else {
+    let size = 32 * MIB;
+    let Some((w, vol, dev, mut m)) = setup(Interface::SeveralSnapshotsPerDevice, "pvc-mc", size)
+    else {
         return;
     };
-    let size = 32 * MIB;
-    let vol = w.create("pvc-mc", size, None, None);
-    let dev = w.dev(&vol);
-    let mut m = Model::new(size);
     m.write(&dev, 0..16 * MIB, 1);
     let s1 = w.snapshot("c1", &vol, &[]);
     let at1 = m.blocks.clone();
@@ -224,17 +269,15 @@ fn region(i: usize) -> Range<u64> {
 
 #[test]
 fn snapshots_up_to_the_module_limit_then_a_final_code_that_says_so() {
-    let Some(w) = several_per_device() else {
+    let size = 16 * MIB;
+    let Some((w, vol, dev, mut m)) = setup(Interface::SeveralSnapshotsPerDevice, "pvc-ml", size)
+    else {
         return;
     };
     let limit = blksnap_node_plugin::kmod::parameter("snapshots_per_device_maximum")
         .expect("module parameter");
     let n = limit as usize;
-    let size = 16 * MIB;
     assert!(region(n).end <= size, "limit {limit} fits the test volume");
-    let vol = w.create("pvc-ml", size, None, None);
-    let dev = w.dev(&vol);
-    let mut m = Model::new(size);
     let mut held: Vec<(String, Vec<Option<u8>>)> = Vec::new();
     for i in 0..n {
         // Region 0 is rewritten before every take, so each older snapshot
@@ -248,39 +291,14 @@ fn snapshots_up_to_the_module_limit_then_a_final_code_that_says_so() {
     m.write(&dev, region(0), 200);
     assert_eq!(w.control.snapshot_collect().expect("collect").len(), n);
 
-    let refused = w
-        .p()
-        .create_snapshot("one-more", &w.p().volume_id(&vol), &HashMap::new())
-        .expect_err("past the limit");
-    assert!(
-        matches!(refused, Error::SnapshotLimit { limit: l, .. } if l == PerDevice::Parameter(limit)),
-        "{refused:?}"
-    );
-    let status = tonic::Status::from(refused);
-    // Final for csi-snapshotter (it retries RESOURCE_EXHAUSTED, ABORTED,
-    // UNAVAILABLE and the like).
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        status.message().contains(&format!("{limit} snapshots"))
-            && status.message().contains("snapshots_per_device_maximum"),
-        "{}",
-        status.message()
-    );
-    let clone = w.p().create_volume(&CreateVolume {
-        name: "pvc-ml-clone".into(),
-        required: size,
-        limit: 0,
-        backend: None,
-        source: Some(Source::Volume(w.vid(&vol))),
-    });
-    assert!(
-        matches!(clone, Err(Error::SnapshotLimit { .. })),
-        "{clone:?}"
-    );
-    assert_eq!(
-        w.control.snapshot_collect().expect("collect").len(),
-        n,
-        "nothing left of the refused calls"
+    refused_past_the_limit(
+        &w,
+        &vol,
+        PerDevice::Parameter(limit),
+        &[
+            &format!("{limit} snapshots"),
+            "snapshots_per_device_maximum",
+        ],
     );
 
     // Deleted in an order unlike the takes' (odd ones from the newest
@@ -307,19 +325,17 @@ fn snapshots_up_to_the_module_limit_then_a_final_code_that_says_so() {
             w.p().delete_snapshot(&again).expect("delete again");
         }
     }
-    assert!(w.control.snapshot_collect().expect("collect").is_empty());
-    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+    finish(&w, &vol);
 }
 
 #[test]
 fn a_restart_matches_several_held_snapshots_of_a_volume_to_their_own() {
-    let Some(mut w) = several_per_device() else {
+    let size = 32 * MIB;
+    let Some((mut w, vol, dev, mut m)) =
+        setup(Interface::SeveralSnapshotsPerDevice, "pvc-mr", size)
+    else {
         return;
     };
-    let size = 32 * MIB;
-    let vol = w.create("pvc-mr", size, None, None);
-    let dev = w.dev(&vol);
-    let mut m = Model::new(size);
     let mut snaps = Vec::new();
     let mut writes: Vec<Vec<Range<u64>>> = Vec::new();
     for i in 0..4u8 {
@@ -377,59 +393,22 @@ fn a_restart_matches_several_held_snapshots_of_a_volume_to_their_own() {
     for s in [&after, &snaps[3].0, &snaps[1].0, &snaps[0].0, &snaps[2].0] {
         w.p().delete_snapshot(s).expect("delete");
     }
-    assert!(w.control.snapshot_collect().expect("collect").is_empty());
-    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+    finish(&w, &vol);
 }
 
 #[test]
 fn a_1_0_module_keeps_one_snapshot_per_volume_and_a_second_is_refused_finally() {
-    let mut w = World::new();
-    if w.interface() != Interface::OneSnapshotPerDevice {
-        skip("the loaded module keeps several snapshots per device (not 1.0)");
-        return;
-    }
     let size = 16 * MIB;
-    let vol = w.create("pvc-10", size, None, None);
-    let dev = w.dev(&vol);
-    let mut m = Model::new(size);
+    let Some((mut w, vol, dev, mut m)) = setup(Interface::OneSnapshotPerDevice, "pvc-10", size)
+    else {
+        return;
+    };
     m.write(&dev, 0..4 * MIB, 1);
     let s1 = w.snapshot("one", &vol, &[]);
     let at1 = m.blocks.clone();
     m.write(&dev, 2 * MIB..6 * MIB, 2);
 
-    let refused = w
-        .p()
-        .create_snapshot("two", &w.p().volume_id(&vol), &HashMap::new())
-        .expect_err("a second on 1.0");
-    assert!(
-        matches!(
-            refused,
-            Error::SnapshotLimit {
-                limit: PerDevice::Interface1_0,
-                ..
-            }
-        ),
-        "{refused:?}"
-    );
-    let status = tonic::Status::from(refused);
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        status.message().contains("interface 1.0"),
-        "{}",
-        status.message()
-    );
-    let clone = w.p().create_volume(&CreateVolume {
-        name: "pvc-10-clone".into(),
-        required: size,
-        limit: 0,
-        backend: None,
-        source: Some(Source::Volume(w.vid(&vol))),
-    });
-    assert!(
-        matches!(clone, Err(Error::SnapshotLimit { .. })),
-        "{clone:?}"
-    );
-    assert_eq!(w.control.snapshot_collect().expect("collect").len(), 1);
+    refused_past_the_limit(&w, &vol, PerDevice::Interface1_0, &["interface 1.0"]);
 
     // A restart finds the held snapshot by its id and reads its image.
     w.start();
@@ -453,6 +432,5 @@ fn a_1_0_module_keeps_one_snapshot_per_volume_and_a_second_is_refused_finally() 
         expected_delta(std::slice::from_ref(&(2 * MIB..6 * MIB)), bs, size)
     );
     w.p().delete_snapshot(&s2).expect("delete two");
-    assert!(w.control.snapshot_collect().expect("collect").is_empty());
-    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+    finish(&w, &vol);
 }

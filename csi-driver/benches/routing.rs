@@ -27,7 +27,9 @@ use blksnap_node_api::identity::{controller_name, node_server_name};
 use csi::controller_client::ControllerClient;
 use csi::snapshot_metadata_client::SnapshotMetadataClient;
 use csi_proto::csi::v1 as csi;
-use node_api::{controller, node_cert, serve_node, test_node, vol, DeltaShape, Pki, DRIVER};
+use node_api::{
+    controller, identity, node_cert, serve_node, test_node, vol, DeltaShape, Pki, Usage, DRIVER,
+};
 use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -47,10 +49,7 @@ fn main() {
 async fn direct(pki: &Pki, node: &str, addr: &str) -> Channel {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca_pem))
-        .identity(pki.leaf(
-            &controller_name(DRIVER),
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ))
+        .identity(identity(pki, &controller_name(DRIVER), Usage::Client))
         .domain_name(node_server_name(node, DRIVER));
     Endpoint::from_shared(format!("https://{addr}"))
         .expect("endpoint")

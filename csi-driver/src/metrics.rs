@@ -97,13 +97,7 @@ pub fn registry() -> Registry {
     Registry::with_prefix("blksnap_csi_controller")
 }
 
-/// `registry` in the OpenMetrics text format.
-pub fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
-    out
-}
+pub use blksnap_daemon::metrics::encode;
 
 /// Binds the metrics address, so that a wrong one fails at start.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
@@ -117,23 +111,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 /// Serves `GET /metrics` on `listener`.
 pub async fn serve_on(listener: tokio::net::TcpListener, registry: Arc<Registry>) -> Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let text = encode(&registry);
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    text,
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app)
+    blksnap_daemon::metrics::serve(listener, registry)
         .await
         .map_err(|source| Error::Io {
             what: "serve metrics".into(),
@@ -145,8 +123,8 @@ pub async fn serve_on(listener: tokio::net::TcpListener, registry: Arc<Registry>
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn node_calls_and_the_reconciler_are_served_as_text() {
+    #[test]
+    fn node_calls_and_the_reconciler_are_encoded_from_one_registry() {
         let mut registry = registry();
         let calls = NodeCallMetrics::register(&mut registry);
         let reconciler = crate::reconciler::Metrics::register(&mut registry);
@@ -170,14 +148,8 @@ mod tests {
         );
         reconciler.leader.set(1);
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(serve_on(listener, Arc::new(registry)));
-        let text = http_get(addr, "/metrics").await;
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        assert!(text.contains("openmetrics-text"), "{text}");
+        // Served by blksnap_daemon::metrics::serve, tested there.
+        let text = encode(&registry);
         for want in [
             "blksnap_csi_controller_node_call_duration_seconds_count{node=\"worker-1\",method=\"CreateSnapshot\",code=\"Ok\"} 2",
             "blksnap_csi_controller_node_call_duration_seconds_count{node=\"worker-2\",method=\"GetSnapshot\",code=\"NotFound\"} 1",
@@ -185,18 +157,5 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
-        let other = http_get(addr, "/other").await;
-        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
-    }
-
-    /// One HTTP/1.1 GET, the whole answer as text.
-    async fn http_get(addr: SocketAddr, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
     }
 }

@@ -1,9 +1,11 @@
 //! What both daemons (`blksnap-node-plugin`, `blksnap-csi-driver`) do
-//! alike at start: read a CSI endpoint as the sidecars write it, and set
-//! up logging. Kept apart from `node-api`, the contract, which does no
-//! I/O and knows no command line.
+//! alike: read a CSI endpoint as the sidecars write it, set up logging,
+//! and serve their metrics ([`metrics`]). Kept apart from `node-api`, the
+//! contract, which does no I/O and knows no command line.
 
 use std::path::PathBuf;
+
+pub mod metrics;
 
 use clap::ValueEnum;
 

@@ -6,9 +6,12 @@
 //! ([`ids`]), the metadata that says why a snapshot is lost ([`lost`]),
 //! how a node's API is addressed and how both ends of its mutual TLS are
 //! identified ([`identity`]), and what the node API offers
-//! ([`capabilities`]). It does no I/O.
+//! ([`capabilities`]). It does no I/O. With the feature `dev`, [`dev`]
+//! holds the test certificates both binaries' tests use.
 
 pub mod capabilities;
+#[cfg(feature = "dev")]
+pub mod dev;
 pub mod identity;
 pub mod ids;
 pub mod lost;

@@ -34,12 +34,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blksnap::Control;
+use blksnap_node_api::dev::{Pki, Usage};
 use blksnap_node_plugin::backend;
 use blksnap_node_plugin::controller::ControllerService;
 use blksnap_node_plugin::controller_identity::ControllerOnly;
 use blksnap_node_plugin::group_controller::GroupControllerService;
 use blksnap_node_plugin::identity::IdentityService;
-use blksnap_node_plugin::kernel::Kernel;
+use blksnap_node_plugin::kernel::{Kernel, Module};
 use blksnap_node_plugin::plugin::{CreateVolume, Plugin, Settings};
 use blksnap_node_plugin::server::{self, NodeApi, RpcLogLayer};
 use blksnap_node_plugin::snapshot_metadata::{
@@ -199,38 +200,23 @@ struct Results {
 // Mutual TLS, as the cluster's controller and the node API use it.
 
 /// A CA, the node API's certificate, and a client certificate, in PEM.
-struct Pki {
+struct Tls {
     ca: String,
     server: (String, String),
     client: (String, String),
 }
 
-impl Pki {
-    fn new() -> Fallible<Pki> {
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "blksnap-csi bench CA");
-        ca.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate()?)?;
-        let leaf = |name: &str, usage| -> Fallible<(String, String)> {
-            let mut p = rcgen::CertificateParams::new(vec![name.to_owned()])?;
-            p.distinguished_name.push(rcgen::DnType::CommonName, name);
-            p.extended_key_usages = vec![usage];
-            let key = rcgen::KeyPair::generate()?;
-            Ok((p.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
-        };
-        Ok(Pki {
-            server: leaf("localhost", rcgen::ExtendedKeyUsagePurpose::ServerAuth)?,
-            client: leaf(
+impl Tls {
+    fn new() -> Tls {
+        let pki = Pki::new("blksnap-csi bench CA");
+        Tls {
+            server: pki.leaf_pem("localhost", Usage::Server),
+            client: pki.leaf_pem(
                 &blksnap_node_api::identity::controller_name("blksnap.csi.io"),
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            )?,
-            ca: issuer.pem(),
-        })
+                Usage::Client,
+            ),
+            ca: pki.ca_pem,
+        }
     }
 
     /// Writes the server side where `server::tls_config` reads it, so the
@@ -452,7 +438,7 @@ impl Guest {
                 default_backend: BackendKind::Pool,
                 collect_orphans: true,
             },
-            Arc::clone(&self.control) as Arc<dyn Kernel>,
+            Arc::new(Module::new(Control::open()?)?) as Arc<dyn Kernel>,
             backends,
             &self.root.join("disk/state"),
         )?)
@@ -477,7 +463,7 @@ struct Served {
 
 impl Served {
     fn start(rt: &Runtime, guest: &Guest, plugin: Arc<Plugin>) -> Fallible<Served> {
-        let pki = Pki::new()?;
+        let tls_files = Tls::new();
         let tls_dir = guest.root.join("disk/tls");
         let api = NodeApi {
             clients: ControllerOnly::new("blksnap.csi.io")?,
@@ -486,7 +472,7 @@ impl Served {
             group_controller: GroupControllerService::new(Arc::clone(&plugin)),
             snapshot_metadata: SnapshotMetadataService::new(Arc::clone(&plugin)),
         };
-        let tls = pki.server_tls(&tls_dir)?;
+        let tls = tls_files.server_tls(&tls_dir)?;
         let baseline_tls = tls.clone();
         let metrics = Arc::clone(&plugin.metrics);
         let baseline = FixedBaseline {
@@ -520,8 +506,8 @@ impl Served {
                     eprintln!("bench: the baseline server stopped: {e}");
                 }
             });
-            let channel = pki.connect(addr).await?;
-            let baseline_channel = pki.connect(baseline_addr).await?;
+            let channel = tls_files.connect(addr).await?;
+            let baseline_channel = tls_files.connect(baseline_addr).await?;
             Ok::<_, Box<dyn Error + Send + Sync>>(Served {
                 plugin,
                 controller: ControllerClient::new(channel.clone()),

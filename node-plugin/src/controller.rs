@@ -1650,6 +1650,46 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_1_0_module_keeps_one_snapshot_per_volume_and_refuses_a_second_finally() {
+        let env = Env::over(crate::testing::FakeKernel::interface_1_0());
+        let v = new_volume(&env, "pvc", MIB);
+        let first = new_snapshot(&env, "snap-1", &v).snapshot_id;
+        let refused = env
+            .controller
+            .create_snapshot(Request::new(snapshot_request("snap-2", &v)))
+            .await
+            .expect_err("a second on 1.0");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        let msg = refused.message();
+        assert!(
+            msg.contains(&v)
+                && msg.contains("1 snapshots")
+                && msg.contains("interface 1.0")
+                && msg.contains("delete one of its snapshots")
+                && !msg.contains("snapshots_per_device_maximum"),
+            "{msg}"
+        );
+        assert_eq!(env.kernel.held().len(), 1, "nothing left over");
+
+        // Recovery after a restart finds the held one, and the limit holds.
+        let env = env.restart();
+        let held: Vec<String> = held_of(&env, &v)
+            .await
+            .into_iter()
+            .map(|s| s.snapshot_id)
+            .collect();
+        assert_eq!(held, std::slice::from_ref(&first));
+        let refused = env
+            .controller
+            .create_snapshot(Request::new(snapshot_request("snap-2", &v)))
+            .await
+            .expect_err("still one");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        delete_snapshot(&env, &first);
+        new_snapshot(&env, "snap-2", &v);
+    }
+
+    #[tokio::test]
     async fn the_kernels_refusal_past_the_limit_is_the_same_final_answer() {
         let env = Env::new();
         let v = new_volume(&env, "pvc", MIB);

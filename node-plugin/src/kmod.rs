@@ -3,9 +3,9 @@
 //! When the control device is missing, the module is loaded from a
 //! configured `.ko` file with `finit_module(2)`, or else by `modprobe
 //! blksnap` (for a DKMS install), with the configured parameters. Then its
-//! version is read; a module whose interface is not the one the `blksnap`
-//! crate was written for is refused, and the plugin does not start. The
-//! loaded module's parameters are read from sysfs ([`parameter`]).
+//! version is read ([`Module::new`]): a module of another major interface
+//! is refused, and the plugin does not start. The loaded module's
+//! parameters are read from sysfs ([`parameter`]).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use blksnap::Control;
 use nix::kmod::{finit_module, ModuleInitFlags};
 
+use crate::kernel::Module;
 use crate::{Error, Result};
 
 /// How the module is found and loaded.
@@ -38,7 +39,7 @@ const PARAMETERS: &str = "/sys/module/blksnap/parameters";
 
 /// Loads the module if its control device is missing, opens the control
 /// device and checks the module's version.
-pub fn ensure_loaded(src: &ModuleSource) -> Result<Control> {
+pub fn ensure_loaded(src: &ModuleSource) -> Result<Module> {
     for p in &src.params {
         if !p.contains('=') || p.chars().any(char::is_whitespace) {
             return Err(Error::Config(format!(
@@ -53,17 +54,9 @@ pub fn ensure_loaded(src: &ModuleSource) -> Result<Control> {
         }
         wait_for(&src.control)?;
     }
-    let control = Control::open_path(&src.control)?;
-    let version = control.version()?;
-    if !version.is_compatible() {
-        return Err(Error::Config(format!(
-            "blksnap.ko version {version} does not serve interface {}.{} that this plugin speaks",
-            blksnap::sys::BLKSNAP_VERSION_MAJOR,
-            blksnap::sys::BLKSNAP_VERSION_MINOR
-        )));
-    }
-    tracing::info!(%version, control = %src.control.display(), "blksnap module ready");
-    Ok(control)
+    let module = Module::new(Control::open_path(&src.control)?)?;
+    tracing::info!(control = %src.control.display(), "blksnap module ready");
+    Ok(module)
 }
 
 /// The value of the loaded module's numeric parameter `name`.

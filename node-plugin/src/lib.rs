@@ -95,12 +95,15 @@ pub enum Error {
     /// (FAILED_PRECONDITION): csi-snapshotter retries RESOURCE_EXHAUSTED,
     /// and a VolumeSnapshot it keeps retrying cannot be deleted.
     #[error(
-        "volume {volume} is already in {limit} snapshots, the most blksnap.ko keeps of one \
-         volume (module parameter snapshots_per_device_maximum); a snapshot or clone of it \
-         needs one more: delete one of its snapshots, or load the module with a larger \
-         snapshots_per_device_maximum"
+        "volume {volume} is already in {} snapshots, the most blksnap.ko keeps of one \
+         volume ({}); a snapshot or clone of it needs one more: delete one of its \
+         snapshots, {}",
+        .limit.count(), .limit.source(), .limit.remedy()
     )]
-    SnapshotLimit { volume: String, limit: u32 },
+    SnapshotLimit {
+        volume: String,
+        limit: crate::kernel::PerDevice,
+    },
     /// Cannot be served now: a static device that is missing (it may come
     /// back), or a snapshot the metadata calls cannot serve (the spec's
     /// answer for a snapshot that is not ready; the snapshot-metadata
@@ -222,7 +225,14 @@ mod tests {
             (
                 Error::SnapshotLimit {
                     volume: "v1:v:n".into(),
-                    limit: 16,
+                    limit: crate::kernel::PerDevice::Parameter(16),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::SnapshotLimit {
+                    volume: "v1:v:n".into(),
+                    limit: crate::kernel::PerDevice::Interface1_0,
                 },
                 Code::FailedPrecondition,
             ),

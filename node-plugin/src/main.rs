@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<()> {
-    let control = kmod::ensure_loaded(&ModuleSource {
+    let module = kmod::ensure_loaded(&ModuleSource {
         control: config.control_device.clone(),
         ko: config.module_path.clone(),
         params: config.module_params.clone(),
@@ -53,7 +53,7 @@ fn run(config: Config) -> Result<()> {
             default_backend: config.default_backend.into(),
             collect_orphans: !config.keep_orphan_snapshots,
         },
-        Arc::new(control),
+        Arc::new(module),
         backends,
         &config.state_dir,
     )?;

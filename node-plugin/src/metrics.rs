@@ -38,7 +38,7 @@ fn rpc_histogram() -> Histogram {
 
 /// The plugin's metrics, registered once.
 pub struct Metrics {
-    registry: Registry,
+    registry: Arc<Registry>,
     pub snapshots_held: Gauge,
     pub snapshots_lost: Gauge,
     pub storage_used: Gauge,
@@ -71,7 +71,7 @@ impl Metrics {
             overflow_events: Counter::default(),
             low_space_events: Counter::default(),
             rpc_duration: Family::new_with_constructor(rpc_histogram as fn() -> Histogram),
-            registry: Registry::default(),
+            registry: Arc::default(),
         };
         registry.register(
             "snapshots_held",
@@ -108,15 +108,15 @@ impl Metrics {
             "CSI call latency by method and status code",
             m.rpc_duration.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: Arc::new(registry),
+            ..m
+        }
     }
 
     /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        blksnap_daemon::metrics::encode(&self.registry)
     }
 
     /// Starts timing a call of `method`; the sample is recorded when the
@@ -203,23 +203,7 @@ pub async fn serve_on(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) 
     let addr = listener
         .local_addr()
         .map_or_else(|_| "metrics".to_owned(), |a| a.to_string());
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let m = Arc::clone(&metrics);
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.encode(),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app)
+    blksnap_daemon::metrics::serve(listener, Arc::clone(&metrics.registry))
         .await
         .map_err(|e| Error::io("serve", addr, e))
 }
@@ -254,26 +238,5 @@ mod tests {
             ),
             "{text}"
         );
-    }
-
-    #[tokio::test]
-    async fn metrics_are_served_over_http() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let m = Arc::new(Metrics::new());
-        m.snapshots_held.set(3);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(serve_on(listener, Arc::clone(&m)));
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("request");
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.expect("response");
-        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-        assert!(body.contains("blksnap_csi_snapshots_held 3"), "{body}");
-        server.abort();
     }
 }

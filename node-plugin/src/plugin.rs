@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::backend::Backend;
 use crate::guard::Locks;
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, PerDevice};
 use crate::metrics::Metrics;
 use crate::state::{
     group_key, BackendKind, FsStore, GroupRecord, Lost, LostReason, SnapshotRecord, State,
@@ -67,7 +67,7 @@ pub struct Plugin {
     /// How many snapshots the module keeps of one device, read at start
     /// (the module cannot be reloaded while this process holds its
     /// control device).
-    snapshots_per_device: u32,
+    snapshots_per_device: PerDevice,
     pub metrics: Arc<Metrics>,
     /// Difference storage files and limits of the snapshots this process
     /// took, by kernel id, for the storage gauges (an unnamed file cannot
@@ -212,9 +212,10 @@ impl Plugin {
                 "no volume backend: give a pool directory or static devices".into(),
             ));
         }
-        let snapshots_per_device = kernel.snapshots_per_device_maximum()?;
+        let snapshots_per_device = kernel.snapshots_per_device()?;
         tracing::info!(
-            snapshots_per_device,
+            count = snapshots_per_device.count(),
+            set_by = snapshots_per_device.source(),
             "snapshots the module keeps of one volume"
         );
         Ok(Plugin {

@@ -432,6 +432,7 @@ pub async fn serve_node_api(
 mod tests {
     use super::*;
     use crate::snapshot_metadata::MetadataStream;
+    use blksnap_node_api::dev::{Pki, Usage};
 
     #[tokio::test]
     async fn a_refused_registration_makes_the_socket_anew_and_stop_ends_the_server() {
@@ -653,48 +654,6 @@ mod tests {
         server.await.expect("join").expect("served");
     }
 
-    /// Certificates for the mutual TLS tests, made with rcgen.
-    struct Pki {
-        ca_pem: String,
-        issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    }
-
-    impl Pki {
-        fn new(name: &str) -> Pki {
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, name);
-            params.key_usages = vec![
-                rcgen::KeyUsagePurpose::KeyCertSign,
-                rcgen::KeyUsagePurpose::DigitalSignature,
-            ];
-            let key = rcgen::KeyPair::generate().expect("key");
-            let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA");
-            Pki {
-                ca_pem: issuer.pem(),
-                issuer,
-            }
-        }
-
-        /// A leaf certificate and key (PEM) for `dns`.
-        fn leaf(&self, dns: &str, server: bool) -> (String, String) {
-            let mut params = rcgen::CertificateParams::new(vec![dns.to_owned()]).expect("params");
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, dns);
-            params.extended_key_usages = vec![if server {
-                rcgen::ExtendedKeyUsagePurpose::ServerAuth
-            } else {
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth
-            }];
-            let key = rcgen::KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &self.issuer).expect("sign");
-            (cert.pem(), key.serialize_pem())
-        }
-    }
-
     async fn start(
         pki: &Pki,
     ) -> (
@@ -703,7 +662,7 @@ mod tests {
         crate::testing::Env,
     ) {
         let env = crate::testing::Env::new();
-        let (cert, key) = pki.leaf("localhost", true);
+        let (cert, key) = pki.leaf_pem("localhost", Usage::Server);
         let dir = env.dir.path();
         std::fs::write(dir.join("tls.crt"), cert).expect("write");
         std::fs::write(dir.join("tls.key"), key).expect("write");
@@ -772,7 +731,7 @@ mod tests {
         let controller = blksnap_node_api::identity::controller_name("blksnap.csi.io");
 
         // The controller's certificate, from the node API's CA: served.
-        let good = pki.leaf(&controller, false);
+        let good = pki.leaf_pem(&controller, Usage::Client);
         assert_eq!(
             call(addr, &pki.ca_pem, Some(good))
                 .await
@@ -782,7 +741,7 @@ mod tests {
 
         // A certificate from another CA: refused.
         let foreign = Pki::new("someone else's CA");
-        let stranger = foreign.leaf(&controller, false);
+        let stranger = foreign.leaf_pem(&controller, Usage::Client);
         let refused = call(addr, &pki.ca_pem, Some(stranger)).await;
         assert!(refused.is_err(), "foreign client served: {refused:?}");
 
@@ -790,10 +749,10 @@ mod tests {
         // the handshake passes, the call is refused, saying why.
         let node = blksnap_node_api::identity::node_server_name("worker-2", "blksnap.csi.io");
         for (who, cert) in [
-            ("a node", pki.leaf(&node, false)),
+            ("a node", pki.leaf_pem(&node, Usage::Client)),
             (
                 "a client of another name",
-                pki.leaf("blksnap-csi-controller", false),
+                pki.leaf_pem("blksnap-csi-controller", Usage::Client),
             ),
         ] {
             let refused = call(addr, &pki.ca_pem, Some(cert)).await;

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::backend::{file_pool, Backend, Provisioned};
 use crate::controller::ControllerService;
 use crate::group_controller::GroupControllerService;
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, PerDevice};
 use crate::node::NodeService;
 use crate::plugin::{Plugin, Settings};
 use crate::snapshot_metadata::SnapshotMetadataService;
@@ -76,19 +76,27 @@ pub const FAKE_SNAPSHOTS_PER_DEVICE: u32 = 4;
 #[derive(Debug)]
 pub struct FakeKernel {
     inner: Mutex<Inner>,
-    snapshots_per_device: u32,
+    snapshots_per_device: PerDevice,
 }
 
 impl Default for FakeKernel {
     fn default() -> Self {
         FakeKernel {
             inner: Mutex::default(),
-            snapshots_per_device: FAKE_SNAPSHOTS_PER_DEVICE,
+            snapshots_per_device: PerDevice::Parameter(FAKE_SNAPSHOTS_PER_DEVICE),
         }
     }
 }
 
 impl FakeKernel {
+    /// A fake of a module of interface 1.0: one snapshot per device.
+    pub fn interface_1_0() -> Self {
+        FakeKernel {
+            snapshots_per_device: PerDevice::Interface1_0,
+            ..FakeKernel::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("fake kernel lock")
     }
@@ -125,7 +133,7 @@ fn not_attached(op: &'static str) -> blksnap::Error {
 }
 
 impl Kernel for FakeKernel {
-    fn snapshots_per_device_maximum(&self) -> Result<u32> {
+    fn snapshots_per_device(&self) -> Result<PerDevice> {
         Ok(self.snapshots_per_device)
     }
 
@@ -199,7 +207,7 @@ impl Kernel for FakeKernel {
         let k = key(dev);
         let full = match inner.trackers.get(&k) {
             None => return Err(not_attached("snapshot_add")),
-            Some(t) => t.snapshots.len() >= self.snapshots_per_device as usize,
+            Some(t) => t.snapshots.len() >= self.snapshots_per_device.count() as usize,
         };
         let snap = inner
             .snapshots
@@ -397,9 +405,13 @@ pub const NODE: &str = "node-a";
 
 impl Env {
     pub fn new() -> Self {
+        Self::over(FakeKernel::default())
+    }
+
+    /// A plugin over `kernel`, in a fresh directory.
+    pub fn over(kernel: FakeKernel) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let kernel = Arc::new(FakeKernel::default());
-        Self::with(dir, kernel)
+        Self::with(dir, Arc::new(kernel))
     }
 
     /// A plugin over an existing directory and kernel (a restart).

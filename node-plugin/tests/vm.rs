@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use blksnap::Control;
 use blksnap_node_plugin::backend::{self, loop_device};
-use blksnap_node_plugin::kernel::Kernel;
+use blksnap_node_plugin::kernel::{Interface, Kernel, Module};
 use blksnap_node_plugin::plugin::{CreateVolume, Plugin, Settings};
 use blksnap_node_plugin::state::{BackendKind, LostReason, Source, VolumeRecord};
 use blksnap_node_plugin::{ranges, Error};
@@ -105,12 +105,18 @@ impl World {
                 default_backend: BackendKind::Pool,
                 collect_orphans: true,
             },
-            Arc::clone(&self.control) as Arc<dyn Kernel>,
+            Arc::new(Module::new(Control::open().expect("control")).expect("module"))
+                as Arc<dyn Kernel>,
             backends,
             &self.root.join("state"),
         )
         .expect("plugin");
         self.plugin = Some(plugin);
+    }
+
+    /// What the loaded module's version offers.
+    fn interface(&self) -> Interface {
+        Interface::of(self.control.version().expect("version")).expect("interface")
     }
 
     fn p(&self) -> &Arc<Plugin> {

@@ -19,7 +19,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::discovery::{node, pod, pod_status};
 use crate::lost::{lost_events, lost_message};
-use crate::node_api::{serve_node, test_node, Pki, TestNode};
+use crate::node_api::{identity, serve_node, test_node, Pki, TestNode, Usage};
 use crate::support::*;
 
 /// One replica: the process, its name and its metrics address.
@@ -176,10 +176,7 @@ async fn two_driver_processes_one_lease_holder_reconciles_and_killing_it_hands_o
 
     // The node: its API in process, found through its pod as in a cluster.
     let pki = Pki::new("test CA");
-    let (cert, key) = pki.leaf_pem(
-        &controller_name(&driver),
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    );
+    let (cert, key) = pki.leaf_pem(&controller_name(&driver), Usage::Client);
     for (file, text) in [
         ("controller.crt", &cert),
         ("controller.key", &key),
@@ -189,10 +186,7 @@ async fn two_driver_processes_one_lease_holder_reconciles_and_killing_it_hands_o
     }
     let name = unique("worker");
     let n = test_node(&name, 2, false);
-    let identity = pki.leaf(
-        &node_server_name(&name, &driver),
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-    );
+    let identity = identity(&pki, &node_server_name(&name, &driver), Usage::Server);
     let addr: SocketAddr = serve_node(n.clone(), identity, &pki.ca_pem)
         .await
         .parse()

@@ -1,5 +1,5 @@
 //! An in-process node API for the host tests and benchmarks: small tonic
-//! servers over real mutual TLS (rcgen certificates), each answering with
+//! servers over real mutual TLS (certificates of blksnap_node_api::dev), each answering with
 //! ids of its own node, and the real controller in front of them. The real
 //! node plugin cannot run on the host, as it needs blksnap.ko
 //! (csi-driver/tests/sanity runs the two real binaries together in the VM).
@@ -31,48 +31,12 @@ use tonic::{Request, Response, Status};
 
 pub const DRIVER: &str = "blksnap.csi.io";
 
-/// A CA and the certificates it signs.
-pub struct Pki {
-    pub ca_pem: String,
-    pub issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
+pub use blksnap_node_api::dev::{Pki, Usage};
 
-impl Pki {
-    pub fn new(name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer =
-            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("key"))
-                .expect("CA");
-        Pki {
-            ca_pem: issuer.pem(),
-            issuer,
-        }
-    }
-
-    pub fn leaf(&self, dns: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> Identity {
-        let (cert, key) = self.leaf_pem(dns, usage);
-        Identity::from_pem(cert, key)
-    }
-
-    /// A certificate for `dns` and its key, in PEM.
-    pub fn leaf_pem(&self, dns: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(vec![dns.to_owned()]).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, dns);
-        params.extended_key_usages = vec![usage];
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    }
+/// A certificate of `pki` for `dns`, as tonic takes it.
+pub fn identity(pki: &Pki, dns: &str, usage: Usage) -> Identity {
+    let (cert, key) = pki.leaf_pem(dns, usage);
+    Identity::from_pem(cert, key)
 }
 
 /// What a test node saw.
@@ -529,10 +493,7 @@ pub async fn controller(pki: &Pki, directory: &[(String, String)]) -> Controller
     let entries: Vec<String> = directory.iter().map(|(n, a)| format!("{n}={a}")).collect();
     let tls = NodeTls {
         ca: Certificate::from_pem(&pki.ca_pem),
-        identity: pki.leaf(
-            &controller_name(DRIVER),
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ),
+        identity: identity(pki, &controller_name(DRIVER), Usage::Client),
         driver_name: DRIVER.into(),
     };
     let mut registry = blksnap_csi_driver::metrics::registry();
@@ -565,10 +526,7 @@ pub async fn controller(pki: &Pki, directory: &[(String, String)]) -> Controller
 }
 
 pub fn node_cert(pki: &Pki, node: &str) -> Identity {
-    pki.leaf(
-        &node_server_name(node, DRIVER),
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-    )
+    identity(pki, &node_server_name(node, DRIVER), Usage::Server)
 }
 
 pub fn vol(local: &str, node: &str) -> String {

@@ -236,13 +236,17 @@ pub struct Version {
 }
 
 impl Version {
-    /// Whether a module of this version serves the interface this crate was
-    /// written for: the same major and at least the same minor.
-    // The minor is 0 today, which makes the comparison trivially true; it
-    // stays so that raising the minor needs no other change.
-    #[allow(clippy::absurd_extreme_comparisons)]
+    /// Whether this crate can drive a module of this version: the same
+    /// major. A 1.0 module lacks 1.1's additions
+    /// ([`Version::keeps_several_per_device`]); its commands are the same.
     pub fn is_compatible(&self) -> bool {
-        self.major == sys::BLKSNAP_VERSION_MAJOR && self.minor >= sys::BLKSNAP_VERSION_MINOR
+        self.major == sys::BLKSNAP_VERSION_MAJOR
+    }
+
+    /// Whether the module keeps several snapshots of one device and
+    /// answers [`Control::snapshot_info_of`] (interface 1.1 on).
+    pub fn keeps_several_per_device(&self) -> bool {
+        self.is_compatible() && self.minor >= 1
     }
 }
 
@@ -314,11 +318,13 @@ mod tests {
             revision: 0,
             build: 0,
         };
-        // 1.1 added the snapshots of a device held at once.
-        assert!(!v(1, 0).is_compatible());
-        assert!(v(1, 1).is_compatible());
-        assert!(v(1, 3).is_compatible());
-        assert!(!v(2, 0).is_compatible());
+        // 1.0 has the same commands but one snapshot per device and no
+        // snapshotinfo_of; 1.1 added them.
+        assert!(v(1, 0).is_compatible());
+        assert!(!v(1, 0).keeps_several_per_device());
+        assert!(v(1, 1).is_compatible() && v(1, 1).keeps_several_per_device());
+        assert!(v(1, 3).is_compatible() && v(1, 3).keeps_several_per_device());
+        assert!(!v(2, 0).is_compatible() && !v(2, 0).keeps_several_per_device());
         assert!(!v(0, 9).is_compatible());
         assert_eq!(v(1, 2).to_string(), "1.2.0.0");
     }

@@ -2,7 +2,8 @@
 //! snapshot), delete, list, and the change-block metadata of snapshots.
 //!
 //! A volume may be in as many snapshots at once as the module keeps of one
-//! device (its parameter `snapshots_per_device_maximum`, read at start);
+//! device (its parameter `snapshots_per_device_maximum`, read at start; one
+//! on a module of interface 1.0);
 //! each record names its own kernel snapshot, and everything read of it
 //! (image, state) is asked for by that id. One more snapshot or clone past
 //! the limit is [`Error::SnapshotLimit`], a final code: the sidecar would
@@ -165,7 +166,7 @@ impl Plugin {
         // record names) is the same answer.
         for v in vols {
             let held = self.held_snapshots_of(&v.local).len();
-            if held >= self.snapshots_per_device as usize {
+            if held >= self.snapshots_per_device.count() as usize {
                 return Err(self.snapshot_limit(v));
             }
         }
@@ -200,7 +201,8 @@ impl Plugin {
         };
         for (v, (_, f)) in vols.iter().zip(&devs) {
             // A fresh snapshot not yet taken, each device once: busy means
-            // the device is in as many snapshots as the module keeps.
+            // the device is in as many snapshots as the module keeps (on
+            // 1.0: in another snapshot).
             self.kernel().snapshot_add(id, f).map_err(|e| match e {
                 blksnap::Error::Busy { .. } => self.snapshot_limit(v),
                 e => map_take_error(e),

@@ -1,10 +1,81 @@
 //! Several snapshots of one volume held at once, against the real module:
 //! each record reads its own kernel snapshot (restore, delta, allocated),
 //! deletes in any order, clones beside them, the module's limit and the
-//! final code past it, and a restart that finds them all again.
+//! final code past it, and a restart that finds them all again. On a
+//! module of interface 1.0 (run the suite with `--kmod-dir` at such a
+//! source), one snapshot per volume and the same final code for a second.
 
 use super::*;
 use blksnap_node_api::ids::SnapshotId;
+use blksnap_node_plugin::kernel::PerDevice;
+
+/// Says that the running test is skipped, and why: written past libtest's
+/// output capture, where the VM harness counts `skipped: ` lines.
+fn skip(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
+}
+
+/// A world whose module serves `want`, a volume of `size` named `name`
+/// in it, open, and the model of its blocks; `None`, after saying why,
+/// for a module of the other interface.
+fn setup(want: Interface, name: &str, size: u64) -> Option<(World, VolumeRecord, File, Model)> {
+    let w = World::new();
+    let have = w.interface();
+    if have != want {
+        skip(&format!(
+            "this test is for a module of {want:?}; the loaded one is {have:?}"
+        ));
+        return None;
+    }
+    let vol = w.create(name, size, None, None);
+    let dev = w.dev(&vol);
+    Some((w, vol, dev, Model::new(size)))
+}
+
+/// The end of a test: no kernel snapshot is left, and the volume goes.
+fn finish(w: &World, vol: &VolumeRecord) {
+    assert!(w.control.snapshot_collect().expect("collect").is_empty());
+    w.p().delete_volume(&w.vid(vol)).expect("delete volume");
+}
+
+/// One more snapshot of `vol`, and a clone of it, are refused with the
+/// final code, by `limit`, with a message that says each of `says`; the
+/// refused calls leave no kernel snapshot behind.
+fn refused_past_the_limit(w: &World, vol: &VolumeRecord, limit: PerDevice, says: &[&str]) {
+    let held = w.control.snapshot_collect().expect("collect").len();
+    let refused = w
+        .p()
+        .create_snapshot("one-more", &w.p().volume_id(vol), &HashMap::new())
+        .expect_err("past the limit");
+    assert!(
+        matches!(refused, Error::SnapshotLimit { limit: l, .. } if l == limit),
+        "{refused:?}"
+    );
+    let status = tonic::Status::from(refused);
+    // Final for csi-snapshotter (it retries RESOURCE_EXHAUSTED, ABORTED,
+    // UNAVAILABLE and the like).
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    for want in says {
+        assert!(status.message().contains(want), "{}", status.message());
+    }
+    let clone = w.p().create_volume(&CreateVolume {
+        name: format!("{}-clone", vol.name),
+        required: vol.capacity,
+        limit: 0,
+        backend: None,
+        source: Some(Source::Volume(w.vid(vol))),
+    });
+    assert!(
+        matches!(clone, Err(Error::SnapshotLimit { .. })),
+        "{clone:?}"
+    );
+    assert_eq!(
+        w.control.snapshot_collect().expect("collect").len(),
+        held,
+        "nothing left of the refused calls"
+    );
+}
 
 /// What each 4 KiB block of a volume holds: a version of the test data
 /// (`fill`) or zeros.
@@ -64,11 +135,11 @@ fn block_size(w: &World, vol: &VolumeRecord) -> u64 {
 
 #[test]
 fn three_snapshots_taken_at_different_moments_each_restore_to_their_own() {
-    let w = World::new();
     let size = 32 * MIB;
-    let vol = w.create("pvc-m3", size, None, None);
-    let dev = w.dev(&vol);
-    let mut m = Model::new(size);
+    let Some((w, vol, dev, mut m)) = setup(Interface::SeveralSnapshotsPerDevice, "pvc-m3", size)
+    else {
+        return;
+    };
     m.write(&dev, 0..8 * MIB, 1);
     m.write(&dev, 20 * MIB..22 * MIB, 1);
     let s1 = w.snapshot("m1", &vol, &[]);
@@ -137,17 +208,16 @@ fn three_snapshots_taken_at_different_moments_each_restore_to_their_own() {
         "1..3 with the base deleted"
     );
     w.p().delete_snapshot(&s3).expect("delete s3");
-    assert!(w.control.snapshot_collect().expect("collect").is_empty());
-    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+    finish(&w, &vol);
 }
 
 #[test]
 fn a_clone_while_snapshots_are_held_copies_now_and_leaves_them_be() {
-    let w = World::new();
     let size = 32 * MIB;
-    let vol = w.create("pvc-mc", size, None, None);
-    let dev = w.dev(&vol);
-    let mut m = Model::new(size);
+    let Some((w, vol, dev, mut m)) = setup(Interface::SeveralSnapshotsPerDevice, "pvc-mc", size)
+    else {
+        return;
+    };
     m.write(&dev, 0..16 * MIB, 1);
     let s1 = w.snapshot("c1", &vol, &[]);
     let at1 = m.blocks.clone();
@@ -199,15 +269,15 @@ fn region(i: usize) -> Range<u64> {
 
 #[test]
 fn snapshots_up_to_the_module_limit_then_a_final_code_that_says_so() {
-    let w = World::new();
+    let size = 16 * MIB;
+    let Some((w, vol, dev, mut m)) = setup(Interface::SeveralSnapshotsPerDevice, "pvc-ml", size)
+    else {
+        return;
+    };
     let limit = blksnap_node_plugin::kmod::parameter("snapshots_per_device_maximum")
         .expect("module parameter");
     let n = limit as usize;
-    let size = 16 * MIB;
     assert!(region(n).end <= size, "limit {limit} fits the test volume");
-    let vol = w.create("pvc-ml", size, None, None);
-    let dev = w.dev(&vol);
-    let mut m = Model::new(size);
     let mut held: Vec<(String, Vec<Option<u8>>)> = Vec::new();
     for i in 0..n {
         // Region 0 is rewritten before every take, so each older snapshot
@@ -221,39 +291,14 @@ fn snapshots_up_to_the_module_limit_then_a_final_code_that_says_so() {
     m.write(&dev, region(0), 200);
     assert_eq!(w.control.snapshot_collect().expect("collect").len(), n);
 
-    let refused = w
-        .p()
-        .create_snapshot("one-more", &w.p().volume_id(&vol), &HashMap::new())
-        .expect_err("past the limit");
-    assert!(
-        matches!(refused, Error::SnapshotLimit { limit: l, .. } if l == limit),
-        "{refused:?}"
-    );
-    let status = tonic::Status::from(refused);
-    // Final for csi-snapshotter (it retries RESOURCE_EXHAUSTED, ABORTED,
-    // UNAVAILABLE and the like).
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        status.message().contains(&format!("{limit} snapshots"))
-            && status.message().contains("snapshots_per_device_maximum"),
-        "{}",
-        status.message()
-    );
-    let clone = w.p().create_volume(&CreateVolume {
-        name: "pvc-ml-clone".into(),
-        required: size,
-        limit: 0,
-        backend: None,
-        source: Some(Source::Volume(w.vid(&vol))),
-    });
-    assert!(
-        matches!(clone, Err(Error::SnapshotLimit { .. })),
-        "{clone:?}"
-    );
-    assert_eq!(
-        w.control.snapshot_collect().expect("collect").len(),
-        n,
-        "nothing left of the refused calls"
+    refused_past_the_limit(
+        &w,
+        &vol,
+        PerDevice::Parameter(limit),
+        &[
+            &format!("{limit} snapshots"),
+            "snapshots_per_device_maximum",
+        ],
     );
 
     // Deleted in an order unlike the takes' (odd ones from the newest
@@ -280,17 +325,17 @@ fn snapshots_up_to_the_module_limit_then_a_final_code_that_says_so() {
             w.p().delete_snapshot(&again).expect("delete again");
         }
     }
-    assert!(w.control.snapshot_collect().expect("collect").is_empty());
-    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+    finish(&w, &vol);
 }
 
 #[test]
 fn a_restart_matches_several_held_snapshots_of_a_volume_to_their_own() {
-    let mut w = World::new();
     let size = 32 * MIB;
-    let vol = w.create("pvc-mr", size, None, None);
-    let dev = w.dev(&vol);
-    let mut m = Model::new(size);
+    let Some((mut w, vol, dev, mut m)) =
+        setup(Interface::SeveralSnapshotsPerDevice, "pvc-mr", size)
+    else {
+        return;
+    };
     let mut snaps = Vec::new();
     let mut writes: Vec<Vec<Range<u64>>> = Vec::new();
     for i in 0..4u8 {
@@ -348,6 +393,44 @@ fn a_restart_matches_several_held_snapshots_of_a_volume_to_their_own() {
     for s in [&after, &snaps[3].0, &snaps[1].0, &snaps[0].0, &snaps[2].0] {
         w.p().delete_snapshot(s).expect("delete");
     }
-    assert!(w.control.snapshot_collect().expect("collect").is_empty());
-    w.p().delete_volume(&w.vid(&vol)).expect("delete volume");
+    finish(&w, &vol);
+}
+
+#[test]
+fn a_1_0_module_keeps_one_snapshot_per_volume_and_a_second_is_refused_finally() {
+    let size = 16 * MIB;
+    let Some((mut w, vol, dev, mut m)) = setup(Interface::OneSnapshotPerDevice, "pvc-10", size)
+    else {
+        return;
+    };
+    m.write(&dev, 0..4 * MIB, 1);
+    let s1 = w.snapshot("one", &vol, &[]);
+    let at1 = m.blocks.clone();
+    m.write(&dev, 2 * MIB..6 * MIB, 2);
+
+    refused_past_the_limit(&w, &vol, PerDevice::Interface1_0, &["interface 1.0"]);
+
+    // A restart finds the held snapshot by its id and reads its image.
+    w.start();
+    let (list, _) = w.p().list_snapshots(&Default::default()).expect("list");
+    assert_eq!(list.len(), 1);
+    assert!(list[0].lost.is_none(), "{:?}", list[0].lost);
+    restore_is(&w, &s1, size, &at1);
+    assert!(matches!(
+        w.p()
+            .create_snapshot("two", &w.p().volume_id(&vol), &HashMap::new()),
+        Err(Error::SnapshotLimit { .. })
+    ));
+
+    // Deleted, the next one fits and reads its own moment.
+    w.p().delete_snapshot(&s1).expect("delete one");
+    let s2 = w.snapshot("two", &vol, &[]);
+    restore_is(&w, &s2, size, &m.blocks);
+    let bs = block_size(&w, &vol);
+    assert_eq!(
+        w.p().metadata_delta(&s1, &s2, 0).expect("delta").ranges,
+        expected_delta(std::slice::from_ref(&(2 * MIB..6 * MIB)), bs, size)
+    );
+    w.p().delete_snapshot(&s2).expect("delete two");
+    finish(&w, &vol);
 }

@@ -1,10 +1,11 @@
 //! Several snapshots of one device at once (UAPI 1.1): taken at different
 //! moments while random writes race with them, each image holds exactly
 //! the device's content at its take, whatever the order of destroys;
-//! writes to one image stay invisible to the others; difference storage
-//! is used once per copy and given back; an overflow corrupts only the
-//! snapshots it could not serve; the change map stays exact between any
-//! two of them.
+//! writes to one image stay invisible to the others, and read back when
+//! the other snapshot sharing their copies is destroyed meanwhile;
+//! difference storage is used once per copy and given back; an overflow
+//! corrupts only the snapshots it could not serve; the change map stays
+//! exact between any two of them.
 
 #[macro_use]
 mod common;

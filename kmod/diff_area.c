@@ -1216,12 +1216,19 @@ static int diff_area_image_part(struct diff_view *view, struct bio *bio,
 			return 0;
 		}
 		state = chunk ? chunk->state : CHUNK_LOADING;
-		/* An image write lands in a copy no other view reads. */
+		/*
+		 * An image write lands in a copy no other view reads; while
+		 * the worker makes the view's own, writes to the chunk wait
+		 * for it.
+		 */
 		if (state == CHUNK_STORED && write && !mine &&
-		    !__diff_view_sole(view, chunk)) {
-			spin_unlock_irq(&area->lock);
-			if (!may_wait)
+		    (view->owning == n || !__diff_view_sole(view, chunk))) {
+			if (!may_wait) {
+				spin_unlock_irq(&area->lock);
 				return -EAGAIN;
+			}
+			view->owning = n;
+			spin_unlock_irq(&area->lock);
 			ret = diff_view_own(view, n, chunk);
 			if (ret)
 				return ret;

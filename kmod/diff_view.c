@@ -24,6 +24,7 @@ struct diff_view *diff_view_new(struct diff_area *area,
 		return ERR_PTR(-ENOMEM);
 	INIT_LIST_HEAD(&view->link);
 	xa_init(&view->own);
+	view->owning = DIFF_VIEW_OWNING_NONE;
 	diff_area_get(area);
 	view->area = area;
 	diff_storage_get(storage);
@@ -384,10 +385,12 @@ static int diff_view_transfer(struct diff_area *area,
 /*
  * The first image write to chunk @n while its copy @shared serves other
  * views too: the view gets a private copy of it in its own storage. From
- * the image's worker, which alone fills @own. Once its buffers are had,
- * a failure to make the copy (the read of the shared one, room in the
- * storage, the write) corrupts the view, as a failed image I/O to the
- * storage does.
+ * the image's worker, which alone fills @own, with @owning set to @n
+ * under the lock by the check that found @shared not the view's alone;
+ * cleared here once the private copy is published or failed. Once its
+ * buffers are had, a failure to make the copy (the read of the shared
+ * one, room in the storage, the write) corrupts the view, as a failed
+ * image I/O to the storage does.
  */
 int diff_view_own(struct diff_view *view, unsigned long n,
 		  struct chunk *shared)
@@ -403,7 +406,10 @@ int diff_view_own(struct diff_view *view, unsigned long n,
 	buf = diff_buffer_get(&area->pool, GFP_NOIO);
 	if (!own || !buf)
 		goto out;
-	/* The shared copy is read by views that never write it: stable. */
+	/*
+	 * Stable: the other views that read the shared copy write their
+	 * own, and this view's writes to the chunk wait for @owning.
+	 */
 	ret = diff_view_transfer(area, shared->storage, false,
 				 shared->storage_sector, buf);
 	if (!ret)
@@ -427,6 +433,9 @@ int diff_view_own(struct diff_view *view, unsigned long n,
 		chunk_free(own);
 	own = NULL;
 out:
+	spin_lock_irq(&area->lock);
+	view->owning = DIFF_VIEW_OWNING_NONE;
+	spin_unlock_irq(&area->lock);
 	kfree(own);
 	if (buf)
 		diff_buffer_put(&area->pool, buf);

@@ -2,6 +2,7 @@
 #ifndef __BLKSNAP_DIFF_VIEW_H
 #define __BLKSNAP_DIFF_VIEW_H
 
+#include <linux/limits.h>
 #include <linux/list.h>
 #include <linux/types.h>
 #include <linux/xarray.h>
@@ -24,6 +25,11 @@ struct event_queue;
  * @own: private copies of the chunks written through the image while
  *	their shared copy served other views too; filled by the image's
  *	worker only, read under &diff_area.lock.
+ * @owning: the chunk whose private copy the worker is making, or
+ *	DIFF_VIEW_OWNING_NONE; under &diff_area.lock. Image writes to it go
+ *	to the worker even if the shared copy became the view's alone
+ *	meanwhile (the other views destroyed): written there, they would be
+ *	hidden by the private copy made from the old data.
  * @nr_clones: parts of the image's bios in flight, under &diff_area.lock:
  *	a destroy that leaves other views waits for them before it frees
  *	the copies they read.
@@ -36,8 +42,11 @@ struct diff_view {
 	u64 seq;
 	int error;
 	struct xarray own;
+	unsigned long owning;
 	unsigned int nr_clones;
 };
+
+#define DIFF_VIEW_OWNING_NONE ULONG_MAX
 
 struct diff_view *diff_view_new(struct diff_area *area,
 				struct diff_storage *storage,

@@ -23,6 +23,7 @@ Python 3 standard library only; fio, dmsetup and blksnapctl do the work.
 import argparse
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -64,7 +65,10 @@ WORKLOADS = {
 # device held, k = 1, 2, 4, 8, blksnap against dm-snapshot (256 KiB chunks
 # both). Each snapshot has its own storage, a dm-linear slice of the COW
 # disk (an eighth of it), for both; 256 MiB so that dm-snapshot's 8 copies
-# of every chunk fit.
+# of every chunk fit. Each round runs every count, one held first and last
+# (its two runs bracket the others, so a ratio to their mean cancels a
+# load that drifts over the round; their own ratio is the noise floor)
+# and the others in between in an order that changes from round to round.
 MULTI_COUNTS = (1, 2, 4, 8)
 MULTI_SIZE = 256 * MIB
 MULTI_WORKLOADS = {
@@ -527,6 +531,23 @@ class Bench:
         run(["udevadm", "settle"], check=False)
         return paths
 
+    def multi_fio(self, dev):
+        """The section's two workloads on `dev`, udev settled before each
+        (the probes of new images and snapshot devices read the origin),
+        each with what the run and its flush read from the device and
+        wrote to the COW disk: the copies made, whatever their timing."""
+        out = {}
+        for w in MULTI_WORKLOADS:
+            run(["udevadm", "settle"], check=False)
+            before = diskstats([self.data, self.cow])
+            r = self.fio(dev, w)
+            after = diskstats([self.data, self.cow])
+            d = diskstats_delta(before, after)
+            r["data_read_mib"] = d[self.data]["read_sectors"] * SECTOR / MIB
+            r["cow_write_mib"] = d[self.cow]["write_sectors"] * SECTOR / MIB
+            out[w] = r
+        return out
+
     def multi_blksnap(self, k, slices):
         self.attach(self.data)
         ids = []
@@ -538,10 +559,7 @@ class Bench:
                 ids.append(sid)
                 ctl("snapshot", "add", sid, self.data)
                 ctl("snapshot", "take", sid)
-            # As for dm-snapshot: udev's probes of the k new images read
-            # the device, so they finish before the timed writes.
-            run(["udevadm", "settle"], check=False)
-            out = {w: self.fio(self.data, w) for w in MULTI_WORKLOADS}
+            out = self.multi_fio(self.data)
             info = ctl_json("snapshot", "info", self.data)
             if info.get("error"):
                 raise StepError(f"a snapshot was corrupted during the run: {info['error']}")
@@ -563,37 +581,47 @@ class Bench:
                 names.append(f"bsb-msnap{i}")
             dmsetup("create", "bsb-origin", "--table", f"0 {sectors} snapshot-origin {self.data}")
             names.insert(0, "bsb-origin")
-            run(["udevadm", "settle"], check=False)
-            return {w: self.fio("/dev/mapper/bsb-origin", w) for w in MULTI_WORKLOADS}
+            return self.multi_fio("/dev/mapper/bsb-origin")
         finally:
             for n in names:
                 dmsetup("remove", "--retry", n)
 
+    @staticmethod
+    def multi_order(rnd):
+        """Round `rnd`'s counts: one held first and last, the others in
+        the round's turn of their orders."""
+        orders = list(itertools.permutations([k for k in MULTI_COUNTS if k != 1]))
+        return [1, *orders[rnd % len(orders)], 1]
+
     def multi(self):
-        """First writes and rewrites with 1, 2, 4 and 8 snapshots held."""
+        """First writes and rewrites with 1, 2, 4 and 8 snapshots held,
+        in rounds (--reps) of interleaved counts."""
         try:
             slices = self.multi_slices()
         except StepError as e:
             self.error("multi", e)
             return
         runs = self.res.setdefault("multi", [])
-        for rep in range(self.args.reps):
-            counts = MULTI_COUNTS[rep % len(MULTI_COUNTS):] + MULTI_COUNTS[:rep % len(MULTI_COUNTS)]
-            for k in counts:
+        for rnd in range(self.args.reps):
+            for pos, k in enumerate(self.multi_order(rnd)):
                 systems = (("blksnap", self.multi_blksnap), ("dm256", self.multi_dm))
-                for system, fn in systems if rep % 2 == 0 else reversed(systems):
+                for system, fn in systems if (rnd + pos) % 2 == 0 else reversed(systems):
                     try:
                         out = fn(k, slices)
                     except (StepError, subprocess.TimeoutExpired) as e:
-                        self.error(f"multi rep {rep} {system} k={k}", e)
+                        self.error(f"multi round {rnd} {system} k={k}", e)
                         self.cleanup()
                         continue
                     for w, r in out.items():
-                        runs.append({"system": system, "held": k, "workload": w, "rep": rep,
-                                     "bw_mib_s": r["bw_mib_s"], "flush_s": r["flush_s"],
-                                     "runtime_s": r["runtime_s"]})
-                        log(f"  rep {rep} {system:7s} held {k} {w:13s} "
-                            f"{r['bw_mib_s']:8.1f} MiB/s")
+                        runs.append({"system": system, "held": k, "workload": w, "rep": rnd,
+                                     "pos": pos, "bw_mib_s": r["bw_mib_s"],
+                                     "flush_s": r["flush_s"], "runtime_s": r["runtime_s"],
+                                     "data_read_mib": r["data_read_mib"],
+                                     "cow_write_mib": r["cow_write_mib"]})
+                        log(f"  round {rnd} {system:7s} held {k} {w:13s} "
+                            f"{r['bw_mib_s']:8.1f} MiB/s  read {r['data_read_mib']:6.0f} MiB  "
+                            f"cow {r['cow_write_mib']:6.0f} MiB")
+            self.save()
         for i in range(8):
             try:
                 dmsetup("remove", "--retry", f"bsb-cow{i}")

@@ -556,7 +556,24 @@ static bool diff_area_calm(struct diff_area *area)
  */
 void diff_area_quiesce(struct diff_area *area)
 {
+	spin_lock_irq(&area->lock);
+	area->quiescing = true;
+	spin_unlock_irq(&area->lock);
 	wait_event(area->wq, diff_area_calm(area));
+	spin_lock_irq(&area->lock);
+	area->quiescing = false;
+	spin_unlock_irq(&area->lock);
+	wake_up_all(&area->wq);
+}
+
+static bool diff_area_quiet(struct diff_area *area)
+{
+	bool quiet;
+
+	spin_lock_irq(&area->lock);
+	quiet = !area->quiescing;
+	spin_unlock_irq(&area->lock);
+	return quiet;
 }
 
 static void diff_area_defer_fn(struct work_struct *work)
@@ -1206,6 +1223,14 @@ static int diff_area_image_part(struct diff_view *view, struct bio *bio,
 		chunk = __diff_area_source(view, n);
 		/* Until its writes are released the device has the old data. */
 		if (!write && (!chunk || chunk->state == CHUNK_LOADING)) {
+			/* New reads would hold up the take's parked chunks. */
+			if (area->quiescing) {
+				spin_unlock_irq(&area->lock);
+				if (!may_wait)
+					return -EAGAIN;
+				wait_event(area->wq, diff_area_quiet(area));
+				continue;
+			}
 			nr = diff_area_extend(view, n, NULL, end, len);
 			for (i = 0; i < nr; i++)
 				area->reads[diff_area_bucket(n + i)]++;

@@ -68,8 +68,8 @@ struct tracker;
  * @cow_map: a set bit means the chunk's old data is safe and writes to
  *	it pass untouched; tested without a lock on the write path.
  * @lock: guards @chunks' states, tags and lists, @nr_buffers, @deferred,
- *	@store_queue, @reads, @nr_clones, @parked, @error, @stopping, the
- *	take state below and the list of views.
+ *	@store_queue, @reads, @nr_clones, @parked, @error, @stopping,
+ *	@quiescing, the take state below and the list of views.
  * @chunks: the newest copy of each chunk copied so far, by number.
  * @seq: sequence of the newest take.
  * @newest: sequence of the newest view still whole, 0 for none.
@@ -96,6 +96,8 @@ struct tracker;
  * @error: the error that corrupted every view, 0 while they may be whole.
  * @stopping: the last view is being destroyed: writes pass, nothing is
  *	stored.
+ * @quiescing: a take waits for @nr_busy: image reads of the original
+ *	device wait, so that no new one holds a chunk in @parked.
  * @pool: buffers of the chunk size.
  * @load_bs: bios for reading old data and storing it in a block device.
  */
@@ -124,6 +126,7 @@ struct diff_area {
 	struct list_head parked[DIFF_AREA_READ_BUCKETS];
 	int error;
 	bool stopping;
+	bool quiescing;
 
 	struct llist_head loaded;
 	struct work_struct load_work;

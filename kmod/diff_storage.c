@@ -46,6 +46,43 @@ static noinline int __diff_storage_grow(struct diff_storage *storage,
 }
 ALLOW_ERROR_INJECTION(__diff_storage_grow, ERRNO);
 
+/*
+ * Every storage not yet released, its snapshot held or destroyed: a
+ * destroyed snapshot's storage may still hold copies older snapshots read.
+ */
+static LIST_HEAD(diff_storages);
+static DEFINE_MUTEX(diff_storages_lock);
+
+/*
+ * Whether @a and @b are one file or one block device: each hands out
+ * slots from sector 0, so two snapshots on one storage overwrite each
+ * other's old data.
+ */
+static bool diff_storage_same(const struct diff_storage *a,
+			      const struct diff_storage *b)
+{
+	return a->file->f_mapping->host == b->file->f_mapping->host;
+}
+
+/* Lists @storage unless a storage not yet released is the same: -EBUSY. */
+static int diff_storage_register(struct diff_storage *storage)
+{
+	struct diff_storage *other;
+	int ret = 0;
+
+	mutex_lock(&diff_storages_lock);
+	list_for_each_entry(other, &diff_storages, link) {
+		if (diff_storage_same(other, storage)) {
+			ret = -EBUSY;
+			break;
+		}
+	}
+	if (!ret)
+		list_add_tail(&storage->link, &diff_storages);
+	mutex_unlock(&diff_storages_lock);
+	return ret;
+}
+
 struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
 				      struct event_queue *events)
 {
@@ -104,6 +141,9 @@ struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
 		ret = -EINVAL;
 		goto fail_storage;
 	}
+	ret = diff_storage_register(storage);
+	if (ret)
+		goto fail_storage;
 	storage->events = events;
 	event_queue_get(events);
 	return storage;
@@ -120,6 +160,9 @@ static void diff_storage_release(struct kref *kref)
 	struct diff_storage *storage = container_of(kref, struct diff_storage,
 						    kref);
 
+	mutex_lock(&diff_storages_lock);
+	list_del(&storage->link);
+	mutex_unlock(&diff_storages_lock);
 	event_queue_put(storage->events);
 	fput(storage->file);
 	kfree(storage);
@@ -142,17 +185,6 @@ bool diff_storage_on_bdev(struct diff_storage *storage,
 		return true;
 	return on->bd_disk == bdev->bd_disk &&
 	       (!bdev_is_partition(on) || !bdev_is_partition(bdev));
-}
-
-/*
- * Whether @a and @b are one file or one block device: each hands out
- * slots from sector 0, so two snapshots on one storage overwrite each
- * other's old data.
- */
-bool diff_storage_same(const struct diff_storage *a,
-		       const struct diff_storage *b)
-{
-	return a->file->f_mapping->host == b->file->f_mapping->host;
 }
 
 /*

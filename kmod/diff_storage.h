@@ -3,6 +3,7 @@
 #define __BLKSNAP_DIFF_STORAGE_H
 
 #include <linux/kref.h>
+#include <linux/list.h>
 #include <linux/mutex.h>
 #include <linux/fs.h>
 #include <linux/blk_types.h>
@@ -14,6 +15,7 @@ struct iov_iter;
 /**
  * struct diff_storage - Where a snapshot keeps the old data of its chunks.
  * @kref: the snapshot and its devices' copy-on-write state each own one.
+ * @link: entry in the list of storages not yet released.
  * @file: the caller's file: a regular file, or a block device held
  *	exclusively.
  * @bdev: the block device the storage lives on, if any: no device of the
@@ -34,6 +36,7 @@ struct iov_iter;
  */
 struct diff_storage {
 	struct kref kref;
+	struct list_head link;
 	struct file *file;
 	struct block_device *bdev;
 	struct block_device *target;
@@ -66,8 +69,6 @@ struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
 void diff_storage_put(struct diff_storage *storage);
 bool diff_storage_on_bdev(struct diff_storage *storage,
 			  struct block_device *bdev);
-bool diff_storage_same(const struct diff_storage *a,
-		       const struct diff_storage *b);
 int diff_storage_alloc(struct diff_storage *storage, sector_t count,
 		       sector_t *sector);
 void diff_storage_submit(struct diff_storage *storage,

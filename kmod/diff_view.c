@@ -57,7 +57,10 @@ static void __diff_area_retarget(struct diff_area *area)
 /*
  * The take of the view's snapshot, with the device's writes held and
  * none waiting for a copy: the view gets the next sequence, and every
- * chunk is copied again on its next write.
+ * chunk is copied again on its next write. The map is cleared after the
+ * sequence moved on, with interrupts on: a bit set before then (under
+ * the lock) is cleared, one set since is right or merely cleared too,
+ * and no write of the device tests it before the caller lets them go.
  */
 void diff_view_add(struct diff_view *view)
 {
@@ -67,10 +70,10 @@ void diff_view_add(struct diff_view *view)
 	spin_lock_irq(&area->lock);
 	view->seq = ++area->seq;
 	view->error = area->error;
-	bitmap_zero(area->cow_map, area->chunk_count);
 	list_add_tail(&view->link, &area->views);
 	__diff_area_retarget(area);
 	spin_unlock_irq(&area->lock);
+	bitmap_zero(area->cow_map, area->chunk_count);
 	mutex_unlock(&area->views_mutex);
 }
 
@@ -144,11 +147,11 @@ static void __diff_area_trim_chunk(struct diff_area *area, unsigned long n,
  */
 static void diff_area_trim(struct diff_area *area)
 {
-	struct chunk *chunk, *next;
+	struct chunk *entry, *chunk, *next;
 	unsigned long index;
 	LIST_HEAD(freed);
 
-	xa_for_each(&area->chunks, index, chunk) {
+	xa_for_each(&area->chunks, index, entry) {
 		spin_lock_irq(&area->lock);
 		__diff_area_trim_chunk(area, index, &freed);
 		spin_unlock_irq(&area->lock);

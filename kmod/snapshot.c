@@ -52,7 +52,7 @@ static struct snapshot *snapshot_find(const uuid_t *id)
 
 int snapshot_create(unsigned int fd, sector_t limit, uuid_t *id)
 {
-	struct snapshot *snapshot, *other;
+	struct snapshot *snapshot;
 	int ret;
 
 	lockdep_assert_held(&ctl_mutex);
@@ -70,18 +70,12 @@ int snapshot_create(unsigned int fd, sector_t limit, uuid_t *id)
 		ret = PTR_ERR(snapshot->storage);
 		goto fail_storage;
 	}
-	ret = -EBUSY;
-	list_for_each_entry(other, &snapshots, link)
-		if (diff_storage_same(other->storage, snapshot->storage))
-			goto fail_shared;
 	uuid_gen(&snapshot->id);
 	list_add_tail(&snapshot->link, &snapshots);
 	*id = snapshot->id;
 	__module_get(THIS_MODULE);
 	return 0;
 
-fail_shared:
-	diff_storage_put(snapshot->storage);
 fail_storage:
 	event_queue_put(snapshot->events);
 fail_events:
@@ -183,6 +177,33 @@ int snapshot_add(const uuid_t *id, struct tracker *tracker)
 	tracker->nr_snapshots++;
 	list_add_tail(&sd->link, &snapshot->devices);
 	return 0;
+}
+
+/*
+ * Whether a held snapshot of a device of the take keeps its storage on a
+ * device of the take. Copies for the held snapshots go there, new ones
+ * too when the new storage fills up; the take waits for copies in
+ * flight while it freezes that device, so it could wait forever.
+ */
+static bool snapshot_storage_in_take(struct snapshot *snapshot)
+{
+	struct snapshot_device *sd, *on;
+	struct diff_area *area;
+	struct diff_view *view;
+	bool found = false;
+
+	list_for_each_entry(sd, &snapshot->devices, link) {
+		area = tracker_diff_area(sd->tracker);
+		if (!area)
+			continue;
+		mutex_lock(&area->views_mutex);
+		list_for_each_entry(view, &area->views, link)
+			list_for_each_entry(on, &snapshot->devices, link)
+				found |= diff_storage_on_bdev(view->storage,
+							      on->tracker->bdev);
+		mutex_unlock(&area->views_mutex);
+	}
+	return found;
 }
 
 static int snapshot_prepare(struct snapshot *snapshot)
@@ -304,6 +325,8 @@ int snapshot_take(const uuid_t *id)
 		return -EALREADY;
 	if (list_empty(&snapshot->devices))
 		return -ENODEV;
+	if (snapshot_storage_in_take(snapshot))
+		return -EBUSY;
 
 	ret = snapshot_prepare(snapshot);
 	if (ret)

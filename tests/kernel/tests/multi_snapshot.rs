@@ -480,47 +480,69 @@ fn held_storage_holds_one_copy_per_chunk_and_is_given_back() {
 /// it could not take, and no other.
 #[test]
 fn held_overflow_with_several_held_corrupts_only_those_it_could_not_serve() {
+    overflow_setting(384 * MIB, |ctl, dev, fs, big, small| {
+        // A copies the whole region into its own roomy storage.
+        let (a, pa) = Snap::take(ctl, big, 128 * MIB / SECTOR, &[dev]);
+        write_range(dev, 0, REGION, |_| 1);
+        // B's storage holds 4 MiB: its first writes overflow it.
+        let (b, pb) = Snap::take(ctl, small, 4 * MIB / SECTOR, &[dev]);
+        write_range(dev, 0, REGION, |_| 2);
+        let ia = assert_only_b_overflowed(ctl, dev, (&a, &pa[0]), (&b, &pb[0]));
+        // A later snapshot with room works again, next to both.
+        let roomy = tmpfile_in(&fs.path);
+        let (c, pc) = Snap::take(ctl, &roomy, 128 * MIB / SECTOR, &[dev]);
+        write_range(dev, 0, REGION, |_| 3);
+        let ic = open_direct_ro(&pc[0]);
+        verify_range(&ic, 0, REGION, |_| 2).unwrap_or_else(|e| panic!("C: {e}"));
+        verify_range(&ia, 0, REGION, |_| 0).unwrap_or_else(|e| panic!("A at the end: {e}"));
+        verify_range(dev, 0, REGION, |_| 3).unwrap_or_else(|e| panic!("device: {e}"));
+        drop((ia, ic));
+        b.destroy().expect("destroy B");
+        c.destroy().expect("destroy C");
+        a.destroy().expect("destroy A");
+        say!("B overflowed; A and C exact");
+    });
+}
+
+/// The overflow tests' setting: data disk A zeroed over the region and
+/// attached, and two storage files on a tmpfs of `fs_size` bytes, one to
+/// be given room and one not.
+fn overflow_setting(fs_size: u64, test: impl FnOnce(&Control, &File, &TmpMount, &File, &File)) {
     let (ctl, disks) = setup();
     let dev = open_direct(&disks.data_a);
     write_range(&dev, 0, REGION, |_| 0);
-    let fs = TmpMount::tmpfs(384 * MIB);
+    let fs = TmpMount::tmpfs(fs_size);
     let big = tmpfile_in(&fs.path);
     let small = tmpfile_in(&fs.path);
     let _att = Attached::new(&ctl, &dev);
-    // A copies the whole region into its own roomy storage.
-    let (a, pa) = Snap::take(&ctl, &big, 128 * MIB / SECTOR, &[&dev]);
-    write_range(&dev, 0, REGION, |_| 1);
-    // B's storage holds 4 MiB: its first writes overflow it.
-    let (b, pb) = Snap::take(&ctl, &small, 4 * MIB / SECTOR, &[&dev]);
-    write_range(&dev, 0, REGION, |_| 2);
-    let info_b = ctl.snapshot_info_of(b.id, &dev).expect("info B");
-    let info_a = ctl.snapshot_info_of(a.id, &dev).expect("info A");
+    test(&ctl, &dev, &fs, &big, &small);
+}
+
+/// After B's storage overflowed: B is corrupted and its image unreadable,
+/// A (a snapshot and its image) still whole and all zeros. Returns A's
+/// image.
+fn assert_only_b_overflowed(
+    ctl: &Control,
+    dev: &File,
+    (a, pa): (&Snap, &PathBuf),
+    (b, pb): (&Snap, &PathBuf),
+) -> File {
+    let info_b = ctl.snapshot_info_of(b.id, dev).expect("info B");
     assert_eq!(info_b.info.error, Some(Errno::ENOSPC), "B after overflow");
+    let info_a = ctl.snapshot_info_of(a.id, dev).expect("info A");
     assert_eq!(
         info_a.info.error, None,
         "A, which had its copies, after B's overflow"
     );
-    let ia = open_direct_ro(&pa[0]);
+    let ia = open_direct_ro(pa);
     verify_range(&ia, 0, REGION, |_| 0).unwrap_or_else(|e| panic!("A after B's overflow: {e}"));
-    let ib = open_direct_ro(&pb[0]);
+    let ib = open_direct_ro(pb);
     let mut buf = AlignedBuf::new(MIB as usize);
     let err = ib
         .read_exact_at(buf.as_mut_slice(), 0)
         .expect_err("B's image must not be readable");
     assert_eq!(err.raw_os_error(), Some(nix::libc::EIO), "B read: {err}");
-    // A later snapshot with room works again, next to both.
-    let roomy = tmpfile_in(&fs.path);
-    let (c, pc) = Snap::take(&ctl, &roomy, 128 * MIB / SECTOR, &[&dev]);
-    write_range(&dev, 0, REGION, |_| 3);
-    let ic = open_direct_ro(&pc[0]);
-    verify_range(&ic, 0, REGION, |_| 2).unwrap_or_else(|e| panic!("C: {e}"));
-    verify_range(&ia, 0, REGION, |_| 0).unwrap_or_else(|e| panic!("A at the end: {e}"));
-    verify_range(&dev, 0, REGION, |_| 3).unwrap_or_else(|e| panic!("device: {e}"));
-    drop((ia, ib, ic));
-    b.destroy().expect("destroy B");
-    c.destroy().expect("destroy C");
-    a.destroy().expect("destroy A");
-    say!("B overflowed; A and C exact");
+    ia
 }
 
 /// Two snapshots taken back to back share every copy made after them, in
@@ -529,65 +551,48 @@ fn held_overflow_with_several_held_corrupts_only_those_it_could_not_serve() {
 /// one's storage instead: it stays whole, each copy in one storage.
 #[test]
 fn held_overflow_of_the_newest_storage_leaves_the_older_snapshot_whole() {
-    let (ctl, disks) = setup();
-    let dev = open_direct(&disks.data_a);
-    write_range(&dev, 0, REGION, |_| 0);
-    let fs = TmpMount::tmpfs(256 * MIB);
-    let big = tmpfile_in(&fs.path);
-    let small = tmpfile_in(&fs.path);
-    let _att = Attached::new(&ctl, &dev);
-    let (a, pa) = Snap::take(&ctl, &big, 128 * MIB / SECTOR, &[&dev]);
-    let (b, pb) = Snap::take(&ctl, &small, 4 * MIB / SECTOR, &[&dev]);
-    write_range(&dev, 0, REGION, |_| 1);
-    // Every chunk copied once, in one storage or the other, once stored.
-    let region = REGION * BLOCK / SECTOR;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (used_a, used_b) = loop {
-        let used = |id| {
-            ctl.snapshot_info_of(id, &dev)
-                .expect("snapshot_info_of")
-                .storage_used_sectors
+    overflow_setting(256 * MIB, |ctl, dev, _fs, big, small| {
+        let (a, pa) = Snap::take(ctl, big, 128 * MIB / SECTOR, &[dev]);
+        let (b, pb) = Snap::take(ctl, small, 4 * MIB / SECTOR, &[dev]);
+        write_range(dev, 0, REGION, |_| 1);
+        // Every chunk copied once, in one storage or the other, once stored.
+        let region = REGION * BLOCK / SECTOR;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (used_a, used_b) = loop {
+            let used = |id| {
+                ctl.snapshot_info_of(id, dev)
+                    .expect("snapshot_info_of")
+                    .storage_used_sectors
+            };
+            let (ua, ub) = (used(a.id), used(b.id));
+            if ua + ub == region || Instant::now() > deadline {
+                break (ua, ub);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         };
-        let (ua, ub) = (used(a.id), used(b.id));
-        if ua + ub == region || Instant::now() > deadline {
-            break (ua, ub);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(
-        used_a + used_b,
-        region,
-        "sectors of copies in A's storage ({used_a}) and B's ({used_b})"
-    );
-    assert!(
-        used_b <= 4 * MIB / SECTOR,
-        "B's storage holds {used_b} sectors"
-    );
-    let info_b = ctl.snapshot_info_of(b.id, &dev).expect("info B");
-    assert_eq!(info_b.info.error, Some(Errno::ENOSPC), "B after overflow");
-    let info_a = ctl.snapshot_info_of(a.id, &dev).expect("info A");
-    assert_eq!(info_a.info.error, None, "A, served by its own storage");
-    let ia = open_direct_ro(&pa[0]);
-    verify_range(&ia, 0, REGION, |_| 0).unwrap_or_else(|e| panic!("A after B's overflow: {e}"));
-    let ib = open_direct_ro(&pb[0]);
-    let mut buf = AlignedBuf::new(MIB as usize);
-    let err = ib
-        .read_exact_at(buf.as_mut_slice(), 0)
-        .expect_err("B's image must not be readable");
-    assert_eq!(err.raw_os_error(), Some(nix::libc::EIO), "B read: {err}");
-    drop(ib);
-    // A still reads the copies kept in B's storage once B is gone.
-    b.destroy().expect("destroy B");
-    write_range(&dev, 0, REGION, |_| 2);
-    verify_range(&ia, 0, REGION, |_| 0).unwrap_or_else(|e| panic!("A after B's destroy: {e}"));
-    verify_range(&dev, 0, REGION, |_| 2).unwrap_or_else(|e| panic!("device: {e}"));
-    drop(ia);
-    a.destroy().expect("destroy A");
-    say!(
-        "B overflowed with {} MiB of copies, A took the other {} MiB and stayed exact",
-        used_b * SECTOR / MIB,
-        used_a * SECTOR / MIB
-    );
+        assert_eq!(
+            used_a + used_b,
+            region,
+            "sectors of copies in A's storage ({used_a}) and B's ({used_b})"
+        );
+        assert!(
+            used_b <= 4 * MIB / SECTOR,
+            "B's storage holds {used_b} sectors"
+        );
+        let ia = assert_only_b_overflowed(ctl, dev, (&a, &pa[0]), (&b, &pb[0]));
+        // A still reads the copies kept in B's storage once B is gone.
+        b.destroy().expect("destroy B");
+        write_range(dev, 0, REGION, |_| 2);
+        verify_range(&ia, 0, REGION, |_| 0).unwrap_or_else(|e| panic!("A after B's destroy: {e}"));
+        verify_range(dev, 0, REGION, |_| 2).unwrap_or_else(|e| panic!("device: {e}"));
+        drop(ia);
+        a.destroy().expect("destroy A");
+        say!(
+            "B overflowed with {} MiB of copies, A took the other {} MiB and stayed exact",
+            used_b * SECTOR / MIB,
+            used_a * SECTOR / MIB
+        );
+    });
 }
 
 /// The change map between any two held snapshots, and a group take of two
@@ -639,4 +644,121 @@ fn held_change_maps_stay_exact_and_group_takes_work_with_several_held() {
     n1.destroy().expect("destroy 1");
     n3.destroy().expect("destroy 3");
     say!("change maps exact between held snapshots; group take beside them");
+}
+
+/// A destroyed snapshot's storage that an older snapshot still reads is
+/// refused to a new snapshot, which would overwrite the copies there,
+/// until the older one goes too.
+#[test]
+fn held_storage_of_a_destroyed_snapshot_is_refused_while_an_older_one_reads_it() {
+    let (ctl, disks) = setup();
+    let dev = open_direct(&disks.data_a);
+    write_range(&dev, 0, REGION, |_| 0);
+    let fs = TmpMount::ext4(&disks.storage);
+    let (path1, path2) = (fs.path.join("f1"), fs.path.join("f2"));
+    let open = |path: &PathBuf| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+    };
+    let limit = 128 * MIB / SECTOR;
+    let _att = Attached::new(&ctl, &dev);
+    let (a, pa) = Snap::take(&ctl, &open(&path1), limit, &[&dev]);
+    let (b, _) = Snap::take(&ctl, &open(&path2), limit, &[&dev]);
+    // The copies A and B share go to B's storage, F2.
+    write_range(&dev, 0, REGION, |_| 1);
+    b.destroy().expect("destroy B");
+    match ctl.snapshot_create(&open(&path2), limit) {
+        Err(e) if e.errno() == Some(Errno::EBUSY) => {}
+        Ok(id) => {
+            ctl.snapshot_destroy(id).expect("destroy C");
+            panic!("snapshot C was given F2, where A reads its copies");
+        }
+        Err(e) => panic!("snapshot C on F2: {e}, not EBUSY"),
+    }
+    write_range(&dev, 0, REGION, |_| 2);
+    let ia = open_direct_ro(&pa[0]);
+    verify_range(&ia, 0, REGION, |_| 0).unwrap_or_else(|e| panic!("A: {e}"));
+    assert_eq!(
+        ctl.snapshot_info_of(a.id, &dev).expect("info A").info.error,
+        None,
+        "A"
+    );
+    drop(ia);
+    a.destroy().expect("destroy A");
+    // Nothing reads F2 any more: it serves a new snapshot.
+    let (c, pc) = Snap::take(&ctl, &open(&path2), limit, &[&dev]);
+    write_range(&dev, 0, REGION, |_| 3);
+    let ic = open_direct_ro(&pc[0]);
+    verify_range(&ic, 0, REGION, |_| 2).unwrap_or_else(|e| panic!("C: {e}"));
+    drop(ic);
+    c.destroy().expect("destroy C");
+    say!("F2 refused while A read copies in it, usable once A was gone");
+}
+
+/// A take beside a snapshot whose image is read without pause: a write
+/// waits for those reads (they could see its data otherwise), and the
+/// take, which drains such writes, makes new reads wait for it instead of
+/// waiting for the readers to stop.
+#[test]
+fn held_take_completes_while_an_older_image_is_read_without_pause() {
+    const READERS: usize = 8;
+    const READING: Duration = Duration::from_secs(120);
+    let (ctl, disks) = setup();
+    let dev = open_direct(&disks.data_a);
+    write_range(&dev, 0, RACE_REGION, |_| 0);
+    let fs = TmpMount::tmpfs(128 * MIB);
+    let storages: Vec<File> = (0..2).map(|_| tmpfile_in(&fs.path)).collect();
+    let limit = 48 * MIB / SECTOR;
+    let _att = Attached::new(&ctl, &dev);
+    let (a, pa) = Snap::take(&ctl, &storages[0], limit, &[&dev]);
+    let taken = AtomicBool::new(false);
+    let (b, pb, reads) = std::thread::scope(|s| {
+        // Each reads the whole region, from the device, over and over.
+        let readers: Vec<_> = (0..READERS)
+            .map(|_| {
+                s.spawn(|| -> Result<(), String> {
+                    let image = open_direct_ro(&pa[0]);
+                    let mut buf = AlignedBuf::new((RACE_REGION * BLOCK) as usize);
+                    let start = Instant::now();
+                    while !taken.load(Ordering::Relaxed) {
+                        if start.elapsed() > READING {
+                            return Err(format!("no take after {READING:?} of reading"));
+                        }
+                        image
+                            .read_exact_at(buf.as_mut_slice(), 0)
+                            .map_err(|e| format!("read: {e}"))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let writer = s.spawn(|| write_range(&dev, 0, 1, |_| 1));
+        std::thread::sleep(Duration::from_secs(1));
+        let (b, pb) = Snap::take(&ctl, &storages[1], limit, &[&dev]);
+        taken.store(true, Ordering::Relaxed);
+        writer.join().expect("writer panicked");
+        let reads: Vec<_> = readers
+            .into_iter()
+            .map(|r| r.join().expect("reader panicked"))
+            .collect();
+        (b, pb, reads)
+    });
+    for (i, r) in reads.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("reader {i}: {e}"));
+    }
+    let ia = open_direct_ro(&pa[0]);
+    verify_range(&ia, 0, RACE_REGION, |_| 0).unwrap_or_else(|e| panic!("A: {e}"));
+    let ib = open_direct_ro(&pb[0]);
+    verify_range(&ib, 0, RACE_REGION, |blk| u32::from(blk == 0))
+        .unwrap_or_else(|e| panic!("B: {e}"));
+    drop((ia, ib));
+    b.destroy().expect("destroy B");
+    a.destroy().expect("destroy A");
+    say!("B taken while {READERS} readers read A's image without pause");
 }

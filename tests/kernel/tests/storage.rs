@@ -192,3 +192,37 @@ fn device_holding_the_storage_is_refused_as_source() {
     let (snap, _) = Snap::take(&ctl, &storage, size_of(&storage) / SECTOR, &[&other]);
     snap.destroy().expect("destroy");
 }
+
+/// A take is refused while a held snapshot of one of its devices keeps its
+/// storage on another device of the take: the take freezes that device
+/// while copies for the held snapshot go there.
+#[test]
+fn take_is_refused_while_a_held_snapshot_keeps_its_storage_on_a_device_of_it() {
+    let (ctl, disks) = setup();
+    let dev = open_direct(&disks.data_a);
+    let spare = open_rw(&disks.spare);
+    let spare_fs = TmpMount::ext4(&disks.spare);
+    let on_spare = tmpfile_in(&spare_fs.path);
+    let fs = TmpMount::ext4(&disks.storage);
+    let elsewhere = tmpfile_in(&fs.path);
+    let limit = 64 * MIB / SECTOR;
+    let _att = Attached::new(&ctl, &dev);
+    let _att_spare = Attached::new(&ctl, &spare);
+    let (a, _) = Snap::take(&ctl, &on_spare, limit, &[&dev]);
+    let b = Snap::create(&ctl, &elsewhere, limit);
+    ctl.snapshot_add(b.id, &dev).expect("add data disk");
+    ctl.snapshot_add(b.id, &spare).expect("add spare disk");
+    match ctl.snapshot_take(b.id) {
+        Err(e) if e.errno() == Some(nix::errno::Errno::EBUSY) => {}
+        other => panic!("a take froze the disk holding A's storage: {other:?}"),
+    }
+    drop(b);
+    // Without the spare disk the take works beside A.
+    let (c, _) = Snap::take(&ctl, &elsewhere, limit, &[&dev]);
+    c.destroy().expect("destroy C");
+    a.destroy().expect("destroy A");
+    // Once A is gone, so is the refusal.
+    let (d, _) = Snap::take(&ctl, &elsewhere, limit, &[&dev, &spare]);
+    d.destroy().expect("destroy D");
+    say!("group take refused while A's storage was on one of its disks");
+}

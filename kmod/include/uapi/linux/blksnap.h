@@ -217,7 +217,8 @@ struct blksnap_version {
  *	reading and writing on a file system that supports fallocate (an
  *	unnamed O_TMPFILE file is the intended case), or a block device
  *	opened for reading and writing with O_EXCL; -EBUSY when another
- *	snapshot uses the same file or device.
+ *	snapshot uses the same file or device, or a destroyed one whose
+ *	storage still holds copies that held snapshots read.
  * @id: out: the new snapshot's id.
  */
 struct blksnap_snapshot_create {
@@ -236,7 +237,10 @@ struct blksnap_snapshot_create {
 
 /*
  * Freezes every device of the snapshot, switches their change maps and
- * creates their images at one instant.
+ * creates their images at one instant. -EBUSY when a held snapshot of one
+ * of its devices keeps its difference storage on a device of the take
+ * (copies for it are stored there while the take freezes that device);
+ * the take works once that snapshot is destroyed.
  */
 #define IOCTL_BLKSNAP_SNAPSHOT_TAKE \
 	_IOW(BLKSNAP, blksnap_ioctl_snapshot_take, struct blksnap_uuid)

@@ -316,7 +316,8 @@ impl<'w> Fuzzer<'w> {
         let r = mem::ioctl(self.ctl_fd(), sys::IOCTL_BLKSNAP_SNAPSHOT_CREATE, addr);
         let allowed: &[Errno] = match p {
             Ptr::Bad => &[EFAULT],
-            // EBUSY: a storage of the pool that a live snapshot uses.
+            // EBUSY: a storage of the pool still open (a snapshot uses it,
+            // or older ones read copies a destroyed one left in it).
             _ => &[EFAULT, EINVAL, EBADF, EOPNOTSUPP, ENOSPC, ENOMEM, EBUSY],
         };
         self.expect("snapshot_create", &r, allowed, &|| {

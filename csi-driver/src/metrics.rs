@@ -22,13 +22,14 @@ use prometheus_client::registry::Registry;
 
 use crate::{Error, Result};
 
-/// A gRPC status code as a label value: its name (`Ok`, `NotFound`, ...).
+/// A gRPC status code as a label value (`OK`, `NotFound`, ...), as the
+/// node plugin labels its calls.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct CodeLabel(pub tonic::Code);
 
 impl EncodeLabelValue for CodeLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
-        write!(encoder, "{:?}", self.0)
+        encoder.write_str(blksnap_daemon::metrics::code_name(self.0))
     }
 }
 
@@ -151,7 +152,7 @@ mod tests {
         // Served by blksnap_daemon::metrics::serve, tested there.
         let text = encode(&registry);
         for want in [
-            "blksnap_csi_controller_node_call_duration_seconds_count{node=\"worker-1\",method=\"CreateSnapshot\",code=\"Ok\"} 2",
+            "blksnap_csi_controller_node_call_duration_seconds_count{node=\"worker-1\",method=\"CreateSnapshot\",code=\"OK\"} 2",
             "blksnap_csi_controller_node_call_duration_seconds_count{node=\"worker-2\",method=\"GetSnapshot\",code=\"NotFound\"} 1",
             "blksnap_csi_controller_reconciler_leader 1",
         ] {

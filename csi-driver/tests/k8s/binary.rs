@@ -214,7 +214,7 @@ async fn two_driver_processes_one_lease_holder_reconciles_and_killing_it_hands_o
     assert_eq!(reporter(&client, &ns, &vs1).await, first);
     let gauge = "blksnap_csi_controller_reconciler_leader";
     let calls = format!(
-        "blksnap_csi_controller_node_call_duration_seconds_count{{node=\"{name}\",method=\"GetSnapshot\",code=\"Ok\"}}"
+        "blksnap_csi_controller_node_call_duration_seconds_count{{node=\"{name}\",method=\"GetSnapshot\",code=\"OK\"}}"
     );
     let (l, f) = (scrape(&leader).await, scrape(&follower).await);
     assert_eq!(sample(&l, gauge), Some(1.0), "{l}");

@@ -557,23 +557,13 @@ static bool diff_area_calm(struct diff_area *area)
 void diff_area_quiesce(struct diff_area *area)
 {
 	spin_lock_irq(&area->lock);
-	area->quiescing = true;
+	WRITE_ONCE(area->quiescing, true);
 	spin_unlock_irq(&area->lock);
 	wait_event(area->wq, diff_area_calm(area));
 	spin_lock_irq(&area->lock);
-	area->quiescing = false;
+	WRITE_ONCE(area->quiescing, false);
 	spin_unlock_irq(&area->lock);
 	wake_up_all(&area->wq);
-}
-
-static bool diff_area_quiet(struct diff_area *area)
-{
-	bool quiet;
-
-	spin_lock_irq(&area->lock);
-	quiet = !area->quiescing;
-	spin_unlock_irq(&area->lock);
-	return quiet;
 }
 
 static void diff_area_defer_fn(struct work_struct *work)
@@ -1228,7 +1218,8 @@ static int diff_area_image_part(struct diff_view *view, struct bio *bio,
 				spin_unlock_irq(&area->lock);
 				if (!may_wait)
 					return -EAGAIN;
-				wait_event(area->wq, diff_area_quiet(area));
+				/* One flag: no lock needed to see it clear. */
+				wait_event(area->wq, !READ_ONCE(area->quiescing));
 				continue;
 			}
 			nr = diff_area_extend(view, n, NULL, end, len);

@@ -504,16 +504,16 @@ async fn the_reconciler_asks_the_nodes_through_the_router_and_every_call_is_coun
             .find_map(|l| l.strip_prefix(key.as_str()))
             .map(|n| n.parse::<u64>().expect("a count"))
     };
-    assert_eq!(count("node-b", "GetSnapshot", "Ok"), Some(2), "{text}");
+    assert_eq!(count("node-b", "GetSnapshot", "OK"), Some(2), "{text}");
     assert_eq!(
         count("node-b", "GetSnapshot", "NotFound"),
         Some(1),
         "{text}"
     );
-    assert_eq!(count("node-b", "ListSnapshots", "Ok"), Some(1), "{text}");
-    assert_eq!(count("node-b", "DeleteSnapshot", "Ok"), Some(1), "{text}");
+    assert_eq!(count("node-b", "ListSnapshots", "OK"), Some(1), "{text}");
+    assert_eq!(count("node-b", "DeleteSnapshot", "OK"), Some(1), "{text}");
     assert_eq!(
-        count("node-c", "DeleteVolumeGroupSnapshot", "Ok"),
+        count("node-c", "DeleteVolumeGroupSnapshot", "OK"),
         Some(1),
         "{text}"
     );

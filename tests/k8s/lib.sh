@@ -31,6 +31,12 @@ k8s_pin() { k8s_rows | awk -v c="$1" -v m="=$2" '$1 == c && $2 == m { print $3; 
 # k8s_pkgs COMPONENT: the main packages of COMPONENT's row, one a line.
 k8s_pkgs() { k8s_rows | awk -v c="$1" '$1 == c && $2 !~ /^=/ { for (i = 4; i <= NF; i++) print $i }'; }
 
+# k8s_crd_only COMPONENT: true when COMPONENT's row builds nothing and only
+# names CRDs of its module ("crd:PATH", a file or a directory of YAML). Such
+# a component has no wrapper: module@version is immutable through the Go
+# checksum database, which go mod download checks.
+k8s_crd_only() { ! k8s_pkgs "$1" | grep -qv '^crd:'; }
+
 # Go: the machine's Go (/usr/local/go on the project's machines), told to
 # use exactly the pinned toolchain; if the machine's differs the go command
 # fetches the pinned one through the module proxy.
@@ -48,11 +54,14 @@ k8s_go_env() {
 # goes into the binaries makes a new entry and an old one is never reused.
 K8S_RECIPE=1
 k8s_key() {
-	local comp=$1 dir=$K8S_DIR/mod/$1 h
-	[ -f "$dir/go.mod" ] && [ -f "$dir/go.sum" ] ||
-		die "$comp: no mod/$comp/go.mod or go.sum; run tests/k8s/update-mods $comp"
+	local comp=$1 dir=$K8S_DIR/mod/$1 h wrapper=()
+	if ! k8s_crd_only "$comp"; then
+		[ -f "$dir/go.mod" ] && [ -f "$dir/go.sum" ] ||
+			die "$comp: no mod/$comp/go.mod or go.sum; run tests/k8s/update-mods $comp"
+		wrapper=("$dir/go.mod" "$dir/go.sum")
+	fi
 	h=$({ k8s_rows | awk -v c="$comp" '$1 == c'; k8s_field go 3; echo "recipe $K8S_RECIPE"
-		cat "$dir/go.mod" "$dir/go.sum"; } | sha256sum | cut -c1-12)
+		[ ${#wrapper[@]} -eq 0 ] || cat "${wrapper[@]}"; } | sha256sum | cut -c1-12)
 	printf '%s-%s-%s\n' "$comp" "$(k8s_field "$comp" 3)" "$h"
 }
 

@@ -39,6 +39,13 @@ pub struct Config {
     #[arg(long = "node", value_name = "NAME=ADDR")]
     pub nodes: Vec<String>,
 
+    /// With `--node`: run the reconciler too, against the cluster of
+    /// `KUBECONFIG` (or the in-cluster one), for a test bed whose node
+    /// plugins run outside pods (tests/e2e). Without `--node` the
+    /// reconciler always runs.
+    #[arg(long, requires = "nodes")]
+    pub reconcile: bool,
+
     /// Port of the node API where an address gives none.
     #[arg(long, env = "NODE_API_PORT", default_value_t = blksnap_node_api::identity::NODE_API_PORT)]
     pub node_api_port: u16,
@@ -144,6 +151,7 @@ mod tests {
         assert_eq!(c.driver_name, "blksnap.csi.io");
         assert_eq!(c.node_api_port, 9820);
         assert_eq!(c.nodes, ["w1=127.0.0.1:9820", "w2=10.0.0.2"]);
+        assert!(!c.reconcile);
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(!c.leader_election);
         assert_eq!(c.leader_election_lease_duration, Duration::from_secs(15));
@@ -184,5 +192,16 @@ mod tests {
             assert!(parse(&["--endpoint", bad]).is_err(), "{bad}");
         }
         assert!(Config::try_parse_from(["blksnap-csi-driver"]).is_err());
+    }
+
+    #[test]
+    fn reconcile_is_only_for_a_static_node_map() {
+        assert!(
+            parse(&["--node=w1=127.0.0.1", "--reconcile"])
+                .expect("parses")
+                .reconcile
+        );
+        // Without --node the reconciler runs anyway: the flag would mislead.
+        assert!(parse(&["--reconcile"]).is_err());
     }
 }

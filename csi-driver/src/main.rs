@@ -40,7 +40,7 @@ fn run(config: Config) -> Result<()> {
     let static_nodes = StaticNodes::parse(&config.nodes, config.node_api_port)?;
     if config.leader_election && !config.nodes.is_empty() {
         return Err(Error::Config(
-            "--leader-election needs Kubernetes; a run with --node has none".into(),
+            "--leader-election needs the node map from Kubernetes, not --node".into(),
         ));
     }
     let tls = NodeTls::from_files(
@@ -76,6 +76,11 @@ async fn serve(config: Config, static_nodes: StaticNodes, tls: NodeTls) -> Resul
         tracing::info!(namespace = %watch.namespace, selector = %watch.selector, "discovering nodes");
         tokio::spawn(discovery::run(client.clone(), watch, found.clone()));
         (Arc::new(found), Some(client))
+    } else if config.reconcile {
+        (
+            Arc::new(static_nodes),
+            Some(kube::Client::try_default().await?),
+        )
     } else {
         (Arc::new(static_nodes), None)
     };

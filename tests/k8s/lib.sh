@@ -49,7 +49,8 @@ k8s_go_env() {
 }
 
 # The cache entry of a component: <component>-<version>-<hash>, the hash over
-# its rows in the versions table (pin rows too), its wrapper's go.mod and go.sum, the Go
+# its rows in the versions table (pin rows too), its wrapper's go.mod and go.sum
+# and Go files (our own main package, if any), the Go
 # toolchain and the build script's recipe version, so any change to what
 # goes into the binaries makes a new entry and an old one is never reused.
 K8S_RECIPE=1
@@ -61,7 +62,9 @@ k8s_key() {
 		wrapper=("$dir/go.mod" "$dir/go.sum")
 	fi
 	h=$({ k8s_rows | awk -v c="$comp" '$1 == c'; k8s_field go 3; echo "recipe $K8S_RECIPE"
-		[ ${#wrapper[@]} -eq 0 ] || cat "${wrapper[@]}"; } | sha256sum | cut -c1-12)
+		[ ${#wrapper[@]} -eq 0 ] || cat "${wrapper[@]}"
+		# Nothing for a wrapper without Go files, so their keys stay.
+		[ ${#wrapper[@]} -eq 0 ] || find "$dir" -maxdepth 1 -name '*.go' -print0 | sort -z | xargs -0 -r cat; } | sha256sum | cut -c1-12)
 	printf '%s-%s-%s\n' "$comp" "$(k8s_field "$comp" 3)" "$h"
 }
 

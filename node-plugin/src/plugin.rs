@@ -8,7 +8,7 @@
 //! and change-block metadata in `snapshots.rs`, start-up recovery and the
 //! kernel event watchers here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -76,6 +76,28 @@ pub struct Plugin {
     /// Held from choosing a new volume's storage until its record is
     /// written, so that two creations never pick the same location.
     placement: Mutex<()>,
+    /// Kernel snapshots a delete is destroying: from before the destroy
+    /// until their records are removed, their absence from the kernel is
+    /// that delete, not a loss (see `Deleting`).
+    deleting: Mutex<HashSet<Uuid>>,
+}
+
+/// Marks a kernel snapshot as being deleted until dropped, so that a check
+/// racing the delete (a listing, the reconciler's GetSnapshot) does not
+/// record the snapshot it no longer finds as lost.
+pub(crate) struct Deleting<'a> {
+    plugin: &'a Plugin,
+    kernel: Uuid,
+}
+
+impl Drop for Deleting<'_> {
+    fn drop(&mut self) {
+        self.plugin
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.kernel);
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -228,6 +250,7 @@ impl Plugin {
             metrics: Arc::new(Metrics::new()),
             storages: Mutex::new(HashMap::new()),
             placement: Mutex::new(()),
+            deleting: Mutex::new(HashSet::new()),
         })
     }
 
@@ -589,22 +612,54 @@ impl Plugin {
         }
     }
 
-    /// Records every snapshot of kernel snapshot `kernel` as lost.
+    /// Marks kernel snapshot `kernel` as being deleted until the result is
+    /// dropped; taken before the destroy, dropped after the records go.
+    pub(crate) fn deleting(&self, kernel: Uuid) -> Deleting<'_> {
+        self.deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kernel);
+        Deleting {
+            plugin: self,
+            kernel,
+        }
+    }
+
+    /// Records every snapshot of kernel snapshot `kernel` as lost, unless
+    /// a delete is under way: called after the kernel answered, so a
+    /// snapshot that answer missed because the delete destroyed it is
+    /// still marked as being deleted here, or its record is gone already
+    /// (and `update` does not write it back).
     pub(crate) fn mark_lost(&self, kernel: Uuid, reason: LostReason, detail: &str) -> Result<()> {
-        let members: Vec<SnapshotRecord> = self.state.read(|t| {
+        if self
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&kernel)
+        {
+            tracing::debug!(kernel_snapshot = %kernel, "not lost: being deleted");
+            return Ok(());
+        }
+        let members: Vec<String> = self.state.read(|t| {
             t.snapshots
                 .values()
                 .filter(|s| s.kernel == kernel && s.lost.is_none())
-                .cloned()
+                .map(SnapshotRecord::key)
                 .collect()
         });
-        for mut rec in members {
-            tracing::warn!(kernel_snapshot = %kernel, volume = %rec.volume, reason = reason.as_str(), detail, "snapshot lost");
-            rec.lost = Some(Lost {
-                reason,
-                detail: detail.to_owned(),
-            });
-            self.state.put(&rec)?;
+        for key in members {
+            let marked = self.state.update(&key, |rec: &SnapshotRecord| {
+                rec.lost.is_none().then(|| SnapshotRecord {
+                    lost: Some(Lost {
+                        reason,
+                        detail: detail.to_owned(),
+                    }),
+                    ..rec.clone()
+                })
+            })?;
+            if marked {
+                tracing::warn!(kernel_snapshot = %kernel, snapshot = key, reason = reason.as_str(), detail, "snapshot lost");
+            }
         }
         self.forget_storage(kernel);
         self.update_gauges();
@@ -727,19 +782,22 @@ mod tests {
     use crate::storage::PARAM_LIMIT;
     use crate::testing::Env;
 
+    fn pvc(p: &std::sync::Arc<super::Plugin>) -> crate::state::VolumeRecord {
+        p.create_volume(&CreateVolume {
+            name: "pvc".into(),
+            required: 1 << 20,
+            limit: 0,
+            backend: None,
+            source: None,
+        })
+        .expect("volume")
+    }
+
     #[test]
     fn a_restart_matches_each_snapshot_of_a_volume_to_its_own_kernel_snapshot() {
         let env = Env::new();
         let p = &env.plugin;
-        let vol = p
-            .create_volume(&CreateVolume {
-                name: "pvc".into(),
-                required: 1 << 20,
-                limit: 0,
-                backend: None,
-                source: None,
-            })
-            .expect("volume");
+        let vol = pvc(p);
         let snaps: Vec<_> = ["s0", "s1", "s2", "s3"]
             .iter()
             .map(|n| {
@@ -820,5 +878,55 @@ mod tests {
             text.contains("blksnap_csi_snapshot_storage_limit_bytes 67108864"),
             "{text}"
         );
+    }
+
+    /// A delete destroys the kernel snapshot, then removes its record; a
+    /// listing in between (the reconciler asks all the time) found a record
+    /// without its kernel snapshot and recorded it lost (seen in tests/e2e:
+    /// false losses, and a lost record could be written back after the
+    /// delete removed it).
+    #[test]
+    fn a_snapshot_a_delete_is_destroying_is_not_recorded_lost() {
+        let env = Env::new();
+        let p = &env.plugin;
+        let vol = pvc(p);
+        let snap = p
+            .create_snapshot("s", &p.volume_id(&vol), &HashMap::new())
+            .expect("snapshot");
+        let lost = || {
+            let (list, _) = p.list_snapshots(&Default::default()).expect("list");
+            list.iter()
+                .find(|r| r.kernel == snap.kernel)
+                .and_then(|r| r.lost.as_ref().map(|l| l.reason))
+        };
+        // The state between a delete's destroy and its record's removal.
+        let deleting = p.deleting(snap.kernel);
+        env.kernel
+            .snapshot_destroy(blksnap::SnapshotId(snap.kernel))
+            .expect("destroy");
+        assert_eq!(lost(), None);
+        // Without a delete under way, the same absence is a loss.
+        drop(deleting);
+        assert_eq!(lost(), Some(LostReason::KernelForgot));
+    }
+
+    #[test]
+    fn an_update_never_writes_back_a_removed_record() {
+        let env = Env::new();
+        let p = &env.plugin;
+        let vol = pvc(p);
+        let snap = p
+            .create_snapshot("s", &p.volume_id(&vol), &HashMap::new())
+            .expect("snapshot");
+        p.state
+            .remove::<crate::state::SnapshotRecord>(&snap.key())
+            .expect("remove");
+        assert!(!p
+            .state
+            .update(&snap.key(), |r: &crate::state::SnapshotRecord| Some(
+                r.clone()
+            ))
+            .expect("update"));
+        assert!(p.state.read(|t| t.snapshots.is_empty()));
     }
 }

@@ -465,6 +465,24 @@ impl State {
         Ok(())
     }
 
+    /// Replaces the record `key` of `T`'s table with what `f` makes of it,
+    /// if it is there and `f` gives one; in one step with respect to
+    /// `put` and `remove`, so a record removed meanwhile is never written
+    /// back. True when it was replaced.
+    pub fn update<T: Record>(&self, key: &str, f: impl FnOnce(&T) -> Option<T>) -> Result<bool> {
+        let _writing = self.lock_writing();
+        let Some(record) = T::table(&mut self.lock()).get(key).and_then(f) else {
+            return Ok(false);
+        };
+        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Error::Corrupt {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.store.write(T::TABLE, key, Some(&bytes))?;
+        T::table(&mut self.lock()).insert(key.to_owned(), record);
+        Ok(true)
+    }
+
     /// Removes the record `key` of `T`'s table (absent is fine).
     pub fn remove<T: Record>(&self, key: &str) -> Result<()> {
         let _writing = self.lock_writing();

@@ -387,9 +387,13 @@ impl Plugin {
                 .values()
                 .any(|s| s.kernel == rec.kernel && s.key() != key)
         });
-        if !shared {
+        let _deleting = if shared {
+            None
+        } else {
+            let deleting = self.deleting(rec.kernel);
             self.destroy_kernel(rec.kernel)?;
-        }
+            Some(deleting)
+        };
         self.state.remove::<SnapshotRecord>(&key)?;
         self.update_gauges();
         tracing::info!(snapshot = text, "snapshot deleted");
@@ -592,6 +596,7 @@ impl Plugin {
         });
         let _members = self.locks.try_lock(keys.iter().map(|k| snapshot_key(k)))?;
         self.check_member_ids(&g, snapshot_ids)?;
+        let _deleting = self.deleting(g.kernel);
         self.destroy_kernel(g.kernel)?;
         // The group record goes first: members left without it are undone
         // at start, so a crash half way still ends in a complete delete.

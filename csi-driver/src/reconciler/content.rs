@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use super::lost;
 use super::metrics::Kind;
-use super::resources::VolumeSnapshotContent;
+use super::resources::{being_deleted, VolumeSnapshotContent};
 use super::{Context, NodeSnapshots, SnapshotState};
 use crate::Result;
 use blksnap_node_api::ids;
@@ -18,7 +18,7 @@ pub async fn reconcile<N: NodeSnapshots>(
     content: Arc<VolumeSnapshotContent>,
     ctx: Arc<Context<N>>,
 ) -> Result<Action> {
-    if content.spec.driver != ctx.config.driver || content.metadata.deletion_timestamp.is_some() {
+    if content.spec.driver != ctx.config.driver || being_deleted(&content.metadata) {
         return Ok(Action::await_change());
     }
     let _timer = ctx.metrics.reconcile(Kind::Content);

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::lost;
 use super::metrics::Kind;
-use super::resources::{SnapshotError, VolumeGroupSnapshotContent};
+use super::resources::{being_deleted, SnapshotError, VolumeGroupSnapshotContent};
 use super::{Context, NodeSnapshots, SnapshotState};
 use crate::Result;
 use blksnap_node_api::ids;
@@ -24,7 +24,7 @@ pub async fn reconcile<N: NodeSnapshots>(
     group: Arc<VolumeGroupSnapshotContent>,
     ctx: Arc<Context<N>>,
 ) -> Result<Action> {
-    if group.spec.driver != ctx.config.driver || group.metadata.deletion_timestamp.is_some() {
+    if group.spec.driver != ctx.config.driver || being_deleted(&group.metadata) {
         return Ok(Action::await_change());
     }
     let _timer = ctx.metrics.reconcile(Kind::GroupContent);

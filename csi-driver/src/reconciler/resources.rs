@@ -6,7 +6,7 @@
 //! chart), so no schema is generated here.
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
@@ -203,5 +203,55 @@ impl VolumeGroupSnapshotContent {
             .iter()
             .flat_map(|h| h.volume_snapshot_handles.iter().map(String::as_str));
         listed.chain(given)
+    }
+}
+
+/// The snapshot-controller's marks of a content whose (group) snapshot is
+/// being deleted: csi-snapshotter deletes the snapshot on the node when it
+/// sees them, before the content object goes.
+const BEING_DELETED: [&str; 2] = [
+    "snapshot.storage.kubernetes.io/volumesnapshot-being-deleted",
+    "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-being-deleted",
+];
+
+/// Whether a content is on its way out: deleted, or marked so by the
+/// snapshot-controller. Its node may already have forgotten the snapshot,
+/// which is then the delete, not a loss.
+pub fn being_deleted(meta: &ObjectMeta) -> bool {
+    meta.deletion_timestamp.is_some()
+        || meta
+            .annotations
+            .as_ref()
+            .is_some_and(|a| BEING_DELETED.iter().any(|k| a.contains_key(*k)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    use super::being_deleted;
+
+    #[test]
+    fn a_content_is_being_deleted_when_deleted_or_marked_by_the_snapshot_controller() {
+        let annotated = |k: &str| ObjectMeta {
+            annotations: Some(BTreeMap::from([(k.to_owned(), "yes".to_owned())])),
+            ..Default::default()
+        };
+        assert!(!being_deleted(&ObjectMeta::default()));
+        assert!(!being_deleted(&annotated(
+            "snapshot.storage.kubernetes.io/deletion-secret-name"
+        )));
+        assert!(being_deleted(&annotated(
+            "snapshot.storage.kubernetes.io/volumesnapshot-being-deleted"
+        )));
+        assert!(being_deleted(&annotated(
+            "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-being-deleted"
+        )));
+        assert!(being_deleted(&ObjectMeta {
+            deletion_timestamp: Some(Time(Default::default())),
+            ..Default::default()
+        }));
     }
 }

@@ -793,6 +793,12 @@ mod tests {
         .expect("volume")
     }
 
+    fn snapshot_of_a_pvc(p: &std::sync::Arc<super::Plugin>) -> crate::state::SnapshotRecord {
+        let vol = pvc(p);
+        p.create_snapshot("s", &p.volume_id(&vol), &HashMap::new())
+            .expect("snapshot")
+    }
+
     #[test]
     fn a_restart_matches_each_snapshot_of_a_volume_to_its_own_kernel_snapshot() {
         let env = Env::new();
@@ -889,10 +895,7 @@ mod tests {
     fn a_snapshot_a_delete_is_destroying_is_not_recorded_lost() {
         let env = Env::new();
         let p = &env.plugin;
-        let vol = pvc(p);
-        let snap = p
-            .create_snapshot("s", &p.volume_id(&vol), &HashMap::new())
-            .expect("snapshot");
+        let snap = snapshot_of_a_pvc(p);
         let lost = || {
             let (list, _) = p.list_snapshots(&Default::default()).expect("list");
             list.iter()
@@ -914,10 +917,7 @@ mod tests {
     fn an_update_never_writes_back_a_removed_record() {
         let env = Env::new();
         let p = &env.plugin;
-        let vol = pvc(p);
-        let snap = p
-            .create_snapshot("s", &p.volume_id(&vol), &HashMap::new())
-            .expect("snapshot");
+        let snap = snapshot_of_a_pvc(p);
         p.state
             .remove::<crate::state::SnapshotRecord>(&snap.key())
             .expect("remove");

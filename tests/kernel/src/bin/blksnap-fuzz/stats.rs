@@ -1,31 +1,52 @@
 //! What the calls returned: a histogram per command and one of errnos, and
 //! the invariant violations, each with the thread and call that saw it.
+//! Each command also gets the time its thread spent since its previous
+//! record, so that the table shows where a thread's time goes (the call,
+//! its waits on the module's locks, and for the side threads the pauses
+//! before it).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
 /// Violations printed in full; the rest are only counted.
 const SHOWN: usize = 50;
 
+/// One command's calls.
+#[derive(Default)]
+struct Command {
+    calls: u64,
+    ok: u64,
+    /// Time since the thread's previous record, summed, and its maximum.
+    time: Duration,
+    max: Duration,
+}
+
 #[derive(Default)]
 pub struct Stats {
-    /// command -> (calls, successes)
-    pub commands: BTreeMap<&'static str, (u64, u64)>,
+    commands: BTreeMap<&'static str, Command>,
     /// errno name ("ok" for success) -> count
-    pub errnos: BTreeMap<String, u64>,
+    errnos: BTreeMap<String, u64>,
     pub calls: u64,
+    /// When the thread's previous record was (None before its first).
+    last: Option<Instant>,
 }
 
 impl Stats {
     pub fn record<T>(&mut self, cmd: &'static str, r: &Result<T, Errno>) {
+        let now = Instant::now();
+        let took = self.last.map_or(Duration::ZERO, |t| now - t);
+        self.last = Some(now);
         self.calls += 1;
         let c = self.commands.entry(cmd).or_default();
-        c.0 += 1;
+        c.calls += 1;
+        c.time += took;
+        c.max = c.max.max(took);
         let key = match r {
             Ok(_) => {
-                c.1 += 1;
+                c.ok += 1;
                 "ok".to_owned()
             }
             Err(e) => format!("{e:?}"),
@@ -47,8 +68,10 @@ impl Stats {
         self.calls += other.calls;
         for (k, v) in &other.commands {
             let c = self.commands.entry(k).or_default();
-            c.0 += v.0;
-            c.1 += v.1;
+            c.calls += v.calls;
+            c.ok += v.ok;
+            c.time += v.time;
+            c.max = c.max.max(v.max);
         }
         for (k, v) in &other.errnos {
             *self.errnos.entry(k.clone()).or_default() += v;
@@ -57,9 +80,20 @@ impl Stats {
 
     pub fn print(&self, title: &str) {
         println!("{title}: {} calls", self.calls);
-        println!("  {:<28} {:>10} {:>10}", "command", "calls", "ok");
-        for (k, (n, ok)) in &self.commands {
-            println!("  {k:<28} {n:>10} {ok:>10}");
+        println!(
+            "  {:<28} {:>10} {:>10} {:>10} {:>9} {:>9}",
+            "command", "calls", "ok", "time s", "mean ms", "max ms"
+        );
+        for (k, c) in &self.commands {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "  {k:<28} {:>10} {:>10} {:>10.1} {:>9.2} {:>9.1}",
+                c.calls,
+                c.ok,
+                c.time.as_secs_f64(),
+                ms(c.time) / c.calls as f64,
+                ms(c.max)
+            );
         }
         println!("  errno histogram:");
         let mut by_count: Vec<_> = self.errnos.iter().collect();

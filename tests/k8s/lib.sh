@@ -62,9 +62,11 @@ k8s_key() {
 		wrapper=("$dir/go.mod" "$dir/go.sum")
 	fi
 	h=$({ k8s_rows | awk -v c="$comp" '$1 == c'; k8s_field go 3; echo "recipe $K8S_RECIPE"
-		[ ${#wrapper[@]} -eq 0 ] || cat "${wrapper[@]}"
-		# Nothing for a wrapper without Go files, so their keys stay.
-		[ ${#wrapper[@]} -eq 0 ] || find "$dir" -maxdepth 1 -name '*.go' -print0 | sort -z | xargs -0 -r cat; } | sha256sum | cut -c1-12)
+		if [ ${#wrapper[@]} -gt 0 ]; then
+			cat "${wrapper[@]}"
+			# Nothing for a wrapper without Go files, so their keys stay.
+			find "$dir" -maxdepth 1 -name '*.go' -print0 | sort -z | xargs -0 -r cat
+		fi; } | sha256sum | cut -c1-12)
 	printf '%s-%s-%s\n' "$comp" "$(k8s_field "$comp" 3)" "$h"
 }
 

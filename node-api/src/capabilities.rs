@@ -48,7 +48,7 @@ pub fn plugin_response() -> csi::GetPluginCapabilitiesResponse {
 }
 
 /// The Controller RPCs offered.
-pub const CONTROLLER: [ControllerCap; 8] = [
+pub const CONTROLLER: [ControllerCap; 9] = [
     ControllerCap::CreateDeleteVolume,
     ControllerCap::CreateDeleteSnapshot,
     ControllerCap::ListSnapshots,
@@ -57,6 +57,9 @@ pub const CONTROLLER: [ControllerCap; 8] = [
     ControllerCap::CloneVolume,
     ControllerCap::ExpandVolume,
     ControllerCap::GetCapacity,
+    // SINGLE_NODE_SINGLE_WRITER and _MULTI_WRITER: ReadWriteOncePod is
+    // enforced on the node, one target per volume.
+    ControllerCap::SingleNodeMultiWriter,
 ];
 
 /// The GroupController RPCs offered.

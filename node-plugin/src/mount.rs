@@ -1,6 +1,7 @@
 //! Mounts: bind mounts of device nodes and directories, file system
 //! mounts with CSI mount flags, unmounts, and reading the mount table.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -93,16 +94,44 @@ pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
     Ok(mounts()?.into_iter().rev().find(|m| m.mount_point == path))
 }
 
+/// A `dev_t` as mountinfo's `(major, minor)`.
+fn split_dev(dev: u64) -> (u64, u64) {
+    (
+        u64::from(nix::sys::stat::major(dev) as u32),
+        u64::from(nix::sys::stat::minor(dev) as u32),
+    )
+}
+
 /// `(major, minor)` of the device node at `path` (following a bind mount
 /// to the node mounted there), as mountinfo names devices.
 pub fn device_number(path: &Path) -> Result<(u64, u64)> {
-    let rdev = std::os::unix::fs::MetadataExt::rdev(
-        &std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?,
-    );
-    Ok((
-        u64::from(nix::sys::stat::major(rdev) as u32),
-        u64::from(nix::sys::stat::minor(rdev) as u32),
-    ))
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    Ok(split_dev(std::os::unix::fs::MetadataExt::rdev(&meta)))
+}
+
+/// The mount points below `root` that hold the block device node
+/// `device`: mounts of its file system (mountinfo names the device) and
+/// binds of the node itself (mountinfo names the file system that holds
+/// the node, `/dev`'s). Only mounts of that second kind are stat'ed, to
+/// see which node they hold: a stat of another driver's mount (a server
+/// gone) could hang.
+pub fn publications(root: &Path, device: &Path) -> Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(device).map_err(|e| Error::io("stat", device, e))?;
+    let dev = split_dev(std::os::unix::fs::MetadataExt::rdev(&meta));
+    let holder = split_dev(std::os::unix::fs::MetadataExt::dev(&meta));
+    Ok(mounts()?
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(root) && m.mount_point != root)
+        .filter(|m| {
+            m.device == dev
+                || (m.device == holder
+                    && std::fs::metadata(&m.mount_point).is_ok_and(|t| {
+                        t.file_type().is_block_device()
+                            && split_dev(std::os::unix::fs::MetadataExt::rdev(&t)) == dev
+                    }))
+        })
+        .map(|m| m.mount_point)
+        .collect())
 }
 
 /// Bind-mounts `src` (a device node or a directory) on `target`,

@@ -99,6 +99,38 @@ fn volume_id(v: &str) -> Result<VolumeId> {
     v.parse().map_err(|_| Error::not_found("volume", v))
 }
 
+/// SINGLE_NODE_SINGLE_WRITER (Kubernetes' ReadWriteOncePod) allows one
+/// target: a publication of `device` anywhere below the kubelet's
+/// directory but at `staging` (its file system's stage) and `target` (a
+/// publish again) refuses another. Read from the mount table, so it holds
+/// across restarts of the plugin.
+fn check_single_writer(
+    kubelet: &KubeletDir,
+    cap: &csi::VolumeCapability,
+    device: &Path,
+    staging: &Path,
+    target: &Path,
+) -> Result<()> {
+    use csi::volume_capability::access_mode::Mode;
+    if cap.access_mode.as_ref().map(|m| m.mode()) != Some(Mode::SingleNodeSingleWriter) {
+        return Ok(());
+    }
+    let (staging, target) = (
+        std::fs::canonicalize(staging).ok(),
+        std::fs::canonicalize(target).ok(),
+    );
+    let other = crate::mount::publications(&kubelet.real, device)?
+        .into_iter()
+        .find(|p| Some(p) != staging.as_ref() && Some(p) != target.as_ref());
+    match other {
+        Some(p) => Err(Error::Precondition(format!(
+            "the volume is published at {} and its access mode SINGLE_NODE_SINGLE_WRITER allows one target",
+            p.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn is_readonly_mode(cap: &csi::VolumeCapability) -> bool {
     use csi::volume_capability::access_mode::Mode;
     cap.access_mode
@@ -207,7 +239,9 @@ impl Node for NodeService {
             let staging = kubelet.path("staging_target_path", &r.staging_target_path)?;
             let target = kubelet.path("target_path", &r.target_path)?;
             let readonly = r.readonly || is_readonly_mode(&cap);
-            match access_of(&cap)? {
+            let access = access_of(&cap)?;
+            check_single_writer(&kubelet, &cap, &dev, &staging, &target)?;
+            match access {
                 Access::Block => block_volume::publish(&dev, &target, readonly),
                 Access::Mount { .. } => {
                     filesystem_volume::publish(&dev, &staging, &target, readonly)
@@ -360,6 +394,7 @@ impl Node for NodeService {
             Cap::StageUnstageVolume,
             Cap::GetVolumeStats,
             Cap::ExpandVolume,
+            Cap::SingleNodeMultiWriter,
         ];
         Ok(Response::new(csi::NodeGetCapabilitiesResponse {
             capabilities: caps
@@ -740,6 +775,7 @@ mod tests {
             Cap::StageUnstageVolume,
             Cap::GetVolumeStats,
             Cap::ExpandVolume,
+            Cap::SingleNodeMultiWriter,
         ] {
             assert!(caps.contains(&(want as i32)), "{want:?}");
         }

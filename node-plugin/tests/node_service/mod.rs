@@ -511,6 +511,72 @@ fn publish_answers_already_exists_for_another_volume_or_mode_at_the_target() {
 }
 
 #[test]
+fn single_node_single_writer_allows_one_target_and_multi_writer_several() {
+    let w = World::new();
+    let node = node(&w);
+    let rt = runtime();
+    let single = mount_cap("ext4", Mode::SingleNodeSingleWriter);
+    let multi = mount_cap("ext4", Mode::SingleNodeMultiWriter);
+    let v = w.create("pvc-sw", 64 * MIB, None, None);
+    let vid = w.vid(&v);
+    let staging = w.root.join("state/sw-staging");
+    let [t1, t2, t3] = ["sw-1", "sw-2", "sw-3"].map(|t| w.root.join("state").join(t));
+    rt.block_on(node.node_stage_volume(stage_req(&vid, &staging, single.clone())))
+        .expect("stage");
+    let publish = |t: &Path, cap: &csi::VolumeCapability| {
+        done(rt.block_on(node.node_publish_volume(publish_req(
+            &vid,
+            &staging,
+            t,
+            cap.clone(),
+            false,
+        ))))
+    };
+    publish(&t1, &single).expect("first target");
+    publish(&t1, &single).expect("the same target again");
+    assert_eq!(
+        code(publish(&t2, &single)),
+        Code::FailedPrecondition,
+        "a second target of a single-writer volume"
+    );
+    assert!(!is_mounted(&t2), "the refused target is left unmounted");
+    // Multi-writer: as many targets as asked.
+    publish(&t2, &multi).expect("a second target, multi-writer");
+    publish(&t3, &multi).expect("a third target, multi-writer");
+    for t in [&t2, &t3] {
+        rt.block_on(node.node_unpublish_volume(unpublish_req(&vid, t)))
+            .expect("unpublish");
+    }
+    // Once the only other target is gone, a single-writer one is fine.
+    rt.block_on(node.node_unpublish_volume(unpublish_req(&vid, &t1)))
+        .expect("unpublish");
+    publish(&t2, &single).expect("the one target after the other went");
+    rt.block_on(node.node_unpublish_volume(unpublish_req(&vid, &t2)))
+        .expect("unpublish");
+    rt.block_on(node.node_unstage_volume(unstage_req(&vid, &staging)))
+        .expect("unstage");
+
+    // Raw block: the device node's binds are the publications.
+    let block = |mode: Mode| csi::VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        ..block_cap()
+    };
+    let [b1, b2] = ["sw-b1", "sw-b2"].map(|t| w.root.join("state").join(t));
+    publish(&b1, &block(Mode::SingleNodeSingleWriter)).expect("first block target");
+    assert_eq!(
+        code(publish(&b2, &block(Mode::SingleNodeSingleWriter))),
+        Code::FailedPrecondition,
+        "a second block target of a single-writer volume"
+    );
+    rt.block_on(node.node_unpublish_volume(unpublish_req(&vid, &b1)))
+        .expect("unpublish block");
+    publish(&b2, &block(Mode::SingleNodeSingleWriter)).expect("the one block target");
+    rt.block_on(node.node_unpublish_volume(unpublish_req(&vid, &b2)))
+        .expect("unpublish block");
+    w.p().delete_volume(&vid).expect("delete volume");
+}
+
+#[test]
 fn unpublish_removes_nothing_outside_the_kubelet_directory() {
     let w = World::new();
     let node = node(&w);

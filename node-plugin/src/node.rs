@@ -101,9 +101,11 @@ fn volume_id(v: &str) -> Result<VolumeId> {
 
 /// SINGLE_NODE_SINGLE_WRITER (Kubernetes' ReadWriteOncePod) allows one
 /// target: a publication of `device` anywhere below the kubelet's
-/// directory but at `staging` (its file system's stage) and `target` (a
-/// publish again) refuses another. Read from the mount table, so it holds
-/// across restarts of the plugin.
+/// directory but at `staging` (its file system's stage) refuses another.
+/// A publish again at a target that holds it is a repeat, whatever else
+/// holds it: the kubelet binds a raw block target's node once more for
+/// the pod, and asks again after its restart. Read from the mount table,
+/// so it holds across restarts of the plugin.
 fn check_single_writer(
     kubelet: &KubeletDir,
     cap: &csi::VolumeCapability,
@@ -119,10 +121,11 @@ fn check_single_writer(
         std::fs::canonicalize(staging).ok(),
         std::fs::canonicalize(target).ok(),
     );
-    let other = crate::mount::publications(&kubelet.real, device)?
-        .into_iter()
-        .find(|p| Some(p) != staging.as_ref() && Some(p) != target.as_ref());
-    match other {
+    let held = crate::mount::publications(&kubelet.real, device)?;
+    if held.iter().any(|p| Some(p) == target.as_ref()) {
+        return Ok(());
+    }
+    match held.into_iter().find(|p| Some(p) != staging.as_ref()) {
         Some(p) => Err(Error::Precondition(format!(
             "the volume is published at {} and its access mode SINGLE_NODE_SINGLE_WRITER allows one target",
             p.display()

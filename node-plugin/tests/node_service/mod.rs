@@ -563,6 +563,13 @@ fn single_node_single_writer_allows_one_target_and_multi_writer_several() {
     };
     let [b1, b2] = ["sw-b1", "sw-b2"].map(|t| w.root.join("state").join(t));
     publish(&b1, &block(Mode::SingleNodeSingleWriter)).expect("first block target");
+    // The kubelet binds a published raw block node once more for the pod
+    // (its volumeDevices/.../dev/<pod> file); a publish again at the
+    // target is still a repeat.
+    let kubelet_bind = w.root.join("state/sw-kubelet-bind");
+    File::create(&kubelet_bind).expect("bind target");
+    blksnap_node_plugin::mount::bind(&b1, &kubelet_bind, false).expect("the kubelet's bind");
+    publish(&b1, &block(Mode::SingleNodeSingleWriter)).expect("the block target again");
     assert_eq!(
         code(publish(&b2, &block(Mode::SingleNodeSingleWriter))),
         Code::FailedPrecondition,
@@ -570,6 +577,12 @@ fn single_node_single_writer_allows_one_target_and_multi_writer_several() {
     );
     rt.block_on(node.node_unpublish_volume(unpublish_req(&vid, &b1)))
         .expect("unpublish block");
+    assert_eq!(
+        code(publish(&b2, &block(Mode::SingleNodeSingleWriter))),
+        Code::FailedPrecondition,
+        "the kubelet's bind of the other target still holds the volume"
+    );
+    blksnap_node_plugin::mount::unmount_all(&kubelet_bind).expect("unmount the kubelet's bind");
     publish(&b2, &block(Mode::SingleNodeSingleWriter)).expect("the one block target");
     rt.block_on(node.node_unpublish_volume(unpublish_req(&vid, &b2)))
         .expect("unpublish block");

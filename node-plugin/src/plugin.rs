@@ -8,7 +8,7 @@
 //! and change-block metadata in `snapshots.rs`, start-up recovery and the
 //! kernel event watchers here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,7 @@ use crate::{Error, Result};
 use blksnap_node_api::ids::VolumeId;
 
 mod snapshots;
+mod storages;
 mod volumes;
 
 pub use snapshots::{MetadataPage, SnapshotFilter};
@@ -69,10 +70,10 @@ pub struct Plugin {
     /// control device).
     snapshots_per_device: PerDevice,
     pub metrics: Arc<Metrics>,
-    /// Difference storage files and limits of the snapshots this process
-    /// took, by kernel id, for the storage gauges (an unnamed file cannot
-    /// be found again after a restart).
-    storages: Mutex<HashMap<Uuid, (File, u64)>>,
+    /// Difference storage of the snapshots this process took, for the
+    /// storage gauges (an unnamed file cannot be found again after a
+    /// restart).
+    storages: Mutex<storages::Storages>,
     /// Held from choosing a new volume's storage until its record is
     /// written, so that two creations never pick the same location.
     placement: Mutex<()>,
@@ -248,7 +249,7 @@ impl Plugin {
             state,
             locks: Locks::new(),
             metrics: Arc::new(Metrics::new()),
-            storages: Mutex::new(HashMap::new()),
+            storages: Mutex::new(storages::Storages::default()),
             placement: Mutex::new(()),
             deleting: Mutex::new(HashSet::new()),
         })
@@ -666,36 +667,33 @@ impl Plugin {
         Ok(())
     }
 
-    /// Drops the storage file of a kernel snapshot.
+    /// Kernel snapshot `kernel` is gone: its storage stops counting once
+    /// no older held snapshot may read it (`storages`).
     pub(crate) fn forget_storage(&self, kernel: Uuid) {
         self.storages
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&kernel);
+            .destroyed(kernel, |f| crate::storage::used_bytes(f).ok());
         self.sample_storage();
     }
 
-    pub(crate) fn keep_storage(&self, kernel: Uuid, file: File, limit: u64) {
+    /// The storage of kernel snapshot `kernel`, just taken of `volumes`.
+    pub(crate) fn keep_storage(&self, kernel: Uuid, file: File, limit: u64, volumes: Vec<String>) {
         self.storages
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(kernel, (file, limit));
+            .taken(kernel, file, limit, volumes);
         self.sample_storage();
     }
 
-    /// Sets the storage gauges: totals over the held snapshots this
-    /// process took (labels per snapshot would grow without bound).
+    /// Sets the storage gauges: node totals (labels per snapshot would
+    /// grow without bound).
     fn sample_storage(&self) {
-        let (used, limit) = {
-            let storages = self.storages.lock().unwrap_or_else(|p| p.into_inner());
-            storages
-                .values()
-                .fold((0u64, 0u64), |(used, limit), (f, l)| {
-                    // A file that cannot be read counts as full.
-                    let u = crate::storage::used_bytes(f).unwrap_or(*l);
-                    (used.saturating_add(u), limit.saturating_add(*l))
-                })
-        };
+        let (used, limit) = self
+            .storages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .totals(|f| crate::storage::used_bytes(f).ok());
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.metrics.storage_used.set(gauge(used));
         self.metrics.storage_limit.set(gauge(limit));

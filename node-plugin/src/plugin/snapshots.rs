@@ -296,7 +296,8 @@ impl Plugin {
         taken.armed = false;
         let kernel = taken.id.0;
         drop(taken);
-        self.keep_storage(kernel, storage_file, limit);
+        let volumes = records.iter().map(|r| r.volume.clone()).collect();
+        self.keep_storage(kernel, storage_file, limit, volumes);
         self.update_gauges();
         self.watch(kernel);
         Ok(())

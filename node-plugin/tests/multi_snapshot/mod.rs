@@ -212,6 +212,46 @@ fn three_snapshots_taken_at_different_moments_each_restore_to_their_own() {
 }
 
 #[test]
+fn a_destroyed_snapshots_storage_counts_while_an_older_one_may_read_it() {
+    let size = 32 * MIB;
+    let Some((w, vol, dev, mut m)) = setup(Interface::SeveralSnapshotsPerDevice, "pvc-mg", size)
+    else {
+        return;
+    };
+    let gauges = || {
+        let metrics = &w.p().metrics;
+        (metrics.storage_used.get(), metrics.storage_limit.get())
+    };
+    let s1 = w.snapshot("g1", &vol, &[]);
+    let at1 = m.blocks.clone();
+    let s2 = w.snapshot("g2", &vol, &[]);
+    let (_, limit) = gauges();
+    assert!(limit > 0, "two storages reserved");
+    // First writes after the newest take: their copies go to its storage
+    // and serve both snapshots. The gauge is sampled by the event watch.
+    m.write(&dev, 0..8 * MIB, 1);
+    let start = std::time::Instant::now();
+    while gauges().0 == 0 {
+        assert!(start.elapsed().as_secs() < 60, "no copy counted after 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let used = gauges().0;
+
+    // The newer one goes; the older one still reads those copies, so its
+    // storage still counts, and nothing of it was freed.
+    w.p().delete_snapshot(&s2).expect("delete s2");
+    let (used_after, limit_after) = gauges();
+    assert!(
+        used_after >= used && limit_after == limit,
+        "after the newer one's delete ({used_after}, {limit_after}), before ({used}, {limit})"
+    );
+    restore_is(&w, &s1, size, &at1);
+    w.p().delete_snapshot(&s1).expect("delete s1");
+    assert_eq!(gauges(), (0, 0), "nothing counted once both are gone");
+    finish(&w, &vol);
+}
+
+#[test]
 fn a_clone_while_snapshots_are_held_copies_now_and_leaves_them_be() {
     let size = 32 * MIB;
     let Some((w, vol, dev, mut m)) = setup(Interface::SeveralSnapshotsPerDevice, "pvc-mc", size)

@@ -1,7 +1,7 @@
 //! Mounts: bind mounts of device nodes and directories, file system
 //! mounts with CSI mount flags, unmounts, and reading the mount table.
 
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -106,7 +106,7 @@ fn split_dev(dev: u64) -> (u64, u64) {
 /// to the node mounted there), as mountinfo names devices.
 pub fn device_number(path: &Path) -> Result<(u64, u64)> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
-    Ok(split_dev(std::os::unix::fs::MetadataExt::rdev(&meta)))
+    Ok(split_dev(meta.rdev()))
 }
 
 /// The mount points below `root` that hold the block device node
@@ -117,8 +117,8 @@ pub fn device_number(path: &Path) -> Result<(u64, u64)> {
 /// gone) could hang.
 pub fn publications(root: &Path, device: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(device).map_err(|e| Error::io("stat", device, e))?;
-    let dev = split_dev(std::os::unix::fs::MetadataExt::rdev(&meta));
-    let holder = split_dev(std::os::unix::fs::MetadataExt::dev(&meta));
+    let dev = split_dev(meta.rdev());
+    let holder = split_dev(meta.dev());
     Ok(mounts()?
         .into_iter()
         .filter(|m| m.mount_point.starts_with(root) && m.mount_point != root)
@@ -126,8 +126,7 @@ pub fn publications(root: &Path, device: &Path) -> Result<Vec<PathBuf>> {
             m.device == dev
                 || (m.device == holder
                     && std::fs::metadata(&m.mount_point).is_ok_and(|t| {
-                        t.file_type().is_block_device()
-                            && split_dev(std::os::unix::fs::MetadataExt::rdev(&t)) == dev
+                        t.file_type().is_block_device() && split_dev(t.rdev()) == dev
                     }))
         })
         .map(|m| m.mount_point)

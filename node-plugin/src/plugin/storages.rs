@@ -25,13 +25,17 @@ pub(crate) struct Storages {
 }
 
 struct Entry {
-    /// Open while its snapshot is held.
-    file: Option<File>,
-    /// Bytes written, as of the destroy (`file` is `None` then).
-    used_at_destroy: u64,
+    state: State,
     limit: u64,
     volumes: Vec<String>,
     order: u64,
+}
+
+enum State {
+    /// Its snapshot is held: the file, measured when asked.
+    Held(File),
+    /// Its snapshot is gone: the bytes written as of then.
+    Gone { used: u64 },
 }
 
 impl Storages {
@@ -43,8 +47,7 @@ impl Storages {
         self.entries.insert(
             kernel,
             Entry {
-                file: Some(file),
-                used_at_destroy: 0,
+                state: State::Held(file),
                 limit,
                 volumes,
                 order,
@@ -57,18 +60,20 @@ impl Storages {
     /// `used` measures a file's written bytes.
     pub(crate) fn destroyed(&mut self, kernel: Uuid, used: impl Fn(&File) -> Option<u64>) {
         if let Some(e) = self.entries.get_mut(&kernel) {
-            if let Some(f) = e.file.take() {
-                e.used_at_destroy = used(&f).unwrap_or(e.limit);
+            if let State::Held(f) = &e.state {
+                e.state = State::Gone {
+                    used: used(f).unwrap_or(e.limit),
+                };
             }
         }
         let held: Vec<(u64, Vec<String>)> = self
             .entries
             .values()
-            .filter(|e| e.file.is_some())
+            .filter(|e| matches!(e.state, State::Held(_)))
             .map(|e| (e.order, e.volumes.clone()))
             .collect();
         self.entries.retain(|_, e| {
-            e.file.is_some()
+            matches!(e.state, State::Held(_))
                 || held.iter().any(|(order, volumes)| {
                     *order < e.order && volumes.iter().any(|v| e.volumes.contains(v))
                 })
@@ -79,9 +84,9 @@ impl Storages {
     /// snapshot's file (a file it cannot read counts as full).
     pub(crate) fn totals(&self, used: impl Fn(&File) -> Option<u64>) -> (u64, u64) {
         self.entries.values().fold((0, 0), |(u, l), e| {
-            let now = match &e.file {
-                Some(f) => used(f).unwrap_or(e.limit),
-                None => e.used_at_destroy,
+            let now = match &e.state {
+                State::Held(f) => used(f).unwrap_or(e.limit),
+                State::Gone { used } => *used,
             };
             (u.saturating_add(now), l.saturating_add(e.limit))
         })

@@ -81,12 +81,14 @@ ALLOW_ERROR_INJECTION(chunk_new, NULL);
 
 void chunk_free(struct chunk *chunk)
 {
+	struct diff_buffer *buf;
 	struct bio *bio;
 
 	while ((bio = bio_list_pop(&chunk->loads)))
 		bio_put(bio);
-	if (chunk->buf)
-		diff_buffer_put(&chunk->area->pool, chunk->buf);
+	buf = chunk_take_buf(chunk);
+	if (buf)
+		diff_buffer_put(&chunk->area->pool, buf);
 	if (chunk->storage) {
 		if (chunk->state == CHUNK_STORED)
 			diff_storage_unuse(chunk->storage,
@@ -96,11 +98,31 @@ void chunk_free(struct chunk *chunk)
 	kfree(chunk);
 }
 
-/* Where the copy goes; under &diff_area.lock, so no sleep. */
+/*
+ * Where the copy goes; under &diff_area.lock, so no sleep. A copy not yet
+ * written (it holds its buffer) is due there; one moved is due no more
+ * where it was, and the caller drops its reference to that storage.
+ */
 void chunk_set_storage(struct chunk *chunk, struct diff_storage *storage)
 {
 	diff_storage_get(storage);
+	if (chunk->buf) {
+		if (chunk->storage)
+			diff_storage_arrived(chunk->storage);
+		diff_storage_due(storage);
+	}
 	chunk->storage = storage;
+}
+
+/* The copy's buffer goes: it is written, failed or dropped. */
+struct diff_buffer *chunk_take_buf(struct chunk *chunk)
+{
+	struct diff_buffer *buf = chunk->buf;
+
+	chunk->buf = NULL;
+	if (buf && chunk->storage)
+		diff_storage_arrived(chunk->storage);
+	return buf;
 }
 
 void chunk_load(struct chunk *chunk)

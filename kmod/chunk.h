@@ -72,6 +72,7 @@ struct chunk *chunk_new(struct diff_area *area, unsigned long number,
 			gfp_t gfp);
 void chunk_free(struct chunk *chunk);
 void chunk_set_storage(struct chunk *chunk, struct diff_storage *storage);
+struct diff_buffer *chunk_take_buf(struct chunk *chunk);
 void chunk_load(struct chunk *chunk);
 
 #endif /* __BLKSNAP_CHUNK_H */

@@ -621,8 +621,7 @@ static bool diff_area_release_chunk(struct diff_area *area,
 	bio_list_init(&chunk->waiting);
 	if (err || area->error || area->stopping) {
 		chunk->state = CHUNK_FAILED;
-		buf = chunk->buf;
-		chunk->buf = NULL;
+		buf = chunk_take_buf(chunk);
 		area->nr_buffers--;
 	} else {
 		chunk->state = CHUNK_STORING;
@@ -723,8 +722,7 @@ static void diff_area_store_done(struct store_batch *sb, int err)
 			chunk->storage_sector = sb->sector +
 				((sector_t)i << area->chunk_shift);
 		}
-		list_add(&chunk->buf->link, &bufs);
-		chunk->buf = NULL;
+		list_add(&chunk_take_buf(chunk)->link, &bufs);
 		i++;
 	}
 	spin_unlock_irq(&area->lock);

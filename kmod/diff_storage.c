@@ -107,6 +107,7 @@ struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
 		goto fail_file;
 	kref_init(&storage->kref);
 	mutex_init(&storage->lock);
+	init_waitqueue_head(&storage->due_wq);
 	storage->file = file;
 	storage->limit = limit;
 
@@ -171,6 +172,17 @@ static void diff_storage_release(struct kref *kref)
 void diff_storage_put(struct diff_storage *storage)
 {
 	kref_put(&storage->kref, diff_storage_release);
+}
+
+/*
+ * Once no new copy can be bound for @storage: waits for those that were.
+ * Until then a take could freeze the file system holding it, and the store
+ * worker, blocked on that freeze, hold the buffers that writes the take
+ * drains wait for.
+ */
+void diff_storage_wait_arrivals(struct diff_storage *storage)
+{
+	wait_event(storage->due_wq, !atomic_read(&storage->due));
 }
 
 /* Whether the storage lives on @bdev, its whole disk or its partitions. */

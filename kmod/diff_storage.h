@@ -8,6 +8,7 @@
 #include <linux/fs.h>
 #include <linux/blk_types.h>
 #include <linux/atomic.h>
+#include <linux/wait.h>
 
 struct event_queue;
 struct iov_iter;
@@ -33,6 +34,10 @@ struct iov_iter;
  *	when the file takes none.
  * @low_space_sent: the low space event was queued.
  * @used: sectors of the copies stored in it that are still kept.
+ * @due: copies bound for it that are not written yet (being read from
+ *	their device or queued for the store): its snapshot's destroy waits
+ *	for them, so that nothing writes to it once the destroy returns.
+ * @due_wq: woken when @due drops to 0.
  */
 struct diff_storage {
 	struct kref kref;
@@ -49,6 +54,8 @@ struct diff_storage {
 	unsigned int dio_align;
 	bool low_space_sent;
 	atomic64_t used;
+	atomic_t due;
+	wait_queue_head_t due_wq;
 };
 
 /**
@@ -67,6 +74,7 @@ struct diff_storage_io {
 struct diff_storage *diff_storage_new(unsigned int fd, sector_t limit,
 				      struct event_queue *events);
 void diff_storage_put(struct diff_storage *storage);
+void diff_storage_wait_arrivals(struct diff_storage *storage);
 bool diff_storage_on_bdev(struct diff_storage *storage,
 			  struct block_device *bdev);
 int diff_storage_alloc(struct diff_storage *storage, sector_t count,
@@ -78,6 +86,19 @@ void diff_storage_submit(struct diff_storage *storage,
 static inline void diff_storage_get(struct diff_storage *storage)
 {
 	kref_get(&storage->kref);
+}
+
+/* A copy is bound for the storage; from under spinlocks too. */
+static inline void diff_storage_due(struct diff_storage *storage)
+{
+	atomic_inc(&storage->due);
+}
+
+/* A copy bound for it was written, failed or dropped, or went elsewhere. */
+static inline void diff_storage_arrived(struct diff_storage *storage)
+{
+	if (atomic_dec_and_test(&storage->due))
+		wake_up_all(&storage->due_wq);
 }
 
 static inline void diff_storage_use(struct diff_storage *storage,

@@ -139,6 +139,8 @@ int snapshot_destroy(const uuid_t *id)
 	}
 	event_queue_close(snapshot->events);
 	event_queue_put(snapshot->events);
+	/* Copies the older snapshots still read may be bound for it. */
+	diff_storage_wait_arrivals(snapshot->storage);
 	diff_storage_put(snapshot->storage);
 	kfree(snapshot);
 	module_put(THIS_MODULE);
@@ -183,7 +185,9 @@ int snapshot_add(const uuid_t *id, struct tracker *tracker)
  * Whether a held snapshot of a device of the take keeps its storage on a
  * device of the take. Copies for the held snapshots go there, new ones
  * too when the new storage fills up; the take waits for copies in
- * flight while it freezes that device, so it could wait forever.
+ * flight while it freezes that device, so it could wait forever. A
+ * destroyed snapshot's storage is no such risk: its destroy waited for
+ * the copies bound for it, and none are bound for it since.
  */
 static bool snapshot_storage_in_take(struct snapshot *snapshot)
 {

@@ -941,3 +941,131 @@ fn take_beside_a_suspended_device() {
     verify_range(&b, 0, 1, |_| 1).unwrap_or_else(|e| panic!("B: {e}"));
     snap.destroy().expect("destroy");
 }
+
+/// Writers of [`take_freezing_a_destroyed_snapshots_storage`]: writer `w`
+/// writes the first block of chunks `w`, `w + 16`, ... once each.
+const FREEZE_WRITERS: u64 = 16;
+/// Blocks per chunk at the module's default chunk size (256 KiB).
+const CHUNK_BLOCKS: u64 = 64;
+
+/// A, then B, snapshots of D, B's storage in a file system on X. B is
+/// destroyed while copies for it are in flight (D's reads are slow, X's
+/// writes too), and at once C takes D and X, freezing X's file system:
+/// a copy still bound for B's storage would then wait for the thaw while
+/// holding one of the few buffers the writes the take drains wait for.
+/// The take must end, and every image hold its take's data.
+#[test]
+fn take_freezing_a_destroyed_snapshots_storage() {
+    if !have_dmsetup() {
+        say!("skipped: no dmsetup in the guest");
+        return;
+    }
+    let restore = reload_module_with(&["free_diff_buffer_pool_size=8"]);
+    let (written, destroy_took, take_took) = {
+        let (ctl, disks) = setup();
+        let _ = Command::new("modprobe").arg("dm_delay").status();
+        let disk_of = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
+        let (a_disk, b_disk) = (disk_of(&disks.data_a), disk_of(&disks.data_b));
+        let sectors_of = |p: &Path| size_of(&open_rw(p)) / SECTOR;
+        let (a_sectors, b_sectors) = (sectors_of(&disks.data_a), sectors_of(&disks.data_b));
+        // D's reads (the copies' loads) take 500 ms; its writes none.
+        let dm_d = DmDev::new(
+            "blksnap_slowread",
+            &format!("0 {a_sectors} delay {a_disk} 0 500 {a_disk} 0 0"),
+        );
+        let dm_x = DmDev::new(
+            "blksnap_slowwrite",
+            &format!("0 {b_sectors} linear {b_disk} 0"),
+        );
+        let fs_x = TmpMount::ext4(&dm_x.path);
+        // X's writes (the copies' stores) take 100 ms, once its file system is made.
+        dm_x.swap(&format!("0 {b_sectors} delay {b_disk} 0 0 {b_disk} 0 100"));
+        let fs_y = TmpMount::tmpfs(256 * MIB);
+        let d = open_direct(&dm_d.path);
+        let x = open_direct(&dm_x.path);
+        let region = 32 * MIB / BLOCK;
+        write_range(&d, 0, region, |_| 0);
+        let record = Record::new(region);
+        let _att_d = Attached::new(&ctl, &d);
+        let _att_x = Attached::new(&ctl, &x);
+        let limit = 128 * MIB / SECTOR;
+        let (snap_a, images_a) = Snap::take(&ctl, &tmpfile_in(&fs_y.path), limit, &[&d]);
+        let (snap_b, _) = Snap::take(&ctl, &tmpfile_in(&fs_x.path), limit, &[&d]);
+        let snap_c = Snap::create(&ctl, &tmpfile_in(&fs_y.path), limit);
+        ctl.snapshot_add(snap_c.id, &d).expect("snapshot_add D");
+        ctl.snapshot_add(snap_c.id, &x).expect("snapshot_add X");
+
+        let stop = AtomicBool::new(false);
+        let (before, destroy_took, take_took) = std::thread::scope(|s| {
+            for w in 0..FREEZE_WRITERS {
+                let (d, record, stop) = (&d, &record, &stop);
+                s.spawn(move || {
+                    let mut chunk = w;
+                    while chunk * CHUNK_BLOCKS < region && !stop.load(Ordering::SeqCst) {
+                        write_blocks(d, chunk * CHUNK_BLOCKS, 1, |_| 1);
+                        record.set(chunk * CHUNK_BLOCKS, 1);
+                        chunk += FREEZE_WRITERS;
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            let t0 = std::time::Instant::now();
+            snap_b.destroy().expect("destroy B");
+            let destroy_took = t0.elapsed();
+            let before: Vec<u32> = (0..region).map(|b| record.get(b)).collect();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let id = snap_c.id;
+            let t0 = std::time::Instant::now();
+            std::thread::spawn(move || {
+                let _ = tx.send(control().snapshot_take(id));
+            });
+            let taken = rx.recv_timeout(Duration::from_secs(300));
+            let take_took = t0.elapsed();
+            if taken.is_err() {
+                say!("the take of C did not end in 300 s; thawing X");
+                let _ = Command::new("fsfreeze")
+                    .args(["--unfreeze", fs_x.path.to_str().expect("UTF-8 path")])
+                    .status();
+                stop.store(true, Ordering::SeqCst);
+                panic!("the take of C did not end in 300 s");
+            }
+            taken.expect("take").expect("snapshot_take C");
+            stop.store(true, Ordering::SeqCst);
+            (before, destroy_took, take_took)
+        });
+
+        dm_d.swap(&format!("0 {a_sectors} linear {a_disk} 0"));
+        verify_range(&d, 0, region, |b| record.get(b)).unwrap_or_else(|e| panic!("D: {e}"));
+        verify_range(&open_direct_ro(&images_a[0]), 0, region, |_| 0)
+            .unwrap_or_else(|e| panic!("A's image: {e}"));
+        let info = ctl
+            .snapshot_info_of(snap_c.id, &d)
+            .expect("snapshot_info_of C");
+        assert_eq!(info.info.error, None, "C reports an error");
+        let path = info.info.image_path().expect("C has an image of D");
+        wait_for_path(&path);
+        let seqs = read_seqs(&open_direct_ro(&path), region).unwrap_or_else(|e| panic!("C: {e}"));
+        let mut written = 0;
+        for b in 0..region {
+            let (held, then, now) = (seqs[b as usize], before[b as usize], record.get(b));
+            assert!(
+                held >= then && held <= now,
+                "C's image of block {b} holds write {held}, not one between {then} and {now}"
+            );
+            written += u64::from(now);
+        }
+        let info = ctl
+            .snapshot_info_of(snap_a.id, &d)
+            .expect("snapshot_info_of A");
+        assert_eq!(info.info.error, None, "A reports an error");
+        snap_c.destroy().expect("destroy C");
+        snap_a.destroy().expect("destroy A");
+        (written, destroy_took, take_took)
+    };
+    drop(restore);
+    say!(
+        "{written} chunks written; destroy of B took {:.1} s, the take of C freezing X {:.1} s",
+        destroy_took.as_secs_f64(),
+        take_took.as_secs_f64()
+    );
+}

@@ -364,6 +364,28 @@ pub fn verify_range(
     Ok((to - from) * BLOCK)
 }
 
+/// The write number each block holds, checking its whole pattern.
+pub fn read_seqs(f: &File, blocks: u64) -> Result<Vec<u32>, String> {
+    let step = MIB / BLOCK;
+    let mut buf = AlignedBuf::new(MIB as usize);
+    let mut seqs = Vec::with_capacity(blocks as usize);
+    let mut b = 0;
+    while b < blocks {
+        let n = step.min(blocks - b);
+        let slice = &mut buf.as_mut_slice()[..(n * BLOCK) as usize];
+        f.read_exact_at(slice, b * BLOCK)
+            .map_err(|e| format!("read {n} blocks at block {b}: {e}"))?;
+        for (i, blk) in slice.chunks_exact(BLOCK as usize).enumerate() {
+            let block = b + i as u64;
+            let seq = u32::from_le_bytes(blk[8..12].try_into().unwrap());
+            check_block(blk, block, seq)?;
+            seqs.push(seq);
+        }
+        b += n;
+    }
+    Ok(seqs)
+}
+
 /// What the last write to each block of a region was: the per-block `seq`
 /// the device must read back.
 pub struct Record(Vec<AtomicU32>);

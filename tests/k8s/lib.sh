@@ -46,6 +46,12 @@ k8s_go_env() {
 	export PATH GOTOOLCHAIN
 	GOTOOLCHAIN=$(k8s_field go 3)
 	export GOFLAGS="-buildvcs=false"
+	# The test bed's own build cache, beside the binaries, so that
+	# tests/k8s/build may empty it (an explicit GOCACHE stays the caller's).
+	if [ -z "${GOCACHE:-}" ]; then
+		export GOCACHE=$K8S_CACHE/.go-build
+		K8S_OWN_GOCACHE=1
+	fi
 }
 
 # The cache entry of a component: <component>-<version>-<hash>, the hash over

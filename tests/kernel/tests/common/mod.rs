@@ -347,6 +347,30 @@ pub fn verify_range(
     to: u64,
     seq_of: impl Fn(u64) -> u32,
 ) -> Result<u64, String> {
+    scan_blocks(f, from, to, |blk, buf| check_block(buf, blk, seq_of(blk)))?;
+    Ok((to - from) * BLOCK)
+}
+
+/// The write number each block holds, checking its whole pattern.
+pub fn read_seqs(f: &File, blocks: u64) -> Result<Vec<u32>, String> {
+    let mut seqs = Vec::with_capacity(blocks as usize);
+    scan_blocks(f, 0, blocks, |block, buf| {
+        let seq = u32::from_le_bytes(buf[8..12].try_into().unwrap());
+        check_block(buf, block, seq)?;
+        seqs.push(seq);
+        Ok(())
+    })?;
+    Ok(seqs)
+}
+
+/// Reads blocks `from..to` 1 MiB at a time and hands each, with its
+/// number, to `check`, up to the first error.
+fn scan_blocks(
+    f: &File,
+    from: u64,
+    to: u64,
+    mut check: impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
     let step = MIB / BLOCK;
     let mut buf = AlignedBuf::new(MIB as usize);
     let mut b = from;
@@ -355,35 +379,12 @@ pub fn verify_range(
         let slice = &mut buf.as_mut_slice()[..(n * BLOCK) as usize];
         f.read_exact_at(slice, b * BLOCK)
             .map_err(|e| format!("read {n} blocks at block {b}: {e}"))?;
-        for (i, chunk) in slice.chunks_exact(BLOCK as usize).enumerate() {
-            let blk = b + i as u64;
-            check_block(chunk, blk, seq_of(blk))?;
-        }
-        b += n;
-    }
-    Ok((to - from) * BLOCK)
-}
-
-/// The write number each block holds, checking its whole pattern.
-pub fn read_seqs(f: &File, blocks: u64) -> Result<Vec<u32>, String> {
-    let step = MIB / BLOCK;
-    let mut buf = AlignedBuf::new(MIB as usize);
-    let mut seqs = Vec::with_capacity(blocks as usize);
-    let mut b = 0;
-    while b < blocks {
-        let n = step.min(blocks - b);
-        let slice = &mut buf.as_mut_slice()[..(n * BLOCK) as usize];
-        f.read_exact_at(slice, b * BLOCK)
-            .map_err(|e| format!("read {n} blocks at block {b}: {e}"))?;
         for (i, blk) in slice.chunks_exact(BLOCK as usize).enumerate() {
-            let block = b + i as u64;
-            let seq = u32::from_le_bytes(blk[8..12].try_into().unwrap());
-            check_block(blk, block, seq)?;
-            seqs.push(seq);
+            check(b + i as u64, blk)?;
         }
         b += n;
     }
-    Ok(seqs)
+    Ok(())
 }
 
 /// What the last write to each block of a region was: the per-block `seq`

@@ -3,7 +3,8 @@
 //! under the difference storage (device-mapper's error and flakey targets)
 //! and under the original device (fail_make_request), a buffer pool too
 //! small for the writes, hot removal with writes in flight and during a
-//! take, and a take beside a suspended device. Whatever happens, the
+//! take, a take beside a suspended device, and one freezing the storage
+//! of a snapshot destroyed with copies in flight. Whatever happens, the
 //! device holds every write that succeeded, and the image reads the data
 //! of the take or fails: it never serves other data while the snapshot
 //! reports itself whole.
